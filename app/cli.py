@@ -1,0 +1,109 @@
+"""`python main.py run WORKFLOW ...`: run workflow files in one process that shares the cache."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+from app.runtime import Runtime
+from graph.errors import PromptError, format_errors
+from graph.workflow_file import WorkflowFileError, read_workflow_file
+
+
+class ProgressPrinter:
+    """Draws the executor's events on a terminal stream: one line per node, a bar per step."""
+
+    def __init__(self, prompt: dict, stream: TextIO = sys.stderr, width: int = 30):
+        self.prompt = prompt
+        self.stream = stream
+        self.width = width
+        self.bar_open = False
+        self.started = time.perf_counter()
+
+    def __call__(self, event: str, data: dict) -> None:
+        handler = getattr(self, "on_" + event, None)
+        if handler:
+            handler(data)
+
+    def _line(self, text: str) -> None:
+        if self.bar_open:
+            self.stream.write("\n")
+            self.bar_open = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def _title(self, node_id: str) -> str:
+        node = self.prompt.get(node_id) or {}
+        return f"{node_id} {node.get('class_type', '?')}"
+
+    def on_execution_cached(self, data: dict) -> None:
+        if data["nodes"]:
+            self._line(f"  cached: {len(data['nodes'])} node(s) ({', '.join(data['nodes'][:12])}"
+                       f"{', ...' if len(data['nodes']) > 12 else ''})")
+
+    def on_executing(self, data: dict) -> None:
+        if data.get("node") is not None:
+            self._line(f"  running {self._title(data['node'])}")
+
+    def on_progress(self, data: dict) -> None:
+        total = max(data["max"], 1)
+        done = int(self.width * min(data["value"], total) / total)
+        self.stream.write(f"\r    [{'#' * done}{'.' * (self.width - done)}] {data['value']}/{data['max']}")
+        self.stream.flush()
+        self.bar_open = True
+
+    def on_execution_error(self, data: dict) -> None:
+        self._line(f"  error in node {data['node_id']} ({data['node_type']}): "
+                   f"{data['exception_type']}: {data['exception_message']}")
+        self.stream.write("".join(data["traceback"][-3:]))
+
+    def on_execution_interrupted(self, data: dict) -> None:
+        self._line(f"  interrupted in node {data.get('node_id')}")
+
+    def on_execution_success(self, data: dict) -> None:
+        self._line(f"  done in {time.perf_counter() - self.started:.2f} s")
+
+
+def output_files(runtime: Runtime, outputs: dict[str, dict]) -> list[Path]:
+    """Files the run's output nodes report in their UI (images, and any other file lists)."""
+    paths = []
+    for ui in outputs.values():
+        for items in ui.values():
+            for item in items if isinstance(items, list) else []:
+                if isinstance(item, dict) and "filename" in item and item.get("type") in ("output", "temp"):
+                    root = runtime.env.folders.typed_dir(item["type"])
+                    paths.append(root / item.get("subfolder", "") / item["filename"])
+    return paths
+
+
+def run_workflows(runtime: Runtime, files: list[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Run each file in turn; returns the exit code (0 when every workflow succeeded)."""
+    if not files:
+        err.write("run: give at least one workflow file (API JSON, UI JSON, or PNG)\n")
+        return 2
+    failures = 0
+    for name in files:
+        err.write(f"{name}\n")
+        try:
+            doc = read_workflow_file(name)
+            prompt = doc.to_api(runtime.registry.describe_all())
+            result = runtime.executor.run(prompt, extra_data=doc.extra_data(), emit=ProgressPrinter(prompt, err))
+        except WorkflowFileError as exc:
+            err.write(f"  error: {exc}\n")
+            failures += 1
+            continue
+        except PromptError as exc:
+            err.write("  invalid workflow: " + format_errors(exc.as_dict()).replace("\n", "\n  ") + "\n")
+            failures += 1
+            continue
+        if not result.ok:
+            failures += 1
+        for path in output_files(runtime, result.outputs):
+            out.write(f"{path}\n")
+        for node_id, ui in result.outputs.items():
+            for text in ui.get("text", []) if isinstance(ui.get("text"), list) else []:
+                out.write(f"{node_id}: {text}\n")
+    if len(files) > 1:
+        err.write(f"{len(files) - failures} of {len(files)} workflow(s) succeeded\n")
+    return 1 if failures else 0

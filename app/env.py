@@ -1,0 +1,13 @@
+"""The services a running engine hands to built-in nodes (as `ctx.env` and to combo lists)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.folders import FolderPaths
+
+
+@dataclass
+class Environment:
+    folders: FolderPaths
+    options: dict[str, Any] = field(default_factory=dict)  # e.g. disable_metadata

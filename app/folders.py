@@ -1,0 +1,294 @@
+"""Where models, inputs, outputs and plugins live, and safe access to files inside those places.
+
+One FolderPaths object per engine (handed to nodes through the environment), never module-level
+state, so tests and several engines in one process each get their own folders.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+
+MODEL_EXTENSIONS = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+TYPED_DIRS = ("input", "output", "temp")
+
+# key -> (dirs under models/, subdirs of output/ that also hold such files, extensions)
+# None as extensions means any file; "diffusers" lists model folders instead of files.
+_DEFAULTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], frozenset | None | str]] = {
+    "checkpoints": (("checkpoints",), ("checkpoints",), frozenset(MODEL_EXTENSIONS)),
+    "configs": (("configs",), (), frozenset({".yaml"})),
+    "loras": (("loras",), ("loras",), frozenset(MODEL_EXTENSIONS)),
+    "vae": (("vae",), ("vae",), frozenset(MODEL_EXTENSIONS)),
+    "text_encoders": (("text_encoders", "clip"), ("clip",), frozenset(MODEL_EXTENSIONS)),
+    "diffusion_models": (("unet", "diffusion_models"), ("diffusion_models",), frozenset(MODEL_EXTENSIONS)),
+    **{key: ((key,), (), frozenset(MODEL_EXTENSIONS)) for key in (
+        "clip_vision", "style_models", "embeddings", "vae_approx", "gligen", "upscale_models",
+        "hypernetworks", "photomaker", "model_patches", "audio_encoders")},
+    "controlnet": (("controlnet", "t2i_adapter"), (), frozenset(MODEL_EXTENSIONS)),
+    "diffusers": (("diffusers",), (), "diffusers"),
+    "classifiers": (("classifiers",), (), None),
+}
+ALIASES = {"clip": "text_encoders", "unet": "diffusion_models", "t2i_adapter": "controlnet"}
+# A directory modified this close to a scan may have changed within the filesystem's mtime
+# granularity without its mtime moving, so such a listing is not trusted from the cache.
+_RACY_NS = 2_000_000_000
+_ANNOTATION = re.compile(r"^(.*?)\s*\[(input|output|temp)\]\s*$")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+class UnsafePath(ValueError):
+    """A user-supplied name would reach outside the folder it is meant for."""
+
+
+def _clean_parts(parts: Iterable[str]) -> list[str]:
+    """Split names into path components, refusing anything that could escape lexically.
+
+    Backslashes count as separators, so Windows-style names ("sd15\\model.ckpt") work and
+    "..\\x" is caught as a parent reference rather than passing as one odd file name.
+    """
+    out: list[str] = []
+    for part in parts:
+        if not isinstance(part, str):
+            raise UnsafePath(f"path component {part!r} is not a string")
+        if "\x00" in part:
+            raise UnsafePath(f"path {part!r} contains a NUL byte")
+        text = part.replace("\\", "/")
+        if text.startswith("/") or _DRIVE.match(text):
+            raise UnsafePath(f"path {part!r} is absolute")
+        for comp in text.split("/"):
+            if comp == "..":
+                raise UnsafePath(f"path {part!r} refers to a parent directory")
+            if comp and comp != ".":
+                out.append(comp)
+    return out
+
+
+def safe_join(root: Path, *parts: str) -> Path:
+    """root/parts resolved, refusing results outside root (including through symlinks)."""
+    root = Path(root).resolve()
+    target = root.joinpath(*_clean_parts(parts)).resolve()
+    if target != root and not target.is_relative_to(root):
+        raise UnsafePath(f"path {'/'.join(parts)!r} leads outside {root}")
+    return target
+
+
+@dataclass
+class _Folder:
+    dirs: list[Path]
+    extensions: frozenset | None | str
+
+
+@dataclass
+class _Listing:
+    dirs: tuple[Path, ...]
+    mtimes: dict[str, int | None]
+    scanned_at: int
+    names: list[str]
+
+
+class FolderPaths:
+    """The engine's folders: model folders by key, input/output/temp/user, custom node dirs."""
+
+    def __init__(self, base_directory, output_directory=None, input_directory=None,
+                 temp_directory=None, user_directory=None, create: bool = True):
+        self.base = Path(base_directory).expanduser().resolve()
+        self.output_dir = _abs(output_directory) if output_directory else self.base / "output"
+        self.input_dir = _abs(input_directory) if input_directory else self.base / "input"
+        # ComfyUI appends /temp to --temp-directory; keeping that means the folder we wipe is
+        # always one we own, even when a user points the flag at /tmp.
+        self.temp_dir = _abs(temp_directory) / "temp" if temp_directory else self.base / "temp"
+        self.user_dir = _abs(user_directory) if user_directory else self.base / "user"
+        self._folders: dict[str, _Folder] = {}
+        models = self.base / "models"
+        for key, (model_subdirs, output_subdirs, extensions) in _DEFAULTS.items():
+            dirs = [models / d for d in model_subdirs] + [self.output_dir / d for d in output_subdirs]
+            self._folders[key] = _Folder(dirs, extensions)
+        self._folders["custom_nodes"] = _Folder([self.base / "custom_nodes"], frozenset({".py"}))
+        self._listings: dict[str, _Listing] = {}
+        if create:
+            for key, (model_subdirs, _, _) in _DEFAULTS.items():
+                for d in model_subdirs:
+                    (models / d).mkdir(parents=True, exist_ok=True)
+            for d in (self.input_dir, self.output_dir, self.temp_dir, self.user_dir, self.base / "custom_nodes"):
+                d.mkdir(parents=True, exist_ok=True)
+
+    # -- keys and directories --------------------------------------------------------------
+    @property
+    def custom_nodes_dirs(self) -> list[Path]:
+        return self._folders["custom_nodes"].dirs
+
+    def _folder(self, key: str) -> _Folder:
+        folder = self._folders.get(ALIASES.get(key, key))
+        if folder is None:
+            raise KeyError(f"unknown model folder {key!r}; known folders: {', '.join(self.folder_keys())}")
+        return folder
+
+    def folder_keys(self) -> list[str]:
+        return list(self._folders)
+
+    def model_dirs(self, key: str) -> list[Path]:
+        return list(self._folder(key).dirs)
+
+    def add_model_dir(self, key: str, path, is_default: bool = False, extensions: Iterable[str] | None = None) -> None:
+        """Add a directory to a folder key; an unknown key becomes a new folder listing any file.
+
+        `is_default` puts it first, where downloads and saves go.
+        """
+        key = ALIASES.get(key, key)
+        folder = self._folders.get(key)
+        if folder is None:
+            folder = self._folders[key] = _Folder([], frozenset(extensions) if extensions else None)
+        path = _abs(path)
+        if path in folder.dirs:
+            if not is_default:
+                return
+            folder.dirs.remove(path)
+        folder.dirs.insert(0, path) if is_default else folder.dirs.append(path)
+
+    # -- listings --------------------------------------------------------------------------
+    def filenames(self, key: str) -> list[str]:
+        """Files of a folder key as sorted relative posix paths, searched recursively."""
+        folder = self._folder(key)
+        key = ALIASES.get(key, key)
+        listing = self._listings.get(key)
+        if listing is None or not _still_valid(listing, folder.dirs):
+            listing = _scan(folder.dirs, folder.extensions)
+            self._listings[key] = listing
+        return list(listing.names)
+
+    def full_path(self, key: str, name: str) -> Path | None:
+        """The file a listed name refers to (first folder wins), or None.
+
+        Only lexical escapes are refused here: symlinks that an owner put inside a model folder
+        (to a shared model store on another disk) are honoured, as listing follows them too.
+        """
+        try:
+            parts = _clean_parts([name])
+        except UnsafePath:
+            return None
+        if not parts:
+            return None
+        folder = self._folder(key)
+        for d in folder.dirs:
+            candidate = d.joinpath(*parts)
+            if candidate.is_file() or (folder.extensions == "diffusers" and candidate.is_dir()):
+                return candidate
+        return None
+
+    def input_images(self) -> list[str]:
+        listing = self._listings.get("\0input")
+        if listing is None or not _still_valid(listing, [self.input_dir]):
+            listing = _scan([self.input_dir], frozenset(IMAGE_EXTENSIONS))
+            self._listings["\0input"] = listing
+        return list(listing.names)
+
+    # -- input/output/temp -----------------------------------------------------------------
+    def typed_dir(self, type_name: str) -> Path:
+        dirs = {"input": self.input_dir, "output": self.output_dir, "temp": self.temp_dir}
+        if type_name not in dirs:
+            raise ValueError(f"unknown folder type {type_name!r}; expected one of {', '.join(TYPED_DIRS)}")
+        return dirs[type_name]
+
+    def annotated_path(self, name: str, default_type: str = "input") -> Path:
+        """Resolve "x.png [output]"-style names; without a suffix the default folder is used."""
+        match = _ANNOTATION.match(name)
+        if match:
+            name, default_type = match.group(1), match.group(2)
+        return safe_join(self.typed_dir(default_type), name)
+
+    # -- extra_model_paths.yaml ------------------------------------------------------------
+    def load_extra_model_paths(self, yaml_path) -> None:
+        yaml_path = _abs(yaml_path)
+        try:
+            doc = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ValueError(f"{yaml_path}: cannot read extra model paths: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{yaml_path}: invalid YAML: {exc}") from exc
+        if doc is None:
+            return
+        if not isinstance(doc, dict):
+            raise ValueError(f"{yaml_path}: expected named sections at the top level, got {type(doc).__name__}")
+        for section, entries in doc.items():
+            if entries is None:
+                continue
+            if not isinstance(entries, dict):
+                raise ValueError(f"{yaml_path}: section {section!r} must map folder names to paths")
+            self._load_section(yaml_path, section, entries)
+
+    def _load_section(self, yaml_path: Path, section: str, entries: dict) -> None:
+        base = yaml_path.parent
+        if entries.get("base_path"):
+            base = base / os.path.expandvars(os.path.expanduser(str(entries["base_path"])))
+        is_default = entries.get("is_default") is True
+        for key, value in entries.items():
+            if key in ("base_path", "is_default") or value is None:
+                continue
+            if isinstance(value, str):
+                paths = [line.strip() for line in value.splitlines() if line.strip()]
+            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                paths = [v.strip() for v in value if v.strip()]
+            else:
+                raise ValueError(f"{yaml_path}: {section}.{key} must be a path or a block of paths, got {value!r}")
+            # Prepending one at a time would reverse a block; insert in reverse to keep its order.
+            for p in reversed(paths) if is_default else paths:
+                self.add_model_dir(str(key), base / os.path.expandvars(os.path.expanduser(p)), is_default)
+
+
+def _abs(path) -> Path:
+    return Path(os.path.expandvars(os.path.expanduser(str(path)))).resolve()
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def _still_valid(listing: _Listing, dirs: list[Path]) -> bool:
+    if listing.dirs != tuple(dirs):
+        return False
+    newest = 0
+    for d, recorded in listing.mtimes.items():
+        now = _mtime(d)
+        if now != recorded:
+            return False
+        newest = max(newest, now or 0)
+    return newest < listing.scanned_at - _RACY_NS
+
+
+def _scan(dirs: list[Path], extensions: frozenset | None | str) -> _Listing:
+    scanned_at = time.time_ns()
+    mtimes: dict[str, int | None] = {}
+    names: set[str] = set()
+    for root in dirs:
+        mtimes[str(root)] = _mtime(str(root))
+        seen: set[str] = set()  # real paths walked, so symlink loops end
+        for dirpath, dirnames, files in os.walk(root, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:
+                dirnames[:] = []
+                continue
+            seen.add(real)
+            mtimes[dirpath] = _mtime(dirpath)
+            rel_dir = Path(os.path.relpath(dirpath, root))
+            if extensions == "diffusers":
+                if "model_index.json" in files and dirpath != str(root):
+                    names.add(rel_dir.as_posix())
+                    dirnames[:] = []
+                    continue
+            else:
+                for f in files:
+                    if f.startswith("."):
+                        continue
+                    if extensions is None or os.path.splitext(f)[1].lower() in extensions:
+                        names.add((rel_dir / f).as_posix())
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    return _Listing(tuple(dirs), mtimes, scanned_at, sorted(names))

@@ -1,0 +1,41 @@
+"""Wiring: folders, the node registry with built-in and custom nodes, and the executor."""
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+
+from app.args import REPO_ROOT
+from app.env import Environment
+from app.folders import FolderPaths
+from app.plugins import PackResult, load_custom_nodes
+from graph.cache import make_cache
+from graph.executor import Executor
+from graph.registry import NodeRegistry
+from nodes import register_builtin_nodes
+
+
+@dataclass
+class Runtime:
+    env: Environment
+    registry: NodeRegistry
+    executor: Executor
+    packs: list[PackResult] = field(default_factory=list)
+
+
+def create_runtime(args: argparse.Namespace, log=print) -> Runtime:
+    logging.basicConfig(level=getattr(logging, args.verbose, logging.INFO), format="%(levelname)s %(name)s: %(message)s")
+    folders = FolderPaths(args.base_directory, output_directory=args.output_directory,
+                          input_directory=args.input_directory, temp_directory=args.temp_directory,
+                          user_directory=args.user_directory)
+    for config in args.extra_model_paths_config:
+        folders.load_extra_model_paths(config)
+    env = Environment(folders, {"disable_metadata": args.disable_metadata})
+    registry = NodeRegistry(env)
+    register_builtin_nodes(registry)
+    packs: list[PackResult] = []
+    if not args.disable_all_custom_nodes:
+        dirs = [REPO_ROOT / "custom_nodes"] + [d for d in folders.custom_nodes_dirs
+                                               if d.resolve() != (REPO_ROOT / "custom_nodes").resolve()]
+        packs = load_custom_nodes(registry, dirs, log=log)
+    return Runtime(env, registry, Executor(registry, make_cache(args.cache)), packs)

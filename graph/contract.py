@@ -1,0 +1,271 @@
+"""The node contract: how a node class declares its inputs, outputs and hooks.
+
+Plugins use ComfyUI's classic attributes (INPUT_TYPES, RETURN_TYPES, FUNCTION, ...). Built-in
+nodes subclass `Node` and declare typed `Input`s and `Output`s once; `Node` emits the classic
+attributes from that declaration, so `NodeType` reads every node the same way and the editor
+and the API see one description (ComfyUI's /object_info shape).
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
+HIDDEN_KINDS = frozenset(
+    {"PROMPT", "EXTRA_PNGINFO", "UNIQUE_ID", "DYNPROMPT", "AUTH_TOKEN_COMFY_ORG", "API_KEY_COMFY_ORG"}
+)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One declared input, parsed from an INPUT_TYPES entry."""
+
+    name: str
+    type: str  # "COMBO" for an option list
+    section: str  # "required" | "optional" | "hidden"
+    options: Mapping[str, Any]
+    choices: tuple | None = None
+
+    @property
+    def is_widget(self) -> bool:
+        return self.type in WIDGET_TYPES and not self.options.get("forceInput")
+
+    @property
+    def lazy(self) -> bool:
+        return bool(self.options.get("lazy"))
+
+
+def parse_input_types(raw: Mapping) -> dict[str, InputSpec]:
+    """Parse a classic INPUT_TYPES() result into InputSpecs, keyed by input name."""
+    if not isinstance(raw, Mapping):
+        raise TypeError(f"INPUT_TYPES() must return a dict, got {type(raw).__name__}")
+    specs: dict[str, InputSpec] = {}
+    for section in ("required", "optional", "hidden"):
+        for name, entry in (raw.get(section) or {}).items():
+            specs[name] = _parse_entry(name, section, entry)
+    return specs
+
+
+def _parse_entry(name: str, section: str, entry: Any) -> InputSpec:
+    if isinstance(entry, str):  # hidden inputs are often written as bare strings
+        entry = (entry,)
+    if not isinstance(entry, (tuple, list)) or not entry:
+        raise TypeError(f"input '{name}': expected (TYPE,) or (TYPE, options), got {entry!r}")
+    kind = entry[0]
+    options = entry[1] if len(entry) > 1 and isinstance(entry[1], Mapping) else {}
+    if isinstance(kind, (list, tuple)):
+        return InputSpec(name, "COMBO", section, options, tuple(kind))
+    if kind == "COMBO":
+        return InputSpec(name, "COMBO", section, options, tuple(options.get("options", ())))
+    return InputSpec(name, str(kind), section, options)
+
+
+def types_compatible(output_type: Any, input_type: Any) -> bool:
+    """ComfyUI's link rule: equal, '*' on either side, or overlapping comma-joined unions."""
+    if isinstance(output_type, (list, tuple)):
+        output_type = "COMBO"
+    if isinstance(input_type, (list, tuple)):
+        input_type = "COMBO"
+    if output_type == input_type or output_type == "*" or input_type == "*":
+        return True
+    if not isinstance(output_type, str) or not isinstance(input_type, str):
+        return False
+    return bool(set(output_type.split(",")) & set(input_type.split(",")))
+
+
+# ---------------------------------------------------------------------------------------------
+# The declarative style used by built-in nodes.
+
+
+@dataclass(frozen=True)
+class Input:
+    """A typed input. `choices` may be a callable of the environment, so file lists stay fresh."""
+
+    name: str
+    type: str
+    optional: bool = False
+    choices: Sequence | Callable[[Any], Sequence] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def entry(self, env: Any) -> tuple:
+        if self.type == "COMBO":
+            values = self.choices(env) if callable(self.choices) else self.choices
+            return (list(values or []), dict(self.options)) if self.options else (list(values or []),)
+        return (self.type, dict(self.options)) if self.options else (self.type,)
+
+
+def Int(name: str, default: int = 0, min: int = -(2**63), max: int = 2**63 - 1, step: int = 1, **opts) -> Input:
+    return Input(name, "INT", opts.pop("optional", False), options=dict(default=default, min=min, max=max, step=step, **opts))
+
+
+def Float(name: str, default: float = 0.0, min: float = -1e300, max: float = 1e300, step: float = 0.01, **opts) -> Input:
+    return Input(name, "FLOAT", opts.pop("optional", False), options=dict(default=default, min=min, max=max, step=step, **opts))
+
+
+def String(name: str, default: str = "", multiline: bool = False, **opts) -> Input:
+    return Input(name, "STRING", opts.pop("optional", False), options=dict(default=default, multiline=multiline, **opts))
+
+
+def Boolean(name: str, default: bool = False, **opts) -> Input:
+    return Input(name, "BOOLEAN", opts.pop("optional", False), options=dict(default=default, **opts))
+
+
+def Combo(name: str, choices: Sequence | Callable[[Any], Sequence], **opts) -> Input:
+    return Input(name, "COMBO", opts.pop("optional", False), choices=choices, options=opts)
+
+
+def Socket(name: str, type: str, optional: bool = False, **opts) -> Input:
+    """An input that only takes a link (MODEL, IMAGE, ...)."""
+    return Input(name, type, optional, options=opts)
+
+
+@dataclass(frozen=True)
+class Output:
+    type: str
+    name: str | None = None
+    is_list: bool = False
+    tooltip: str | None = None
+
+
+class Node:
+    """Base class of built-in nodes.
+
+    Subclasses declare `inputs`, `outputs` and metadata, and implement `run(self, ctx, **inputs)`,
+    where `ctx` is the executor's NodeContext (progress, interrupt, folders, hidden values).
+    Optional classmethods: `fingerprint(cls, env, **constants)` (IS_CHANGED) and
+    `check(cls, env, **constants)` (VALIDATE_INPUTS; return True or an error string).
+    """
+
+    inputs: ClassVar[Sequence[Input]] = ()
+    outputs: ClassVar[Sequence[Output]] = ()
+    hidden: ClassVar[Mapping[str, str]] = {}
+    category: ClassVar[str] = "utils"
+    display_name: ClassVar[str | None] = None
+    output_node: ClassVar[bool] = False
+    input_is_list: ClassVar[bool] = False
+    not_idempotent: ClassVar[bool] = False
+
+    FUNCTION = "run"
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        cls.RETURN_TYPES = tuple(o.type for o in cls.outputs)
+        cls.RETURN_NAMES = tuple(o.name or o.type for o in cls.outputs)
+        cls.OUTPUT_IS_LIST = tuple(o.is_list for o in cls.outputs)
+        cls.OUTPUT_TOOLTIPS = tuple(o.tooltip or "" for o in cls.outputs)
+        cls.CATEGORY = cls.category
+        cls.OUTPUT_NODE = cls.output_node
+        cls.INPUT_IS_LIST = cls.input_is_list
+        cls.NOT_IDEMPOTENT = cls.not_idempotent
+        cls.DESCRIPTION = inspect.cleandoc(cls.__doc__ or "")
+
+    @classmethod
+    def input_types(cls, env: Any) -> dict:
+        raw: dict[str, dict] = {"required": {}, "optional": {}}
+        for item in cls.inputs:
+            raw["optional" if item.optional else "required"][item.name] = item.entry(env)
+        if cls.hidden:
+            raw["hidden"] = dict(cls.hidden)
+        return raw
+
+    def run(self, ctx, **inputs):  # pragma: no cover - every subclass defines it
+        raise TypeError(f"{type(self).__name__} does not define run()")
+
+
+# ---------------------------------------------------------------------------------------------
+# One adapter over both styles.
+
+
+class NodeType:
+    """A registered node class, read the same way whether it is classic or declarative."""
+
+    def __init__(self, name: str, cls: type, display_name: str | None, python_module: str, env: Any = None):
+        self.name = name
+        self.cls = cls
+        self.display_name = display_name or getattr(cls, "display_name", None) or name
+        self.python_module = python_module
+        self.env = env
+        self.declarative = isinstance(cls, type) and issubclass(cls, Node)
+        self.outputs: tuple = tuple(getattr(cls, "RETURN_TYPES", ()) or ())
+        self.output_names: tuple = tuple(getattr(cls, "RETURN_NAMES", None) or self.outputs)
+        is_list = getattr(cls, "OUTPUT_IS_LIST", None) or ()
+        self.output_is_list: tuple = tuple(bool(x) for x in is_list) + (False,) * (len(self.outputs) - len(is_list))
+        self.is_output_node = getattr(cls, "OUTPUT_NODE", False) is True
+        self.input_is_list = bool(getattr(cls, "INPUT_IS_LIST", False))
+        self.not_idempotent = bool(getattr(cls, "NOT_IDEMPOTENT", False))
+        self.function = getattr(cls, "FUNCTION", None)
+
+    # -- inputs ---------------------------------------------------------------------------
+    def input_types(self) -> dict:
+        """The raw INPUT_TYPES, evaluated now (file lists are read on every call)."""
+        if self.declarative:
+            return self.cls.input_types(self.env)
+        return self.cls.INPUT_TYPES()
+
+    def inputs(self) -> dict[str, InputSpec]:
+        return parse_input_types(self.input_types())
+
+    def describe(self) -> dict:
+        """This node's /object_info entry."""
+        raw = self.input_types()
+        info = {
+            "input": raw,
+            "input_order": {k: list(v.keys()) for k, v in raw.items() if isinstance(v, Mapping)},
+            "output": list(self.outputs),
+            "output_is_list": list(self.output_is_list),
+            "output_name": list(self.output_names),
+            "name": self.name,
+            "display_name": self.display_name,
+            "description": getattr(self.cls, "DESCRIPTION", "") or "",
+            "python_module": self.python_module,
+            "category": getattr(self.cls, "CATEGORY", "sd"),
+            "output_node": self.is_output_node,
+        }
+        for attr, key in (("OUTPUT_TOOLTIPS", "output_tooltips"), ("DEPRECATED", "deprecated"),
+                          ("EXPERIMENTAL", "experimental"), ("API_NODE", "api_node")):
+            if getattr(self.cls, attr, None):
+                info[key] = list(getattr(self.cls, attr)) if attr == "OUTPUT_TOOLTIPS" else True
+        return info
+
+    # -- hooks ----------------------------------------------------------------------------
+    def has_is_changed(self) -> bool:
+        return hasattr(self.cls, "fingerprint" if self.declarative else "IS_CHANGED")
+
+    def is_changed(self, constants: dict) -> Any:
+        if self.declarative:
+            return self.cls.fingerprint(self.env, **constants)
+        return self.cls.IS_CHANGED(**_accepted(self.cls.IS_CHANGED, constants))
+
+    def validator(self) -> tuple[Callable, set[str], bool, bool] | None:
+        """(function, parameter names, takes **kwargs, wants input_types) of the custom validator."""
+        fn = getattr(self.cls, "check" if self.declarative else "VALIDATE_INPUTS", None)
+        if fn is None:
+            return None
+        if self.declarative:
+            env = self.env
+            target = fn
+            fn = lambda **kw: target(env, **kw)  # noqa: E731 - binds env once
+        params = inspect.signature(target if self.declarative else fn).parameters
+        names = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        names.discard("env")
+        has_kwargs = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        return fn, names, has_kwargs, "input_types" in names
+
+    def instantiate(self) -> Any:
+        return self.cls()
+
+    def call(self, instance: Any, ctx: Any, kwargs: dict) -> Any:
+        if self.declarative:
+            return instance.run(ctx, **kwargs)
+        if not self.function or not hasattr(instance, self.function):
+            raise TypeError(f"node class {self.name} has no FUNCTION method {self.function!r}")
+        return getattr(instance, self.function)(**kwargs)
+
+
+def _accepted(fn: Callable, kwargs: dict) -> dict:
+    """Only the keyword arguments `fn` can take (IS_CHANGED often names a subset)."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}

@@ -1,0 +1,310 @@
+"""Runs validated prompts: only what the outputs need, in topological order, with caching.
+
+The executor lives across prompts (its caches and node instances persist). It reports through
+`emit(event, data)` with ComfyUI's websocket vocabulary; the server forwards those events and
+the command line draws them.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import networkx as nx
+
+from graph.cache import ClassicCache, Entry, OutputCache, safe_node_key
+from graph.context import Emit, Interrupted, NodeContext, current_context
+from graph.contract import NodeType
+from graph.errors import PromptError, describe_value
+from graph.prompt import is_link, unwrap
+from graph.registry import NodeRegistry
+from graph.validation import ValidationResult, reachable, validate_prompt
+
+
+class NodeFailure(Exception):
+    """A node raised; carries the execution_error payload."""
+
+
+@dataclass
+class RunResult:
+    prompt_id: str
+    status: str  # "success" | "error" | "interrupted"
+    outputs: dict[str, dict] = field(default_factory=dict)  # node id -> ui dict
+    executed: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    messages: list[list] = field(default_factory=list)
+    error: dict | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "success"
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+class Executor:
+    def __init__(self, registry: NodeRegistry, cache: OutputCache | None = None,
+                 on_preview: Callable[[Any, NodeContext], None] | None = None):
+        self.registry = registry
+        self.cache = cache if cache is not None else ClassicCache()
+        self.on_preview = on_preview
+        self.interrupt_flag = threading.Event()
+        self._instances: dict[tuple[str, str], Any] = {}
+
+    def interrupt(self) -> None:
+        self.interrupt_flag.set()
+
+    def validate(self, prompt: Any, targets: list | None = None) -> ValidationResult:
+        return validate_prompt(prompt, self.registry, targets)
+
+    def run(self, prompt: Any, prompt_id: str | None = None, extra_data: dict | None = None,
+            emit: Emit | None = None, targets: list | None = None) -> RunResult:
+        """Validate, then execute; raises PromptError for an invalid prompt."""
+        checked = self.validate(prompt, targets)
+        if not checked.ok:
+            raise PromptError(checked.error, checked.node_errors)
+        return self.execute(checked, prompt_id, extra_data, emit, original=prompt)
+
+    def execute(self, checked: ValidationResult, prompt_id: str | None = None, extra_data: dict | None = None,
+                emit: Emit | None = None, original: dict | None = None) -> RunResult:
+        run = _Run(self, checked, prompt_id or str(uuid.uuid4()), extra_data or {}, emit, original)
+        return run.go()
+
+
+class _Run:
+    """The state of one prompt's execution."""
+
+    def __init__(self, executor: Executor, checked: ValidationResult, prompt_id: str, extra_data: dict,
+                 emit: Emit | None, original: dict | None):
+        self.ex = executor
+        self.prompt = checked.prompt
+        self.original = original if original is not None else checked.prompt
+        self.outputs = checked.outputs
+        self.graph = checked.graph
+        self.prompt_id = prompt_id
+        self.extra_data = extra_data
+        self.result = RunResult(prompt_id, "success")
+        self._sink = emit
+        self.results: dict[str, Entry] = {}
+        self._hidden: dict[str, dict[str, str]] = {}
+
+    def emit(self, event: str, data: dict) -> None:
+        if event.startswith("execution_"):
+            self.result.messages.append([event, data])  # kept for the history's status
+        if self._sink is not None:
+            self._sink(event, data)
+
+    # -- planning ---------------------------------------------------------------------------
+    def plan(self) -> tuple[list[str], dict[str, str], set[str]]:
+        """Keys of every needed node, which nodes hit the cache, and the order of the rest."""
+        graph = self.graph
+        wanted = reachable(graph.pred, self.outputs)
+        order = [n for n in nx.topological_sort(graph) if n in wanted]
+        keys: dict[str, str] = {}
+        for node_id in order:
+            keys[node_id] = self.key(node_id, keys)
+        self.ex.cache.begin_prompt(keys.values())
+        hits = {n for n in order if self.ex.cache.get(keys[n]) is not None}
+        needed: set[str] = set()
+        stack = [o for o in self.outputs if o not in hits]
+        while stack:
+            node_id = stack.pop()
+            if node_id in needed:
+                continue
+            needed.add(node_id)
+            stack.extend(src for src in graph.pred[node_id] if src not in hits)
+        self.consumers = {n: sum(1 for c in graph.succ[n] if c in needed) for n in wanted}
+        return [n for n in order if n in needed], keys, hits
+
+    def hidden_inputs(self, node_type: NodeType) -> dict[str, str]:
+        """{input name: hidden kind}, read once per class per prompt."""
+        if node_type.name not in self._hidden:
+            raw = node_type.input_types().get("hidden") or {}
+            self._hidden[node_type.name] = {name: _hidden_kind(kind) for name, kind in raw.items()}
+        return self._hidden[node_type.name]
+
+    def key(self, node_id: str, keys: dict[str, str]) -> str:
+        node = self.prompt[node_id]
+        node_type = self.ex.registry.get(node["class_type"])
+        changed = None
+        if node_type.has_is_changed():
+            constants = {k: (None if is_link(v) else unwrap(v)) for k, v in node["inputs"].items()}
+            try:
+                changed = node_type.is_changed(constants)
+            except Exception:
+                changed = float("nan")  # a failing IS_CHANGED means "always re-run"
+        by_id = node_type.not_idempotent or "UNIQUE_ID" in self.hidden_inputs(node_type).values()
+        return safe_node_key(node["class_type"], node["inputs"], keys, changed, node_id if by_id else None)
+
+    # -- running ----------------------------------------------------------------------------
+    def go(self) -> RunResult:
+        self.ex.interrupt_flag.clear()
+        self.emit("execution_start", {"prompt_id": self.prompt_id, "timestamp": _now()})
+        current = None
+        try:
+            order, keys, cached = self.plan()
+            self.result.cached = sorted(cached)
+            self.emit("execution_cached", {"nodes": self.result.cached, "prompt_id": self.prompt_id,
+                                           "timestamp": _now()})
+            for node_id in self.result.cached:  # hits feeding a node that runs, and cached outputs
+                if node_id in self.outputs or self.consumers[node_id]:
+                    self.results[node_id] = self.ex.cache.get(keys[node_id])
+                if node_id in self.outputs:
+                    self._report_ui(node_id, self.results[node_id])
+            for node_id in order:
+                current = node_id
+                if self.ex.interrupt_flag.is_set():
+                    raise Interrupted(f"interrupted before node {node_id}")
+                entry = self.run_node(node_id)
+                self.results[node_id] = entry
+                self.ex.cache.put(keys[node_id], entry)
+                self.result.executed.append(node_id)
+                self._report_ui(node_id, entry)
+                self._release_inputs(node_id)
+        except Interrupted:
+            self.result.status = "interrupted"
+            node = self.prompt.get(current, {}) if current else {}
+            self.emit("execution_interrupted", {"prompt_id": self.prompt_id, "node_id": current,
+                                                "node_type": node.get("class_type"),
+                                                "executed": list(self.result.executed), "timestamp": _now()})
+            return self.result
+        except NodeFailure as failure:
+            self.result.status = "error"
+            self.result.error = failure.args[0]
+            self.emit("execution_error", failure.args[0])
+            return self.result
+        self.emit("execution_success", {"prompt_id": self.prompt_id, "timestamp": _now()})
+        return self.result
+
+    def _report_ui(self, node_id: str, entry: Entry) -> None:
+        if entry.ui is not None:
+            self.result.outputs[node_id] = entry.ui
+            self.emit("executed", {"node": node_id, "display_node": node_id, "output": entry.ui,
+                                   "prompt_id": self.prompt_id})
+
+    def _release_inputs(self, node_id: str) -> None:
+        """Without a retaining cache, drop an output as soon as its last consumer has run."""
+        if self.ex.cache.retains:
+            return
+        for value in self.prompt[node_id]["inputs"].values():
+            if is_link(value) and value[0] in self.consumers:
+                self.consumers[value[0]] -= 1
+                if self.consumers[value[0]] <= 0:
+                    self.results.pop(value[0], None)
+
+    def run_node(self, node_id: str) -> Entry:
+        node = self.prompt[node_id]
+        class_type = node["class_type"]
+        node_type = self.ex.registry.get(class_type)
+        self.emit("executing", {"node": node_id, "display_node": node_id, "prompt_id": self.prompt_id})
+        inputs = self.gather_inputs(node_id, node, node_type)
+        ctx = NodeContext(self.prompt_id, node_id, class_type, self.ex.registry.env, self.original,
+                          self.extra_data, self.ex.interrupt_flag, self.emit, self.ex.on_preview)
+        token = current_context.set(ctx)
+        try:
+            instance = self._instance(node_id, node_type)
+            return self.call_mapped(node_type, instance, ctx, inputs)
+        except Interrupted:
+            raise
+        except Exception as exc:
+            raise NodeFailure(self._error_payload(node_id, class_type, exc, inputs)) from exc
+        finally:
+            current_context.reset(token)
+
+    def _instance(self, node_id: str, node_type: NodeType) -> Any:
+        key = (node_id, node_type.name)
+        if key not in self.ex._instances:
+            self.ex._instances[key] = node_type.instantiate()
+        return self.ex._instances[key]
+
+    def gather_inputs(self, node_id: str, node: dict, node_type: NodeType) -> dict[str, list]:
+        """Every input as a list: upstream outputs already are lists, literals become one item."""
+        data: dict[str, list] = {}
+        for name, value in node["inputs"].items():
+            if is_link(value):
+                data[name] = self.results[value[0]].outputs[value[1]]
+            else:
+                data[name] = [unwrap(value)]
+        for name, kind in self.hidden_inputs(node_type).items():
+            data[name] = [self._hidden_value(kind, node_id)]
+        return data
+
+    def _hidden_value(self, kind: str, node_id: str) -> Any:
+        return {
+            "PROMPT": self.original,
+            "DYNPROMPT": self.original,
+            "EXTRA_PNGINFO": self.extra_data.get("extra_pnginfo"),
+            "UNIQUE_ID": node_id,
+        }.get(kind)
+
+    def call_mapped(self, node_type: NodeType, instance: Any, ctx: NodeContext, inputs: dict[str, list]) -> Entry:
+        """ComfyUI's list mapping: one call per item of the longest input list, or one call with
+        every list when the node takes INPUT_IS_LIST."""
+        if node_type.input_is_list:
+            calls = [inputs]
+        else:
+            count = max((len(v) for v in inputs.values()), default=1)
+            if any(len(v) == 0 for v in inputs.values()):
+                count = 0
+            calls = [{k: v[min(i, len(v) - 1)] for k, v in inputs.items()} for i in range(count)]
+        per_slot: list[list] = [[] for _ in node_type.outputs]
+        ui: dict | None = None
+        for kwargs in calls:
+            ctx.check_interrupt()
+            values, call_ui = _split_result(node_type, node_type.call(instance, ctx, kwargs))
+            for slot, value in enumerate(values):
+                if node_type.output_is_list[slot]:
+                    per_slot[slot].extend(value)
+                else:
+                    per_slot[slot].append(value)
+            if call_ui is not None:
+                ui = ui or {}
+                for k, v in call_ui.items():
+                    ui[k] = ui.get(k, []) + list(v) if isinstance(v, (list, tuple)) else v
+        return Entry(per_slot, ui)
+
+    def _error_payload(self, node_id: str, class_type: str, exc: Exception, inputs: dict) -> dict:
+        return {
+            "prompt_id": self.prompt_id,
+            "node_id": node_id,
+            "node_type": class_type,
+            "executed": list(self.result.executed),
+            "exception_message": str(exc) or type(exc).__name__,
+            "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "traceback": traceback.format_exception(exc),
+            "current_inputs": {k: [describe_value(x, 120) for x in v] for k, v in inputs.items()
+                               if not isinstance(v, dict)},
+            "current_outputs": list(self.results),
+            "timestamp": _now(),
+        }
+
+
+def _hidden_kind(kind: Any) -> str:
+    return kind[0] if isinstance(kind, (tuple, list)) and kind else str(kind)
+
+
+def _split_result(node_type: NodeType, result: Any) -> tuple[tuple, dict | None]:
+    """A node returns a tuple, or {"ui": ..., "result": ...}; check it matches RETURN_TYPES."""
+    ui = None
+    if isinstance(result, dict) and ("ui" in result or "result" in result):
+        ui = result.get("ui")
+        result = result.get("result", ())
+        if ui is not None and not isinstance(ui, dict):
+            raise TypeError(f"{node_type.name} returned a 'ui' that is not a dict")
+    if result is None:
+        result = ()
+    if isinstance(result, list):
+        result = tuple(result)
+    if not isinstance(result, tuple):
+        raise TypeError(f"{node_type.name} must return a tuple of outputs, got {type(result).__name__}")
+    if len(result) != len(node_type.outputs) and not (len(result) == 0 and ui is not None):
+        raise TypeError(f"{node_type.name} returned {len(result)} value(s) but declares "
+                        f"{len(node_type.outputs)} output(s) {list(node_type.outputs)}")
+    if len(result) == 0:
+        result = (None,) * len(node_type.outputs)
+    return result, ui

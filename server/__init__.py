@@ -1,0 +1,1 @@
+"""LatentGraph's HTTP and websocket server: ComfyUI's API over the graph engine."""

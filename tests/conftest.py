@@ -1,0 +1,37 @@
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.args import parse_args
+from app.runtime import create_runtime
+
+PACK = Path(__file__).parent / "packs" / "lg_test_nodes.py"
+CACHE_POLICIES = ["classic", "lru:3", "none"]
+
+
+def make_runtime(base: Path, *flags: str):
+    """A real runtime over a temporary base directory with the test node pack installed."""
+    (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
+    shutil.copy(PACK, base / "custom_nodes" / PACK.name)
+    runtime = create_runtime(parse_args(["--base-directory", str(base), *flags]), log=lambda _msg: None)
+    runtime.registry.get("TestValue").cls.calls.clear()
+    return runtime
+
+
+@pytest.fixture
+def runtime(tmp_path):
+    return make_runtime(tmp_path)
+
+
+@pytest.fixture(params=CACHE_POLICIES)
+def cached_runtime(request, tmp_path):
+    """The same runtime under each cache policy; tests branch on runtime.policy where they differ."""
+    flags = {"classic": ["--cache-classic"], "lru:3": ["--cache-lru", "3"], "none": ["--cache-none"]}
+    rt = make_runtime(tmp_path, *flags[request.param])
+    rt.policy = request.param
+    return rt
+
+
+def calls(runtime):
+    return runtime.registry.get("TestValue").cls.calls

@@ -1,0 +1,256 @@
+"""Model-free test nodes in ComfyUI's classic plugin contract.
+
+Loaded like any custom node pack (tests copy or point at this file), so every test goes through
+the real plugin path. CALLS counts executions per node class, so tests can see what ran.
+"""
+import collections
+import time
+
+import torch
+
+from graph.context import ProgressBar
+
+CALLS = collections.Counter()
+
+
+class _Counted:
+    CATEGORY = "testing"
+    FUNCTION = "run"
+    calls = CALLS
+
+    def count(self):
+        CALLS[type(self).__name__] += 1
+
+
+class TestValue(_Counted):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"default": 0, "min": -1000000, "max": 1000000})}}
+
+    RETURN_TYPES = ("INT",)
+
+    def run(self, value):
+        self.count()
+        return (value,)
+
+
+class TestAdd(_Counted):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"a": ("INT", {"forceInput": True}), "b": ("INT", {"default": 1})}}
+
+    RETURN_TYPES = ("INT",)
+    RETURN_NAMES = ("sum",)
+
+    def run(self, a, b):
+        self.count()
+        return (a + b,)
+
+
+class TestSampler(_Counted):
+    """Shaped like KSampler: a seed and linked model/conditioning/latent inputs."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("INT",), "positive": ("INT",), "negative": ("INT",), "latent": ("INT",),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+            "mode": (["fast", "slow"],),
+        }}
+
+    RETURN_TYPES = ("INT",)
+
+    def run(self, model, positive, negative, latent, seed, mode):
+        self.count()
+        return (model + positive + negative + latent + seed,)
+
+
+class TestOutput(_Counted):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("*",)}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+
+    def run(self, value):
+        self.count()
+        return {"ui": {"text": [str(value)]}}
+
+
+class TestSlow(_Counted):
+    """Reports progress every step; sleeps `delay` seconds per step."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"steps": ("INT", {"default": 10, "min": 1, "max": 100000}),
+                             "delay": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0})}}
+
+    RETURN_TYPES = ("INT",)
+
+    def run(self, steps, delay):
+        self.count()
+        bar = ProgressBar(steps)
+        for _ in range(steps):
+            time.sleep(delay)
+            bar.update(1)
+        return (steps,)
+
+
+class TestRaise(_Counted):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"forceInput": True}), "message": ("STRING", {"default": "boom"})}}
+
+    RETURN_TYPES = ("INT",)
+
+    def run(self, value, message):
+        self.count()
+        raise RuntimeError(message)
+
+
+class TestListOut(_Counted):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"count": ("INT", {"default": 3, "min": 0, "max": 100})}}
+
+    RETURN_TYPES = ("INT", "STRING")
+    OUTPUT_IS_LIST = (True, False)
+
+    def run(self, count):
+        self.count()
+        return (list(range(count)), f"{count} items")
+
+
+class TestListIn(_Counted):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"values": ("INT", {"forceInput": True}), "scale": ("INT", {"default": 1})}}
+
+    RETURN_TYPES = ("INT",)
+    INPUT_IS_LIST = True
+
+    def run(self, values, scale):
+        self.count()
+        return (sum(values) * scale[0],)
+
+
+class TestVolatile(_Counted):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"default": 0})}}
+
+    RETURN_TYPES = ("INT",)
+
+    @classmethod
+    def IS_CHANGED(cls, value):
+        return float("nan")
+
+    def run(self, value):
+        self.count()
+        return (value,)
+
+
+class TestFingerprint(_Counted):
+    """IS_CHANGED returns whatever `token` says, to show a stable fingerprint keeps the cache."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"token": ("STRING", {"default": "a"})}}
+
+    RETURN_TYPES = ("STRING",)
+
+    @classmethod
+    def IS_CHANGED(cls, token):
+        return token.upper()
+
+    def run(self, token):
+        self.count()
+        return (token,)
+
+
+class TestHidden(_Counted):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}, "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO",
+                                           "unique_id": "UNIQUE_ID"}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+
+    def run(self, prompt, extra_pnginfo, unique_id):
+        self.count()
+        return {"ui": {"text": [f"{unique_id}|{sorted(prompt)}|{extra_pnginfo}"]}}
+
+
+class TestValidated(_Counted):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"default": 0, "min": 0, "max": 10})}}
+
+    RETURN_TYPES = ("INT",)
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, value):
+        return True if value != 7 else "seven is not allowed"
+
+    def run(self, value):
+        self.count()
+        return (value,)
+
+
+class TestAnyType(_Counted):
+    """VALIDATE_INPUTS taking input_types switches off the engine's type check for links."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("FLOAT",)}}
+
+    RETURN_TYPES = ("FLOAT",)
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, input_types):
+        return True if input_types.get("value") in (None, "INT", "FLOAT") else f"cannot take {input_types}"
+
+    def run(self, value):
+        self.count()
+        return (float(value),)
+
+
+class TestTensor(_Counted):
+    """Returns a large tensor, to show the cache keeps references rather than copies."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"size": ("INT", {"default": 1024, "min": 1, "max": 1 << 26})}}
+
+    RETURN_TYPES = ("TENSOR",)
+    last = []
+
+    def run(self, size):
+        self.count()
+        out = torch.zeros(size)
+        TestTensor.last.append(out)
+        return (out,)
+
+
+class TestTensorSink(_Counted):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"tensor": ("TENSOR",)}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    seen = []
+
+    def run(self, tensor):
+        self.count()
+        TestTensorSink.seen.append(tensor)
+        return {"ui": {"text": [str(tensor.numel())]}}
+
+
+NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in [
+    TestValue, TestAdd, TestSampler, TestOutput, TestSlow, TestRaise, TestListOut, TestListIn,
+    TestVolatile, TestFingerprint, TestHidden, TestValidated, TestAnyType, TestTensor, TestTensorSink,
+]}
+NODE_DISPLAY_NAME_MAPPINGS = {"TestValue": "Test Value", "TestOutput": "Test Output"}
