@@ -1,0 +1,167 @@
+"""Loading custom node packs (ComfyUI's classic plugin contract) into a NodeRegistry.
+
+Each pack is imported in isolation from the others: one that fails is recorded and skipped,
+and the engine starts with the rest.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import re
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, Mapping
+
+from graph.registry import NodeRegistry, PackFailure
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: [tool.comfy] web is then not read, WEB_DIRECTORY still is
+    tomllib = None
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PackResult:
+    name: str
+    path: str
+    seconds: float
+    ok: bool
+    error: str | None
+    nodes: list[str] = field(default_factory=list)
+
+
+class PackError(Exception):
+    """A pack imported but does not follow the contract."""
+
+
+def find_packs(directory: Path) -> list[Path]:
+    """The *.py files and package folders of one custom_nodes directory, in name order."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for entry in sorted(directory.iterdir(), key=lambda p: p.name):
+        name = entry.name
+        if name.startswith((".", "__pycache__")) or name.endswith(".disabled") or name == "__init__.py":
+            continue
+        if entry.is_file() and name.endswith(".py"):
+            found.append(entry)
+        elif entry.is_dir() and (entry / "__init__.py").is_file():
+            found.append(entry)
+    return found
+
+
+def load_custom_nodes(registry: NodeRegistry, dirs: list[Path], log: Callable[[str], None] = print) -> list[PackResult]:
+    results = [load_pack(registry, path, log) for d in dirs for path in find_packs(d)]
+    if results:
+        log("Import times for custom nodes:")
+        for r in sorted(results, key=lambda r: r.seconds):
+            log(f"{r.seconds:6.1f} seconds{'' if r.ok else ' (IMPORT FAILED)'}: {r.path}")
+    return results
+
+
+def load_pack(registry: NodeRegistry, path: Path, log: Callable[[str], None] = print) -> PackResult:
+    """Import one pack and register what it exports; failures land in registry.failed_packs."""
+    path = Path(path).resolve()
+    name = path.stem if path.is_file() else path.name
+    started = time.perf_counter()
+    try:
+        module = _import(path)
+        nodes = _register(registry, module, name, path)
+    except (Exception, SystemExit) as exc:  # a pack's sys.exit() must not stop the engine
+        error = describe_error(exc)
+        log(f"{traceback.format_exc().rstrip()}\nCannot import {path} module for custom nodes: {error}")
+        registry.failed_packs.append(PackFailure(name, str(path), error))
+        return PackResult(name, str(path), time.perf_counter() - started, False, error, [])
+    return PackResult(name, str(path), time.perf_counter() - started, True, None, nodes)
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, SyntaxError):
+        where = f"{Path(exc.filename).name}, " if exc.filename else ""
+        return f"{type(exc).__name__}: {exc.msg} ({where}line {exc.lineno})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def module_name_for(path: Path) -> str:
+    """A sys.modules name unique to the pack's location, so same-named packs never collide.
+
+    It holds no dots, because a dotted name would make Python look for parent packages.
+    """
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    stem = re.sub(r"\W", "_", path.stem if path.is_file() else path.name)
+    return f"latentgraph_pack_{digest}_{stem}"
+
+
+def _import(path: Path) -> ModuleType:
+    module_name = module_name_for(path)
+    if path.is_dir():
+        spec = importlib.util.spec_from_file_location(
+            module_name, path / "__init__.py", submodule_search_locations=[str(path)])
+    else:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot build an import spec for {path}")
+    module = importlib.util.module_from_spec(spec)
+    # Registered before running so the package's relative imports find their parent.
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        for loaded in [m for m in sys.modules if m == module_name or m.startswith(module_name + ".")]:
+            del sys.modules[loaded]
+        raise
+    return module
+
+
+def _register(registry: NodeRegistry, module: ModuleType, name: str, path: Path) -> list[str]:
+    classes = getattr(module, "NODE_CLASS_MAPPINGS", None)
+    web_dir = _web_directory(module, path)
+    if classes is None:
+        if hasattr(module, "comfy_entrypoint"):
+            raise PackError("comfy_entrypoint (V3 schema) packs are not supported; export NODE_CLASS_MAPPINGS")
+        if web_dir is None:
+            raise PackError("the module defines neither NODE_CLASS_MAPPINGS nor WEB_DIRECTORY")
+    elif not isinstance(classes, Mapping):
+        raise PackError(f"NODE_CLASS_MAPPINGS must be a dict, got {type(classes).__name__}")
+    classes = dict(classes or {})
+    for key, cls in classes.items():
+        if not isinstance(key, str) or not isinstance(cls, type):
+            raise PackError(f"NODE_CLASS_MAPPINGS entry {key!r} must map a name to a class, got {cls!r}")
+    display = getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None)
+    if display is not None and not isinstance(display, Mapping):
+        logger.warning("%s: NODE_DISPLAY_NAME_MAPPINGS is not a dict; ignored", path)
+        display = None
+    python_module = f"custom_nodes.{name}"
+    for cls in classes.values():
+        try:
+            cls.RELATIVE_PYTHON_MODULE = python_module  # ComfyUI tags classes so; some packs read it
+        except (AttributeError, TypeError):
+            pass
+    nodes = registry.register_mappings(classes, dict(display or {}), python_module=python_module, builtin=False)
+    if web_dir is not None:
+        registry.web_directories[name] = str(web_dir)
+    return nodes
+
+
+def _web_directory(module: ModuleType, path: Path) -> Path | None:
+    """WEB_DIRECTORY, or [tool.comfy] web in the pack's pyproject.toml, as an existing folder."""
+    pack_dir = path if path.is_dir() else path.parent
+    rel = getattr(module, "WEB_DIRECTORY", None)
+    if rel is None and tomllib is not None and path.is_dir() and (path / "pyproject.toml").is_file():
+        try:
+            rel = tomllib.loads((path / "pyproject.toml").read_text(encoding="utf-8")).get(
+                "tool", {}).get("comfy", {}).get("web")
+        except (OSError, tomllib.TOMLDecodeError, AttributeError) as exc:
+            logger.warning("%s: cannot read pyproject.toml: %s", path, exc)
+    if not isinstance(rel, str) or not rel:
+        return None
+    web = (pack_dir / rel).resolve()
+    return web if web.is_dir() else None

@@ -238,7 +238,9 @@ def _widget_plan(info: Mapping) -> list[_WidgetSlot]:
 
 
 def _input_order(info: Mapping, section: str, specs: Mapping) -> list[str]:
-    order = (info.get("input_order") or {}).get(section) if isinstance(info.get("input_order"), Mapping) else None
+    """input_order when present: JSON objects need not keep their key order in transit."""
+    orders = info.get("input_order")
+    order = orders.get(section) if isinstance(orders, Mapping) else None
     names = [n for n in order if n in specs] if isinstance(order, list) else []
     return names + [n for n in specs if n not in names]
 
@@ -505,7 +507,7 @@ def _bypass_input(node: Mapping, link: _Link) -> int | None:
         out_type = outputs[slot]["type"]
     inputs = node.get("inputs") or []
     if 0 <= slot < len(inputs) and _fits(out_type, inputs[slot].get("type")):
-        return slot+0
+        return slot
     return next((i for i, entry in enumerate(inputs) if _fits(out_type, entry.get("type"))), None)
 
 

@@ -16,10 +16,6 @@ from aiohttp import web
 # that recursive code downstream (validation, json.dumps, SQLite storage) never overflows.
 MAX_DEPTH = 128
 
-JSON_TYPES = ("application/json",)
-# Content types a browser may send cross-site without a CORS preflight ("simple requests").
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
-
 
 class BadRequest(Exception):
     """A client error that becomes a JSON error reply."""

@@ -207,3 +207,14 @@ def test_repo_example_pack_validates_in_a_prompt():
     bad = {"1": {"class_type": "TextCase", "inputs": {"text": "abc", "case": "sideways"}},
            "2": {"class_type": "ShowText", "inputs": {"text": ["1", 0]}}}
     assert not validate_prompt(bad, registry).ok
+
+
+def test_web_directory_from_pyproject(tmp_path):
+    d = tmp_path / "n"
+    write(d / "tomlpack" / "__init__.py", "NODE_CLASS_MAPPINGS = {}\n")
+    write(d / "tomlpack" / "pyproject.toml", "[tool.comfy]\nweb = \"frontend\"\n")
+    (d / "tomlpack" / "frontend").mkdir()
+    write(d / "gone" / "__init__.py", "NODE_CLASS_MAPPINGS = {}\nWEB_DIRECTORY = './missing'\n")
+    registry, results, _ = load([d])
+    assert all(r.ok for r in results)
+    assert registry.web_directories == {"tomlpack": str((d / "tomlpack" / "frontend").resolve())}

@@ -368,12 +368,17 @@ def test_muted_node_is_skipped_and_links_from_it_dropped():
     lora = node(10, "LoraLoader", ["detail.safetensors", 1, 1], mode=2,
                 inputs=[inp("model", "MODEL", 1), inp("clip", "CLIP", 2)],
                 outputs=[out("MODEL", "MODEL"), out("CLIP", "CLIP")])
-    nodes = [checkpoint(4), lora, ksampler(3, [1, "fixed", 20, 8, "euler", "normal", 1], model=3),
+    seed_source = node(11, "SeedGenerator", [5], mode=2, outputs=[out("INT", "INT")])
+    nodes = [checkpoint(4), lora, seed_source,
+             ksampler(3, [1, "fixed", 20, 8, "euler", "normal", 1], model=3, seed_link=4),
              node(9, "SaveImage", ["muted"], inputs=[inp("images", "IMAGE", None)], mode=2)]
-    links = [(1, 4, 0, 10, 0, "MODEL"), (2, 4, 1, 10, 1, "CLIP"), (3, 10, 0, 3, 0, "MODEL")]
+    links = [(1, 4, 0, 10, 0, "MODEL"), (2, 4, 1, 10, 1, "CLIP"), (3, 10, 0, 3, 0, "MODEL"),
+             (4, 11, 0, 3, 4, "INT")]
     prompt = convert(workflow(nodes, links))
     assert set(prompt) == {"4", "3"}
     assert "model" not in prompt["3"]["inputs"]
+    # a widget fed from a muted node loses its value too, as in the editor's own export
+    assert "seed" not in prompt["3"]["inputs"] and prompt["3"]["inputs"]["steps"] == 20
 
 
 def test_bypassed_node_passes_through_by_slot():
