@@ -1,0 +1,204 @@
+"""Queueing and running: /prompt, /queue, /interrupt, /free, /history (ComfyUI's shapes)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from graph.errors import error as error_doc
+from server.jsonio import BadRequest, json_response, raw_json_response, read_json_object
+from server.queue import DuplicatePromptId, Job
+from server.security import expects_json
+from server.state import state_of
+
+log = logging.getLogger(__name__)
+
+# Secrets some clients put in extra_data for paid API nodes; never stored or listed.
+_SECRET_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
+MAX_PROMPT_ID = 256
+
+
+def _prompt_error(status: int, err: dict, node_errors: dict | None = None) -> web.Response:
+    return json_response({"error": err, "node_errors": node_errors or {}}, status=status)
+
+
+def _bad_field(message: str) -> web.Response:
+    return _prompt_error(400, error_doc("invalid_prompt", "Invalid prompt", message))
+
+
+def _priority(body: dict, state) -> float | int | web.Response:
+    if "number" in body and body["number"] is not None:
+        number = body["number"]
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
+                or abs(number) > 2 ** 53:
+            return _bad_field("'number' must be a finite number")
+        return number
+    return state.store.next_number(front=bool(body.get("front")))
+
+
+@expects_json
+async def post_prompt(request: web.Request) -> web.Response:
+    state = state_of(request)
+    body = await read_json_object(request)
+    if "prompt" not in body:
+        return _prompt_error(400, error_doc("no_prompt", "No prompt provided", "No prompt provided"))
+    prompt = body["prompt"]
+    prompt_id = body.get("prompt_id")
+    if prompt_id is None:
+        prompt_id = str(uuid.uuid4())
+    elif not isinstance(prompt_id, str) or not prompt_id or len(prompt_id) > MAX_PROMPT_ID \
+            or not prompt_id.isprintable():
+        return _bad_field(f"'prompt_id' must be a non-empty printable string of at most {MAX_PROMPT_ID} characters")
+    client_id = body.get("client_id")
+    if client_id is not None and not isinstance(client_id, str):
+        return _bad_field("'client_id' must be a string")
+    extra_data = body.get("extra_data", {})
+    if extra_data is None:
+        extra_data = {}
+    if not isinstance(extra_data, dict):
+        return _bad_field("'extra_data' must be an object")
+    extra_data = {k: v for k, v in extra_data.items() if k not in _SECRET_KEYS}
+    if client_id:
+        extra_data["client_id"] = client_id
+    targets = body.get("partial_execution_targets")
+    if targets is not None and (not isinstance(targets, list) or not all(isinstance(t, (str, int)) and
+                                                                          not isinstance(t, bool) for t in targets)):
+        return _bad_field("'partial_execution_targets' must be a list of node ids")
+    if targets is not None:
+        targets = [str(t) for t in targets]
+
+    executor = state.runtime.executor
+    try:
+        # INPUT_TYPES may list folders; keep the event loop free while it does
+        checked = await asyncio.to_thread(executor.validate, prompt, targets)
+    except RecursionError:
+        return _prompt_error(400, error_doc("invalid_prompt", "Invalid prompt", "the prompt is nested too deeply"))
+    except Exception as exc:  # a plugin's INPUT_TYPES or VALIDATE_INPUTS blew up
+        log.exception("validation of a prompt raised")
+        return _prompt_error(400, error_doc("exception_during_validation", "Exception during validation",
+                                            f"{type(exc).__name__}: {exc}"))
+    if not checked.ok:
+        return _prompt_error(400, checked.error or error_doc("invalid_prompt", "Invalid prompt"), checked.node_errors)
+
+    number = _priority(body, state)
+    if isinstance(number, web.Response):
+        return number
+    job = Job(number, prompt_id, prompt, extra_data, list(checked.outputs))
+    try:
+        state.store.enqueue(job)
+    except DuplicatePromptId:
+        return _bad_field(f"prompt_id {prompt_id!r} is already queued or in the history")
+    state.worker.submit(prompt_id, checked)
+    state.notify_queue()
+    return json_response({"prompt_id": prompt_id, "number": number, "node_errors": checked.node_errors})
+
+
+async def get_prompt(request: web.Request) -> web.Response:
+    return json_response(state_of(request).queue_status())
+
+
+async def get_queue(request: web.Request) -> web.Response:
+    store = state_of(request).store
+    running, pending = await asyncio.to_thread(lambda: (store.queue_items("running"), store.queue_items("pending")))
+    return raw_json_response('{"queue_running": [' + ", ".join(running) + '], "queue_pending": ['
+                             + ", ".join(pending) + "]}")
+
+
+def _id_list(body: dict, key: str) -> list[str] | None:
+    if key not in body:
+        return None
+    ids = body[key]
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise BadRequest(400, "invalid_request", f"'{key}' must be a list of prompt ids")
+    return ids
+
+
+@expects_json
+async def post_queue(request: web.Request) -> web.Response:
+    state = state_of(request)
+    body = await read_json_object(request)
+    deleted: list[str] = []
+    if body.get("clear") is True:
+        deleted += state.store.delete_pending(None)
+    ids = _id_list(body, "delete")
+    if ids:
+        deleted += state.store.delete_pending(ids)
+    state.worker.forget(deleted)
+    if deleted:
+        state.notify_queue()
+    return json_response({"deleted": deleted})
+
+
+@expects_json
+async def post_interrupt(request: web.Request) -> web.Response:
+    state = state_of(request)
+    body = await read_json_object(request, optional=True)
+    prompt_id = body.get("prompt_id")
+    if prompt_id is not None and not isinstance(prompt_id, str):
+        raise BadRequest(400, "invalid_request", "'prompt_id' must be a string")
+    hit = state.worker.interrupt(prompt_id)
+    return json_response({"interrupted": hit})
+
+
+@expects_json
+async def post_free(request: web.Request) -> web.Response:
+    body = await read_json_object(request, optional=True)
+    unload, free = body.get("unload_models") is True, body.get("free_memory") is True
+    if unload or free:
+        state_of(request).worker.request_free(unload, free)
+    return json_response({})
+
+
+def _int_param(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(400, "invalid_request", f"'{name}' must be an integer, got {raw!r}") from None
+    if name == "max_items" and value < 0:
+        raise BadRequest(400, "invalid_request", "'max_items' must not be negative")
+    return value
+
+
+async def get_history(request: web.Request) -> web.Response:
+    store = state_of(request).store
+    max_items, offset = _int_param(request, "max_items"), _int_param(request, "offset")
+    text = await asyncio.to_thread(store.history_text, max_items, offset)
+    return raw_json_response(text)
+
+
+async def get_history_entry(request: web.Request) -> web.Response:
+    store = state_of(request).store
+    text = await asyncio.to_thread(store.history_entry_text, request.match_info["prompt_id"])
+    return raw_json_response(text)
+
+
+@expects_json
+async def post_history(request: web.Request) -> web.Response:
+    store = state_of(request).store
+    body = await read_json_object(request)
+    if body.get("clear") is True:
+        store.delete_history(None)
+    ids = _id_list(body, "delete")
+    if ids:
+        store.delete_history(ids)
+    return json_response({})
+
+
+ROUTES: list[tuple[str, str, Any]] = [
+    ("POST", "/prompt", post_prompt),
+    ("GET", "/prompt", get_prompt),
+    ("GET", "/queue", get_queue),
+    ("POST", "/queue", post_queue),
+    ("POST", "/interrupt", post_interrupt),
+    ("POST", "/free", post_free),
+    ("GET", "/history", get_history),
+    ("GET", "/history/{prompt_id}", get_history_entry),
+    ("POST", "/history", post_history),
+]
