@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,12 @@ class FolderPaths:
                     (models / d).mkdir(parents=True, exist_ok=True)
             for d in (self.input_dir, self.output_dir, self.temp_dir, self.user_dir, self.base / "custom_nodes"):
                 d.mkdir(parents=True, exist_ok=True)
+
+    def clear_temp(self) -> None:
+        """Empty temp/ (previews of a past session), as ComfyUI does at start."""
+        if self.temp_dir.is_dir():
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
 
     # -- keys and directories --------------------------------------------------------------
     @property

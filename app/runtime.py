@@ -28,6 +28,7 @@ def create_runtime(args: argparse.Namespace, log=print) -> Runtime:
     folders = FolderPaths(args.base_directory, output_directory=args.output_directory,
                           input_directory=args.input_directory, temp_directory=args.temp_directory,
                           user_directory=args.user_directory)
+    folders.clear_temp()
     for config in args.extra_model_paths_config:
         folders.load_extra_model_paths(config)
     env = Environment(folders, {"disable_metadata": args.disable_metadata})

@@ -21,6 +21,7 @@ class ServerConfig:
     web_root: Path = field(default_factory=lambda: REPO_ROOT / "web")
     preview_max_size: int = 512
     preview_interval_s: float = 0.1  # at most ~10 preview frames per second per prompt
+    cpu: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ServerConfig":
@@ -28,7 +29,7 @@ class ServerConfig:
         max_mb = getattr(args, "max_upload_size", 100)
         return cls(hosts=hosts, port=args.port, max_upload_bytes=int(max_mb * 1024 * 1024),
                    preview_method=getattr(args, "preview_method", "auto") or "auto",
-                   cors_origin=getattr(args, "enable_cors_header", None))
+                   cors_origin=getattr(args, "enable_cors_header", None), cpu=bool(getattr(args, "cpu", False)))
 
     @property
     def loopback_only(self) -> bool:

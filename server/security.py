@@ -117,8 +117,8 @@ def _route_expects_json(request: web.Request) -> bool:
 
 def _content_type_problem(request: web.Request) -> str | None:
     raw = request.headers.get("Content-Type")
-    if raw is None:
-        return None  # scripts often send none; a browser always names one
+    if raw is None or not request.body_exists:
+        return None  # scripts often send none; and an empty body carries nothing to misread
     mime = raw.split(";", 1)[0].strip().lower()
     if mime == "application/json" or mime.endswith("+json"):
         return None

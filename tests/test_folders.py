@@ -254,3 +254,16 @@ def test_malformed_extra_model_paths_name_the_file(folders, tmp_path, text):
 def test_missing_extra_model_paths_file(folders, tmp_path):
     with pytest.raises(ValueError, match="nope.yaml"):
         folders.load_extra_model_paths(tmp_path / "nope.yaml")
+
+
+def test_runtime_start_empties_temp_but_keeps_outputs(tmp_path):
+    from app.args import parse_args
+    from app.runtime import create_runtime
+
+    (tmp_path / "temp").mkdir()
+    (tmp_path / "temp" / "old_preview.png").write_bytes(b"x")
+    (tmp_path / "output").mkdir()
+    (tmp_path / "output" / "kept.png").write_bytes(b"x")
+    create_runtime(parse_args(["--base-directory", str(tmp_path), "--disable-all-custom-nodes"]), log=lambda m: None)
+    assert list((tmp_path / "temp").iterdir()) == []
+    assert (tmp_path / "output" / "kept.png").exists()

@@ -1,0 +1,56 @@
+"""The editor's files: web/ at /, and each node pack's WEB_DIRECTORY at /extensions/<pack>/."""
+from __future__ import annotations
+
+import html
+import logging
+from pathlib import Path
+from typing import Awaitable, Callable
+from urllib.parse import quote
+
+from aiohttp import web
+
+from server.state import state_of
+
+log = logging.getLogger(__name__)
+
+NO_CACHE = {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "no-cache", "Expires": "0"}
+
+_PLACEHOLDER = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>LatentGraph</title></head>
+<body style="font-family: sans-serif; max-width: 40em; margin: 3em auto">
+<h1>LatentGraph is running</h1>
+<p>The graph editor is not installed here ({where} has no index.html), but the API is:
+POST a prompt to <code>/prompt</code>, follow it on the <code>/ws</code> websocket,
+read results from <code>/history</code> and <code>/view</code>. Every route also answers under
+<code>/api</code>.</p>
+</body></html>
+"""
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    web_root = state_of(request).config.web_root
+    page = web_root / "index.html"
+    if page.is_file():
+        return web.FileResponse(page, headers=NO_CACHE)
+    text = _PLACEHOLDER.format(where=html.escape(str(web_root)))
+    return web.Response(text=text, content_type="text/html", headers=NO_CACHE)
+
+
+def add_static_routes(app: web.Application, web_root: Path, web_directories: dict[str, str]) -> None:
+    """Registered last: the web root's catch-all prefix must not shadow the API."""
+    for pack, directory in web_directories.items():
+        if Path(directory).is_dir():
+            app.router.add_static(f"/extensions/{quote(pack)}", directory)
+    if web_root.is_dir():
+        app.router.add_static("/", web_root)
+
+
+@web.middleware
+async def cache_headers(request: web.Request,
+                        handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """Scripts and pages must not be cached, or an updated editor keeps running old code."""
+    response = await handler(request)
+    if request.path.endswith((".js", ".mjs", ".css", ".html")) or request.path.endswith("index.json"):
+        for key, value in NO_CACHE.items():
+            response.headers.setdefault(key, value)
+    return response
