@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-BUILTIN_MODULES = ("nodes.primitives", "nodes.image")
+BUILTIN_MODULES = ("nodes.primitives", "nodes.image", "nodes.image_transform", "nodes.latent")
 
 
 def register_builtin_nodes(registry) -> None:
