@@ -92,6 +92,7 @@ class _Run:
         self._sink = emit
         self.results: dict[str, Entry] = {}
         self._hidden: dict[str, dict[str, str]] = {}
+        self._lazy: dict[str, frozenset[str]] = {}
 
     def emit(self, event: str, data: dict) -> None:
         if event.startswith("execution_"):
@@ -101,25 +102,42 @@ class _Run:
 
     # -- planning ---------------------------------------------------------------------------
     def plan(self) -> tuple[list[str], dict[str, str], set[str]]:
-        """Keys of every needed node, which nodes hit the cache, and the order of the rest."""
+        """Keys of every node the outputs could use, which hit the cache, and the order of the
+        nodes that must run. Sources of lazy inputs are keyed but only run when requested."""
         graph = self.graph
         wanted = reachable(graph.pred, self.outputs)
         order = [n for n in nx.topological_sort(graph) if n in wanted]
+        self.position = {n: i for i, n in enumerate(order)}
         keys: dict[str, str] = {}
         for node_id in order:
             keys[node_id] = self.key(node_id, keys)
         self.ex.cache.begin_prompt(keys.values())
         hits = {n for n in order if self.ex.cache.get(keys[n]) is not None}
+        needed = self.uncached_ancestry([o for o in self.outputs if o not in hits], hits)
+        self.consumers = {n: sum(1 for c in graph.succ[n] if c in needed) for n in wanted}
+        self.keys, self.hits = keys, hits
+        return [n for n in order if n in needed], keys, hits
+
+    def uncached_ancestry(self, starts: list[str], hits: set[str]) -> set[str]:
+        """`starts` and everything they need through non-lazy links, stopping at cache hits."""
         needed: set[str] = set()
-        stack = [o for o in self.outputs if o not in hits]
+        stack = list(starts)
         while stack:
             node_id = stack.pop()
             if node_id in needed:
                 continue
             needed.add(node_id)
-            stack.extend(src for src in graph.pred[node_id] if src not in hits)
-        self.consumers = {n: sum(1 for c in graph.succ[n] if c in needed) for n in wanted}
-        return [n for n in order if n in needed], keys, hits
+            stack.extend(src for src in self.strong_sources(node_id) if src not in hits)
+        return needed
+
+    def strong_sources(self, node_id: str) -> list[str]:
+        lazy = self.lazy_inputs(self.ex.registry.get(self.prompt[node_id]["class_type"]))
+        return [v[0] for name, v in self.prompt[node_id]["inputs"].items() if is_link(v) and name not in lazy]
+
+    def lazy_inputs(self, node_type: NodeType) -> frozenset[str]:
+        if node_type.name not in self._lazy:
+            self._lazy[node_type.name] = frozenset(n for n, spec in node_type.inputs().items() if spec.lazy)
+        return self._lazy[node_type.name]
 
     def hidden_inputs(self, node_type: NodeType) -> dict[str, str]:
         """{input name: hidden kind}, read once per class per prompt."""
@@ -158,14 +176,8 @@ class _Run:
                     self._report_ui(node_id, self.results[node_id])
             for node_id in order:
                 current = node_id
-                if self.ex.interrupt_flag.is_set():
-                    raise Interrupted(f"interrupted before node {node_id}")
-                entry = self.run_node(node_id)
-                self.results[node_id] = entry
-                self.ex.cache.put(keys[node_id], entry)
-                self.result.executed.append(node_id)
-                self._report_ui(node_id, entry)
-                self._release_inputs(node_id)
+                if node_id not in self.results:  # lazy requests may have run it already
+                    self.step(node_id)
         except Interrupted:
             self.result.status = "interrupted"
             node = self.prompt.get(current, {}) if current else {}
@@ -180,6 +192,49 @@ class _Run:
             return self.result
         self.emit("execution_success", {"prompt_id": self.prompt_id, "timestamp": _now()})
         return self.result
+
+    def step(self, node_id: str) -> None:
+        """Run one node (after whatever its lazy inputs ask for) and keep its result."""
+        if self.ex.interrupt_flag.is_set():
+            raise Interrupted(f"interrupted before node {node_id}")
+        self.resolve_lazy(node_id)
+        entry = self.run_node(node_id)
+        self.results[node_id] = entry
+        self.ex.cache.put(self.keys[node_id], entry)
+        self.result.executed.append(node_id)
+        self._report_ui(node_id, entry)
+        self._release_inputs(node_id)
+
+    def resolve_lazy(self, node_id: str) -> None:
+        """Ask the node which lazy inputs it needs (check_lazy_status, as ComfyUI), run their
+        sources, and ask again until it needs nothing more."""
+        node = self.prompt[node_id]
+        node_type = self.ex.registry.get(node["class_type"])
+        lazy = self.lazy_inputs(node_type)
+        instance = self._instance(node_id, node_type)
+        if not lazy or not hasattr(instance, "check_lazy_status"):
+            return
+        while True:
+            inputs = self.gather_inputs(node_id, node, node_type)
+            args = inputs if node_type.input_is_list else {k: v[0] if v else None for k, v in inputs.items()}
+            try:
+                requested = instance.check_lazy_status(**args) or []
+            except Exception as exc:
+                raise NodeFailure(self._error_payload(node_id, node["class_type"], exc, inputs)) from exc
+            sources = [node["inputs"][name][0] for name in requested
+                       if name in lazy and is_link(node["inputs"].get(name))
+                       and node["inputs"][name][0] not in self.results]
+            if not sources:
+                return
+            todo = self.uncached_ancestry(sources, self.hits)
+            todo |= {s for n in todo for s in self.strong_sources(n) if s in self.hits}
+            for src in sorted(todo, key=self.position.__getitem__):
+                if src in self.results:
+                    continue
+                if src in self.hits:
+                    self.results[src] = self.ex.cache.get(self.keys[src])
+                else:
+                    self.step(src)
 
     def _report_ui(self, node_id: str, entry: Entry) -> None:
         if entry.ui is not None:
@@ -227,7 +282,8 @@ class _Run:
         data: dict[str, list] = {}
         for name, value in node["inputs"].items():
             if is_link(value):
-                data[name] = self.results[value[0]].outputs[value[1]]
+                source = self.results.get(value[0])
+                data[name] = source.outputs[value[1]] if source is not None else [None]  # an unasked lazy input
             else:
                 data[name] = [unwrap(value)]
         for name, kind in self.hidden_inputs(node_type).items():

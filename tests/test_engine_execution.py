@@ -161,3 +161,27 @@ def test_long_chain_runs_without_recursion_limits(runtime):
         prompt[str(i)] = {"class_type": "TestAdd", "inputs": {"a": [str(i - 1), 0], "b": 1}}
     prompt["out"] = {"class_type": "TestOutput", "inputs": {"value": ["2999", 0]}}
     assert runtime.executor.run(prompt).outputs["out"] == {"text": ["2999"]}
+
+
+def lazy_prompt(select: bool) -> dict:
+    return {
+        "1": {"class_type": "TestValue", "inputs": {"value": 5}},
+        "2": {"class_type": "TestAdd", "inputs": {"a": ["1", 0], "b": 100}},
+        "3": {"class_type": "TestRaise", "inputs": {"value": ["1", 0], "message": "the unselected branch ran"}},
+        "4": {"class_type": "TestLazySwitch", "inputs": {"select": select, "on_true": ["2", 0], "on_false": ["3", 0]}},
+        "5": {"class_type": "TestOutput", "inputs": {"value": ["4", 0]}},
+    }
+
+
+def test_lazy_inputs_evaluate_only_what_the_node_asks_for(cached_runtime):
+    rt = cached_runtime
+    switch = rt.registry.get("TestLazySwitch").cls
+    switch.asked.clear()
+    result = rt.executor.run(lazy_prompt(True))
+    assert result.ok, result.error
+    assert result.outputs["5"] == {"text": ["105"]}
+    assert calls(rt)["TestRaise"] == 0  # the other branch never ran
+    assert switch.asked[0] == (True, None, None) and switch.asked[-1] == (True, 105, None)
+    assert result.executed == ["1", "2", "4", "5"]
+    flipped = rt.executor.run(lazy_prompt(False))
+    assert flipped.status == "error" and flipped.error["node_id"] == "3"  # now the raising branch is asked for

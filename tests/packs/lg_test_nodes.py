@@ -249,7 +249,28 @@ class TestTensorSink(_Counted):
         return {"ui": {"text": [str(tensor.numel())]}}
 
 
+class TestLazySwitch(_Counted):
+    """Evaluates only the branch it selects (lazy inputs with check_lazy_status)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"select": ("BOOLEAN", {"default": True}),
+                             "on_true": ("*", {"lazy": True}), "on_false": ("*", {"lazy": True})}}
+
+    RETURN_TYPES = ("*",)
+    asked = []
+
+    def check_lazy_status(self, select, on_true=None, on_false=None):
+        TestLazySwitch.asked.append((select, on_true, on_false))
+        return ["on_true"] if select else ["on_false"]
+
+    def run(self, select, on_true=None, on_false=None):
+        self.count()
+        return (on_true if select else on_false,)
+
+
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in [
+    TestLazySwitch,
     TestValue, TestAdd, TestSampler, TestOutput, TestSlow, TestRaise, TestListOut, TestListIn,
     TestVolatile, TestFingerprint, TestHidden, TestValidated, TestAnyType, TestTensor, TestTensorSink,
 ]}
