@@ -1,0 +1,437 @@
+"""Reading model files safely, telling SD families apart, and building models without a second copy.
+
+* `read_state_dict` decides the format from the file's bytes, never its name. safetensors goes
+  through `safetensors.safe_open` (memory-mapped, lazily paged); zip/legacy pickles only through
+  `torch.load(weights_only=True)`. A file *named* .safetensors whose bytes are a pickle is refused
+  before anything is unpickled: the name is what users trust.
+* `detect` reads family, prediction type and configs from key names and shapes.
+* `split_components` cuts a full checkpoint into UNet / VAE / text parts.
+* `materialize` builds a module on the meta device and assigns the loaded tensors to it, so the
+  weights exist once in memory (the file's pages or their dtype-converted copy), never twice.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+
+from .vae import AutoencoderKL, VAEConfig
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+TEXT_PREFIXES = ("cond_stage_model.", "conditioner.embedders.")
+
+# Buffers of the original LDM training code that some released files still carry; no model here
+# uses them (the sampler rebuilds its schedule), so they are dropped on split.
+LDM_EXTRAS = frozenset({
+    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+})
+# Markers, not weights: ComfyUI's saver writes an empty `v_pred` (top level for SDXL-family files,
+# `model.diffusion_model.v_pred` otherwise); `ztsnr` and `edm_*` describe the noise schedule.
+MARKER_KEYS = frozenset({"v_pred", "ztsnr", "edm_mean", "edm_std", UNET_PREFIX + "v_pred"})
+
+# The std rule for SD2.x: the 768-v models' final transformer norm bias is far more spread out.
+SD2_V_PROBE = UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
+SD2_V_STD_THRESHOLD = 0.09
+
+_SAFETENSORS_DTYPES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+    "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1,
+}
+_MAX_HEADER = 100 << 20     # safetensors' own limit on the JSON header
+
+
+class CheckpointError(ValueError):
+    """A model file that cannot be used; the message names the file and what did not match."""
+
+    def __init__(self, source: str | os.PathLike | None, problem: str):
+        self.source = None if source is None else str(source)
+        self.problem = problem
+        super().__init__(f"{self.source}: {problem}" if self.source else problem)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading files
+
+
+def sniff_format(path: str | os.PathLike) -> str:
+    """'safetensors', 'zip' (torch.save's default) or 'pickle' (legacy torch.save), from the bytes.
+
+    safetensors headers are validated here in full (offsets against the file size) so a truncated
+    download is reported by name instead of failing later inside a memory map.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+                return "zip"
+            if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+                return "pickle"
+            if len(head) >= 9 and head[8:9] == b"{":
+                _check_safetensors_header(path, f, size)
+                return "safetensors"
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot read file: {exc.strerror or exc}") from None
+    raise CheckpointError(path, _unknown_format(head, size))
+
+
+def _unknown_format(head: bytes, size: int) -> str:
+    if size == 0:
+        return "file is empty"
+    if head.startswith(b"version https://git-lfs"):
+        return "this is a Git LFS pointer, not the model (fetch the real file with git lfs pull)"
+    if head.lstrip().lower().startswith((b"<!doctype", b"<html")):
+        return "this is an HTML page (a failed download?), not a model"
+    if len(head) < 9:
+        return f"file is only {size} bytes: truncated or not a model"
+    return (f"unknown format: starts with {head[:8].hex()} — not safetensors (8-byte length + JSON), "
+            "a zip archive or a pickle")
+
+
+def _check_safetensors_header(path: Path, f, size: int) -> dict:
+    f.seek(0)
+    (length,) = struct.unpack("<Q", f.read(8))
+    if length > _MAX_HEADER:
+        raise CheckpointError(path, f"safetensors header length {length} is implausible: damaged file")
+    if 8 + length > size:
+        raise CheckpointError(path, f"truncated: safetensors header needs {8 + length} bytes, file has {size}")
+    try:
+        header = json.loads(f.read(length))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(path, f"safetensors header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(path, "safetensors header is not a JSON object")
+    data_size = size - 8 - length
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            itemsize = _SAFETENSORS_DTYPES[entry["dtype"]]
+            begin, end = (int(v) for v in entry["data_offsets"])
+            count = 1
+            for dim in entry["shape"]:
+                count *= int(dim)
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(path, f"safetensors entry {name!r} is malformed: {entry!r}"[:300]) from None
+        if end - begin != count * itemsize or begin < 0:
+            raise CheckpointError(path, f"tensor {name!r}: offsets {begin}..{end} do not fit shape "
+                                        f"{entry['shape']} of {entry['dtype']}")
+        if end > data_size:
+            raise CheckpointError(path, f"truncated: tensor {name!r} needs data up to byte {end} but the file "
+                                        f"holds {data_size} bytes of tensor data")
+    return header
+
+
+def read_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of a model file, floating ones cast to `dtype` if given.
+
+    Tensors come memory-mapped where the format allows (safetensors, zip), so reading costs file
+    pages, not a copy, until something casts or moves them.
+    """
+    path = Path(path)
+    fmt = sniff_format(path)
+    if fmt != "safetensors" and path.suffix.lower() in (".safetensors", ".sft"):
+        raise CheckpointError(path, f"named {path.suffix} but its bytes are a {fmt} archive (a renamed "
+                                    "pickle?); refusing to unpickle it")
+    if fmt == "safetensors":
+        return _read_safetensors(path, device, dtype)
+    return _read_pickle(path, fmt, device, dtype)
+
+
+def _cast(t: torch.Tensor, device, dtype: torch.dtype | None) -> torch.Tensor:
+    if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+        return t.to(device=device, dtype=dtype)
+    return t.to(device=device)
+
+
+def _read_safetensors(path: Path, device, dtype) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    device = torch.device(device)
+    out = {}
+    try:
+        # safe_open maps the file; tensors on the CPU stay views of that map until cast.
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            for key in f.keys():
+                out[key] = _cast(f.get_tensor(key), device, dtype)
+    except Exception as exc:   # the Rust side raises its own exception types
+        raise CheckpointError(path, f"safetensors could not be read: {exc}") from None
+    return out
+
+
+def _read_pickle(path: Path, fmt: str, device, dtype) -> dict[str, torch.Tensor]:
+    import pickle
+
+    try:
+        # weights_only refuses every global outside torch's tensor allow-list, so a hostile pickle
+        # raises here instead of running code; mmap needs the zip layout.
+        obj = torch.load(path, map_location=torch.device(device), weights_only=True, mmap=fmt == "zip")
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(path, f"refused: the pickle needs more than plain tensors ({first})") from None
+    except Exception as exc:
+        raise CheckpointError(path, f"damaged {fmt} checkpoint: {type(exc).__name__}: {exc}"[:500]) from None
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]   # LDM/Lightning training checkpoints wrap the weights
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(path, f"holds a {type(obj).__name__}, not a dict of tensors")
+    out = {str(k): _cast(v, device, dtype) for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not out:
+        raise CheckpointError(path, "holds no tensors")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection
+
+FAMILY_TEXT = {"sd1": "clip_l", "sd1_inpaint": "clip_l", "sd2": "open_clip_h", "sd2_v": "open_clip_h",
+               "sdxl": "clip_l+bigg", "sdxl_refiner": "bigg"}
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    family: str                    # sd1, sd1_inpaint, sd2, sd2_v, sdxl, sdxl_refiner
+    prediction: str                # "eps" or "v_prediction"
+    unet_config: object            # diffusion.unet.UNetConfig
+    text_encoder: str              # clip_l, open_clip_h, clip_l+bigg, bigg (what the family uses)
+    vae_config: VAEConfig | None   # None when the file carries no VAE
+    has_text: bool                 # whether the file carries the text encoder weights
+    unet_prefix: str = UNET_PREFIX
+    notes: tuple[str, ...] = field(default=())
+
+
+def text_encoder_kind(sd: Mapping[str, object]) -> str | None:
+    """Which text encoder(s) the keys hold, or None."""
+    def has(prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in sd)
+
+    if has("conditioner.embedders.0.transformer.") and has("conditioner.embedders.1.model."):
+        return "clip_l+bigg"
+    if has("conditioner.embedders.0.model."):
+        return "bigg"
+    if has("cond_stage_model.model."):
+        return "open_clip_h"
+    if has("cond_stage_model.transformer."):
+        return "clip_l"
+    return None
+
+
+def find_unet_prefix(sd: Mapping[str, object]) -> str | None:
+    """The prefix under which UNet weights sit: the checkpoint's, or none for bare UNet files."""
+    for prefix in (UNET_PREFIX, ""):
+        if prefix + "input_blocks.0.0.weight" in sd:
+            return prefix
+    return None
+
+
+def _not_a_checkpoint(sd: Mapping[str, object]) -> str:
+    keys = list(sd)
+    hint = ""
+    if any(k.startswith(("lora_unet_", "lora_te", "lora_")) or ".lora_down." in k for k in keys):
+        hint = " (it looks like a LoRA)"
+    elif any(k.startswith(("control_model.", "zero_convs.")) for k in keys):
+        hint = " (it looks like a ControlNet)"
+    elif any(k.startswith(("down_blocks.", "unet.down_blocks.")) for k in keys):
+        hint = " (it looks like a diffusers-format model, which this loader does not read)"
+    elif any(k.startswith(("encoder.down.", VAE_PREFIX)) for k in keys) and not any("input_blocks" in k for k in keys):
+        hint = " (it looks like a VAE on its own)"
+    sample = ", ".join(sorted(keys)[:3])
+    return (f"no UNet found: expected key {UNET_PREFIX}input_blocks.0.0.weight{hint}; "
+            f"{len(keys)} keys, first: {sample or '(none)'}")
+
+
+def _family_of(in_channels: int, context_dim: int, adm: int | None) -> str | None:
+    if adm is None:
+        if context_dim == 768:
+            return {4: "sd1", 9: "sd1_inpaint"}.get(in_channels)
+        if context_dim == 1024 and in_channels == 4:
+            return "sd2"
+        return None
+    if context_dim == 2048 and adm == 2816 and in_channels == 4:
+        return "sdxl"
+    if context_dim == 1280 and adm == 2560 and in_channels == 4:
+        return "sdxl_refiner"
+    return None
+
+
+def _sd2_is_v(sd: Mapping[str, object], prefix: str) -> bool:
+    probe = sd.get(prefix + SD2_V_PROBE[len(UNET_PREFIX):])
+    if not isinstance(probe, torch.Tensor) or probe.is_meta or probe.numel() < 2:
+        return False   # shapes only: the rule cannot be applied, eps is the safe reading
+    return float(probe.float().std()) > SD2_V_STD_THRESHOLD
+
+
+def detect(sd: Mapping[str, object], source: str | os.PathLike | None = None) -> CheckpointInfo:
+    """Family, prediction type and configs from keys and shapes (values only for the SD2 rule)."""
+    from .unet import UNetConfig
+
+    prefix = find_unet_prefix(sd)
+    if prefix is None:
+        raise CheckpointError(source, _not_a_checkpoint(sd))
+    try:
+        unet_config = UNetConfig.from_state_dict(sd, prefix=prefix)
+    except ValueError as exc:
+        raise CheckpointError(source, f"UNet keys do not match a known layout: {exc}") from None
+    c = unet_config
+    family = _family_of(c.in_channels, c.context_dim, c.adm_in_channels)
+    if family is None:
+        raise CheckpointError(source, (
+            f"UNet with in_channels={c.in_channels}, context_dim={c.context_dim}, "
+            f"adm_in_channels={c.adm_in_channels} matches no known family (sd1: 4 or 9/768/none, "
+            f"sd2: 4/1024/none, sdxl: 4/2048/2816, sdxl_refiner: 4/1280/2560)"))
+
+    marked_v = any(k in sd for k in ("v_pred", UNET_PREFIX + "v_pred"))
+    prediction = "v_prediction" if marked_v else "eps"
+    if family == "sd2" and (marked_v or _sd2_is_v(sd, prefix)):
+        family, prediction = "sd2_v", "v_prediction"
+
+    kind = text_encoder_kind(sd)
+    expected = FAMILY_TEXT[family]
+    if kind is not None and kind != expected:
+        raise CheckpointError(source, f"UNet is {family} (wants {expected} text encoder) but the text "
+                                      f"encoder keys are {kind}")
+    vae_config = None
+    if any(k.startswith(VAE_PREFIX) for k in sd):
+        try:
+            vae_config = VAEConfig.from_state_dict(sd, VAE_PREFIX)
+        except ValueError as exc:
+            raise CheckpointError(source, f"VAE keys do not match: {exc}") from None
+    return CheckpointInfo(family=family, prediction=prediction, unet_config=unet_config, text_encoder=expected,
+                          vae_config=vae_config, has_text=kind is not None, unet_prefix=prefix)
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting and building
+
+
+def split_components(sd: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """{"unet": keys minus `model.diffusion_model.`, "vae": minus `first_stage_model.`, "text": ...}.
+
+    Text keys keep their full names (`cond_stage_model.*`, `conditioner.embedders.N.*`): which
+    encoder a key belongs to is in that prefix, and `TextEncoder.from_state_dict` reads it so.
+    LDM schedule buffers, EMA copies and marker keys are dropped; other unknown keys are ignored.
+    """
+    parts: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "vae": {}, "text": {}}
+    for key, value in sd.items():
+        if key in LDM_EXTRAS or key in MARKER_KEYS or key.startswith("model_ema."):
+            continue
+        if key.startswith(UNET_PREFIX):
+            parts["unet"][key[len(UNET_PREFIX):]] = value
+        elif key.startswith(VAE_PREFIX):
+            parts["vae"][key[len(VAE_PREFIX):]] = value
+        elif key.startswith(TEXT_PREFIXES):
+            parts["text"][key] = value
+    return parts
+
+
+def materialize(factory: Callable[[], nn.Module], sd: dict[str, torch.Tensor],
+                source: str | os.PathLike | None = None, what: str = "model") -> nn.Module:
+    """Build `factory()` on the meta device and assign `sd`'s tensors as its weights.
+
+    No parameter memory is allocated for the skeleton, and `assign=True` makes the loaded tensors
+    the parameters themselves (their dtype and device as read), so nothing is copied.
+    """
+    with torch.device("meta"):
+        module = factory()
+    try:
+        result = module.load_state_dict(sd, strict=False, assign=True)
+    except RuntimeError as exc:   # shape mismatches
+        raise CheckpointError(source, f"{what} weights do not fit: {str(exc).splitlines()[-1].strip()}") from None
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing {len(result.missing_keys)} keys, e.g. {result.missing_keys[0]!r}")
+    if result.unexpected_keys:
+        problems.append(f"{len(result.unexpected_keys)} unexpected keys, e.g. {result.unexpected_keys[0]!r}")
+    still_meta = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if still_meta and not result.missing_keys:
+        problems.append(f"{len(still_meta)} tensors never loaded, e.g. {still_meta[0]!r}")
+    if problems:
+        raise CheckpointError(source, f"{what} weights do not match its architecture: " + "; ".join(problems))
+    return module.requires_grad_(False).eval()
+
+
+def _convert(sd: dict[str, torch.Tensor], device, dtype) -> dict[str, torch.Tensor]:
+    """Cast/move tensor by tensor, dropping each source reference as soon as it is converted."""
+    out = {}
+    for key in list(sd):
+        out[key] = _cast(sd.pop(key), device, dtype)
+    return out
+
+
+def load_vae(sd: dict[str, torch.Tensor], device="cpu", dtype: torch.dtype | None = None,
+             source: str | os.PathLike | None = None) -> AutoencoderKL:
+    """An AutoencoderKL from VAE weights with or without the `first_stage_model.` prefix.
+
+    Consumes `sd` (entries are popped as they are converted).
+    """
+    if any(k.startswith(VAE_PREFIX) for k in sd):
+        sd = {k[len(VAE_PREFIX):]: v for k, v in sd.items() if k.startswith(VAE_PREFIX)}
+    else:
+        # Stand-alone VAE files sometimes carry training leftovers (loss.*, model_ema.*).
+        sd = {k: v for k, v in sd.items() if k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv."))}
+    try:
+        config = VAEConfig.from_state_dict(sd, prefix="")
+    except ValueError as exc:
+        hint = " (diffusers layout, which this loader does not read)" if any(".down_blocks." in k for k in sd) else ""
+        raise CheckpointError(source, f"not a KL autoencoder in the original layout{hint}: {exc}") from None
+    weights = _convert(sd, device, dtype)
+    return materialize(lambda: AutoencoderKL(config), weights, source, "VAE")
+
+
+def load_unet(sd: dict[str, torch.Tensor], config, device="cpu", dtype: torch.dtype | None = None,
+              source: str | os.PathLike | None = None) -> nn.Module:
+    """A UNetModel from weights without prefix (consumes `sd`)."""
+    from .unet import UNetModel
+
+    weights = _convert(sd, device, dtype)
+    return materialize(lambda: UNetModel(config), weights, source, "UNet")
+
+
+@dataclass
+class LoadedCheckpoint:
+    info: CheckpointInfo
+    unet: nn.Module | None
+    vae: AutoencoderKL | None
+    text: nn.Module | None          # diffusion.text_encoders.TextEncoder
+    source: str
+
+
+def load_checkpoint(path: str | os.PathLike, device="cpu", unet_dtype: torch.dtype | None = None,
+                    vae_dtype: torch.dtype | None = None, text_dtype: torch.dtype | None = None,
+                    components: tuple[str, ...] = ("unet", "vae", "text")) -> LoadedCheckpoint:
+    """Read, detect and build the requested components; dtypes None keep the file's dtype.
+
+    The file is read once; each component's tensors are converted one by one and assigned to
+    modules built on the meta device, so peak memory stays near one copy of the weights.
+    """
+    sd = read_state_dict(path)
+    info = detect(sd, path)
+    if info.unet_prefix != UNET_PREFIX:
+        raise CheckpointError(path, "holds a bare UNet (no model.diffusion_model. prefix); load it as a "
+                                    "diffusion model, not a checkpoint")
+    parts = split_components(sd)
+    del sd   # the parts hold the only references now, so converted tensors free their sources
+    unet = vae = text = None
+    if "unet" in components:
+        unet = load_unet(parts.pop("unet"), info.unet_config, device, unet_dtype, path)
+    if "vae" in components and parts["vae"]:
+        vae = load_vae(parts.pop("vae"), device, vae_dtype, path)
+    if "text" in components and parts["text"]:
+        from .text_encoders import TextEncoder
+
+        try:
+            text = TextEncoder.from_state_dict(parts.pop("text"), dtype=text_dtype, device=device)
+        except ValueError as exc:
+            raise CheckpointError(path, f"text encoder: {exc}") from None
+    return LoadedCheckpoint(info=info, unet=unet, vae=vae, text=text, source=str(path))
