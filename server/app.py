@@ -16,7 +16,7 @@ from app.runtime import Runtime, create_runtime
 from server import routes_files, routes_info, routes_prompt
 from server.config import ServerConfig, listen_warning
 from server.preview import Previewer
-from server.queue import DB_NAME, PromptStore
+from server.queue import DB_NAME, PromptStore, StoreBusy
 from server.routes_static import add_static_routes, cache_headers, index
 from server.security import make_cors, make_error_middleware, make_guard
 from server.state import STATE, ServerState, state_of
@@ -54,6 +54,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
 
 def build_app(state: ServerState) -> web.Application:
+    """The application; its owner starts state.worker once listening (see run_server)."""
     config = state.config
     middlewares = [make_error_middleware(config), make_guard(config), cache_headers]
     if config.cors_origin:
@@ -68,11 +69,10 @@ def build_app(state: ServerState) -> web.Application:
     for path in ("/ws", API_PREFIX + "/ws"):
         app.router.add_get(path, websocket)
     app.router.add_get("/", index)
-    add_static_routes(app, config.web_root, state.runtime.registry.web_directories)
+    add_static_routes(app)
 
     async def on_startup(app: web.Application) -> None:
         state.hub.bind_loop(asyncio.get_running_loop())
-        state.worker.start()
 
     async def on_shutdown(app: web.Application) -> None:
         await state.hub.close_all()
@@ -121,7 +121,13 @@ async def _listen(runner: web.AppRunner, config: ServerConfig) -> list[str]:
 
 
 async def run_server(runtime: Runtime, config: ServerConfig) -> int:
-    state = create_state(runtime, config)
+    try:
+        state = create_state(runtime, config)
+    except StoreBusy as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    # only once the queue lock says no other server shares these folders
+    wipe_temp(runtime.env.folders.temp_dir)
     if state.store.recovered:
         log.warning("%d prompt(s) were running when the server last stopped; they will run again",
                     len(state.store.recovered))
@@ -137,6 +143,8 @@ async def run_server(runtime: Runtime, config: ServerConfig) -> int:
             return 1
         for problem in problems:
             log.warning("%s", problem)
+        # started only now: a server that cannot bind must not pick up (and cut short) a prompt
+        state.worker.start()
         warning = listen_warning(config.hosts)
         if warning:
             print(warning, file=sys.stderr, flush=True)
@@ -156,17 +164,14 @@ async def run_server(runtime: Runtime, config: ServerConfig) -> int:
         return 0
     finally:
         await runner.cleanup()
+        wipe_temp(runtime.env.folders.temp_dir)
 
 
 def serve(args: argparse.Namespace) -> int:
     """`python main.py`: start the engine and serve until interrupted; returns the exit code."""
     runtime = create_runtime(args, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     config = ServerConfig.from_args(args)
-    temp_dir = runtime.env.folders.temp_dir
-    wipe_temp(temp_dir)
     try:
         return asyncio.run(run_server(runtime, config))
     except KeyboardInterrupt:
         return 0
-    finally:
-        wipe_temp(temp_dir)

@@ -51,6 +51,30 @@ class DuplicatePromptId(ValueError):
     pass
 
 
+class StoreBusy(RuntimeError):
+    """Another server process already owns this queue."""
+
+
+def _lock_exclusively(path: Path):
+    """Hold an OS lock on path for the life of the process (released by the OS if it dies).
+
+    Two servers sharing one queue would each think the other's running prompt was left over
+    from a crash and run it again.
+    """
+    handle = open(path, "a+b")
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no protection, as before
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise StoreBusy(f"another LatentGraph server is using {path.parent} (found a lock on {path.name}); "
+                        "stop it or give this one a different --user-directory") from None
+    return handle
+
+
 @dataclass(frozen=True)
 class Job:
     """A queue item: ComfyUI's (number, prompt_id, prompt, extra_data, outputs_to_execute)."""
@@ -77,6 +101,7 @@ class PromptStore:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._owner = _lock_exclusively(self.path.with_name(self.path.name + ".lock"))
         self._lock = threading.Lock()
         # `with self._db:` blocks are transactions: committed whole or rolled back.
         self._db = sqlite3.connect(str(self.path), check_same_thread=False)
@@ -90,6 +115,7 @@ class PromptStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        self._owner.close()
 
     def _recover(self) -> list[str]:
         """Rows left running by a process that died go back to the queue."""
@@ -127,7 +153,8 @@ class PromptStore:
                                    "ORDER BY number, seq LIMIT 1").fetchone()
             if row is None:
                 return None
-            self._db.execute("UPDATE prompts SET state = 'running', started = ? WHERE seq = ?", (time.time(), row[0]))
+            self._db.execute("UPDATE prompts SET state = 'running', started = ? WHERE seq = ? AND state = 'pending'",
+                             (time.time(), row[0]))
         number, prompt_id, prompt, extra_data, outputs = json.loads(row[1])
         return Job(number, prompt_id, prompt, extra_data, outputs, row[2])
 

@@ -5,10 +5,11 @@ import html
 import logging
 from pathlib import Path
 from typing import Awaitable, Callable
-from urllib.parse import quote
 
 from aiohttp import web
 
+from server.files import PathRefused, resolve_inside
+from server.jsonio import BadRequest
 from server.state import state_of
 
 log = logging.getLogger(__name__)
@@ -36,13 +37,35 @@ async def index(request: web.Request) -> web.StreamResponse:
     return web.Response(text=text, content_type="text/html", headers=NO_CACHE)
 
 
-def add_static_routes(app: web.Application, web_root: Path, web_directories: dict[str, str]) -> None:
-    """Registered last: the web root's catch-all prefix must not shadow the API."""
-    for pack, directory in web_directories.items():
-        if Path(directory).is_dir():
-            app.router.add_static(f"/extensions/{quote(pack)}", directory)
-    if web_root.is_dir():
-        app.router.add_static("/", web_root)
+def _serve_file(root: Path, relative: str) -> web.StreamResponse:
+    """A file under root, with the same strict resolution as /view (no escapes, no symlinks out)."""
+    try:
+        path = resolve_inside(root, relative)
+    except PathRefused as exc:
+        raise BadRequest(exc.status, "invalid_path", exc.message) from None
+    if path.is_dir():
+        path = path / "index.html"
+    if not path.is_file():
+        raise BadRequest(404, "not_found", f"no such file: /{relative}")
+    return web.FileResponse(path)
+
+
+async def web_file(request: web.Request) -> web.StreamResponse:
+    return _serve_file(state_of(request).config.web_root, request.match_info["path"])
+
+
+async def extension_file(request: web.Request) -> web.StreamResponse:
+    directories = state_of(request).runtime.registry.web_directories
+    pack = request.match_info["pack"]
+    if pack not in directories:
+        raise BadRequest(404, "not_found", f"no node pack {pack!r} serves web files")
+    return _serve_file(Path(directories[pack]), request.match_info["path"])
+
+
+def add_static_routes(app: web.Application) -> None:
+    """Registered last: the web root's catch-all must not shadow the API."""
+    app.router.add_get("/extensions/{pack}/{path:.*}", extension_file)
+    app.router.add_get("/{path:.*}", web_file)
 
 
 @web.middleware

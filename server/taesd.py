@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from server.tensorfile import load_tensors
+from diffusion.checkpoint import read_state_dict
 
 WIDTH = 64
 
@@ -68,7 +68,7 @@ def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_decoder(path: Path) -> TAESDDecoder:
-    state = _strip_prefix(load_tensors(path))
+    state = _strip_prefix(read_state_dict(path))
     first = state.get("1.weight")
     if first is None or first.dim() != 4:
         raise ValueError(f"{path}: not a TAESD decoder (no '1.weight' conv)")

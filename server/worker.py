@@ -22,6 +22,10 @@ from server.ws import Hub, PreviewFrame, target_for
 
 log = logging.getLogger(__name__)
 
+# A prompt that takes the whole process down (a native crash, the OOM killer) would otherwise
+# take it down again on every start; after this many lost runs it is recorded as failed instead.
+MAX_RESTARTS = 3
+
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
@@ -124,6 +128,10 @@ class Worker:
         self.current = job
         self.current_node = None
         self.on_queue_change()
+        if job.restarts >= MAX_RESTARTS:
+            self._finish_failed(job, "server_restart", f"The server stopped {job.restarts} times while running "
+                                                       "this prompt; it is not run again")
+            return
         with self._lock:
             checked = self._checked.pop(job.prompt_id, None)
         if checked is None:  # queued before a restart: validate against today's nodes
@@ -138,7 +146,7 @@ class Worker:
         def emit(event: str, data: dict) -> None:
             if event == "executing":
                 self.current_node = data.get("node")
-            elif event == "execution_start" and self._interrupt_job == job.prompt_id:
+            elif event == "execution_start" and (self._interrupt_job == job.prompt_id or self._stopping.is_set()):
                 self.executor.interrupt()  # asked for before the run began (it clears the flag)
             self.hub.post(event, data, target_for(event, client))
 

@@ -136,15 +136,25 @@ class Hub:
 
     # -- sending (any thread) --------------------------------------------------------------
     def post(self, event: str, data: dict, sid=ALL) -> None:
-        if sid is not None and self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.send, event, data, sid)
+        if sid is not None:
+            self._hop(self.send, event, data, sid)
 
     def post_preview(self, preview: PreviewFrame, sid=ALL) -> None:
-        if sid is not None and self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self.send_preview, preview, sid)
+        if sid is not None:
+            self._hop(self.send_preview, preview, sid)
+
+    def _hop(self, fn, *args) -> None:
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop closed meanwhile (shutdown): nobody is listening anyway
+            pass
 
     # -- connections -----------------------------------------------------------------------
-    async def handle(self, request: web.Request, greeting: Callable[[str], list[tuple[str, dict]]]) -> web.StreamResponse:
+    async def handle(self, request: web.Request,
+                     greeting: Callable[[str], list[tuple[str, dict]]]) -> web.StreamResponse:
         ws = web.WebSocketResponse(heartbeat=30, max_msg_size=1 << 20)
         await ws.prepare(request)
         sid = request.query.get("clientId") or ""

@@ -146,10 +146,12 @@ def test_invalid_prompts_get_structured_400s(server):
 def test_chosen_prompt_id_and_duplicates(server):
     async def go():
         async with aiohttp.ClientSession() as s:
-            status, doc = await post_json(s, server.url + "/prompt", {"prompt": value_prompt(77), "prompt_id": "mine-1"})
+            status, doc = await post_json(s, server.url + "/prompt",
+                                          {"prompt": value_prompt(77), "prompt_id": "mine-1"})
             assert status == 200 and doc["prompt_id"] == "mine-1"
             await wait_history(s, server, "mine-1")
-            status, doc = await post_json(s, server.url + "/prompt", {"prompt": value_prompt(78), "prompt_id": "mine-1"})
+            status, doc = await post_json(s, server.url + "/prompt",
+                                          {"prompt": value_prompt(78), "prompt_id": "mine-1"})
             assert status == 400 and "already" in doc["error"]["details"]
     run(go())
 
@@ -325,3 +327,10 @@ def test_unknown_flags_fail_with_a_clear_message(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "main.py"), "--base-directory", str(tmp_path), "--bogus"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr
+
+
+def test_a_taken_port_is_reported_clearly(server, tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "main.py"), "--base-directory", str(tmp_path),
+                           "--port", str(server.port)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and f"port {server.port} on 127.0.0.1 is already in use" in proc.stderr
+    assert "To see the GUI" not in proc.stdout
