@@ -1,0 +1,43 @@
+// The workflow a first visit opens: ComfyUI's default text-to-image graph (same node ids,
+// classes, links and widget values), laid out left to right.
+
+export function defaultWorkflow() {
+  const node = (id, type, pos, size, order, inputs, outputs, widgets) => ({
+    id, type, pos, size, flags: {}, order, mode: 0, inputs, outputs,
+    properties: { "Node name for S&R": type }, widgets_values: widgets,
+  });
+  const input = (name, type, link) => ({ name, type, link });
+  const output = (name, type, links) => ({ name, type, links, slot_index: 0 });
+  return {
+    last_node_id: 9,
+    last_link_id: 9,
+    nodes: [
+      node(4, "CheckpointLoaderSimple", [30, 480], [320, 100], 0, [], [
+        { name: "MODEL", type: "MODEL", links: [1], slot_index: 0 },
+        { name: "CLIP", type: "CLIP", links: [3, 5], slot_index: 1 },
+        { name: "VAE", type: "VAE", links: [8], slot_index: 2 },
+      ], ["v1-5-pruned-emaonly-fp16.safetensors"]),
+      node(5, "EmptyLatentImage", [480, 620], [320, 110], 1, [], [output("LATENT", "LATENT", [2])], [512, 512, 1]),
+      node(6, "CLIPTextEncode", [420, 180], [420, 170], 2, [input("clip", "CLIP", 3)],
+        [output("CONDITIONING", "CONDITIONING", [4])], ["beautiful scenery nature glass bottle landscape, , purple galaxy bottle,"]),
+      node(7, "CLIPTextEncode", [420, 400], [420, 170], 3, [input("clip", "CLIP", 5)],
+        [output("CONDITIONING", "CONDITIONING", [6])], ["text, watermark"]),
+      node(3, "KSampler", [900, 180], [320, 270], 4, [
+        input("model", "MODEL", 1), input("positive", "CONDITIONING", 4), input("negative", "CONDITIONING", 6),
+        input("latent_image", "LATENT", 2),
+      ], [output("LATENT", "LATENT", [7])], [156680208700286, "randomize", 20, 8, "euler", "normal", 1]),
+      node(8, "VAEDecode", [1270, 180], [210, 50], 5, [input("samples", "LATENT", 7), input("vae", "VAE", 8)],
+        [output("IMAGE", "IMAGE", [9])], []),
+      node(9, "SaveImage", [1520, 180], [420, 460], 6, [input("images", "IMAGE", 9)], [], ["ComfyUI"]),
+    ],
+    links: [
+      [1, 4, 0, 3, 0, "MODEL"], [2, 5, 0, 3, 3, "LATENT"], [3, 4, 1, 6, 0, "CLIP"], [4, 6, 0, 3, 1, "CONDITIONING"],
+      [5, 4, 1, 7, 0, "CLIP"], [6, 7, 0, 3, 2, "CONDITIONING"], [7, 3, 0, 8, 0, "LATENT"], [8, 4, 2, 8, 1, "VAE"],
+      [9, 8, 0, 9, 0, "IMAGE"],
+    ],
+    groups: [],
+    config: {},
+    extra: { ds: { scale: 0.8, offset: [40, 60] } },
+    version: 0.4,
+  };
+}
