@@ -45,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow cross-origin requests from ORIGIN (bare flag = any origin); "
                         "this switches off the cross-site request guard")
     p.add_argument("--cpu", action="store_true", help="run everything on the CPU")
+    precision = p.add_mutually_exclusive_group()
+    precision.add_argument("--force-fp32", action="store_true", help="fp32 weights everywhere")
+    precision.add_argument("--force-fp16", action="store_true", help="fp16 weights (CUDA only; fp32 on the CPU)")
+    precision.add_argument("--bf16-unet", action="store_true", help="bf16 UNet and text encoder weights")
+    vae = p.add_mutually_exclusive_group()
+    vae.add_argument("--fp32-vae", action="store_true")
+    vae.add_argument("--fp16-vae", action="store_true")
+    vae.add_argument("--bf16-vae", action="store_true")
     return p
 
 

@@ -5,9 +5,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.folders import FolderPaths
+from diffusion.handles import ModelServices
 
 
 @dataclass
 class Environment:
     folders: FolderPaths
     options: dict[str, Any] = field(default_factory=dict)  # e.g. disable_metadata
+    models: ModelServices = field(default_factory=ModelServices)

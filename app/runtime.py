@@ -9,6 +9,8 @@ from app.args import REPO_ROOT
 from app.env import Environment
 from app.folders import FolderPaths
 from app.plugins import PackResult, load_custom_nodes
+from diffusion.device import DevicePolicy, inference_mode
+from diffusion.handles import ModelServices
 from graph.cache import make_cache
 from graph.executor import Executor
 from graph.registry import NodeRegistry
@@ -31,7 +33,8 @@ def create_runtime(args: argparse.Namespace, log=print) -> Runtime:
     folders.clear_temp()
     for config in args.extra_model_paths_config:
         folders.load_extra_model_paths(config)
-    env = Environment(folders, {"disable_metadata": args.disable_metadata})
+    policy = DevicePolicy.from_args(args)
+    env = Environment(folders, {"disable_metadata": args.disable_metadata}, ModelServices(policy))
     registry = NodeRegistry(env)
     register_builtin_nodes(registry)
     packs: list[PackResult] = []
@@ -39,4 +42,5 @@ def create_runtime(args: argparse.Namespace, log=print) -> Runtime:
         dirs = [REPO_ROOT / "custom_nodes"] + [d for d in folders.custom_nodes_dirs
                                                if d.resolve() != (REPO_ROOT / "custom_nodes").resolve()]
         packs = load_custom_nodes(registry, dirs, log=log)
-    return Runtime(env, registry, Executor(registry, make_cache(args.cache)), packs)
+    executor = Executor(registry, make_cache(args.cache), call_context=inference_mode)
+    return Runtime(env, registry, executor, packs)

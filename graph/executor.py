@@ -6,6 +6,7 @@ the command line draws them.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import traceback
@@ -49,8 +50,11 @@ def _now() -> int:
 
 class Executor:
     def __init__(self, registry: NodeRegistry, cache: OutputCache | None = None,
-                 on_preview: Callable[[Any, NodeContext], None] | None = None):
+                 on_preview: Callable[[Any, NodeContext], None] | None = None,
+                 call_context: Callable[[], Any] | None = None):
+        """`call_context` wraps every node call (the runtime passes torch.inference_mode)."""
         self.registry = registry
+        self.call_context = call_context or contextlib.nullcontext
         self.cache = cache if cache is not None else ClassicCache()
         self.on_preview = on_preview
         self.interrupt_flag = threading.Event()
@@ -263,7 +267,8 @@ class _Run:
         token = current_context.set(ctx)
         try:
             instance = self._instance(node_id, node_type)
-            return self.call_mapped(node_type, instance, ctx, inputs)
+            with self.ex.call_context():
+                return self.call_mapped(node_type, instance, ctx, inputs)
         except Interrupted:
             raise
         except Exception as exc:

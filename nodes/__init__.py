@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import importlib
 
-BUILTIN_MODULES = ("nodes.primitives", "nodes.image", "nodes.image_transform", "nodes.latent")
+BUILTIN_MODULES = ("nodes.primitives", "nodes.image", "nodes.image_transform", "nodes.latent", "nodes.loaders",
+                   "nodes.conditioning", "nodes.sampling", "nodes.vae")
 
 
 def register_builtin_nodes(registry) -> None:

@@ -1,0 +1,372 @@
+"""The latent-diffusion UNet (SD1.x, SD2.x, SDXL base/refiner) and its configuration.
+
+`UNetModel` attribute paths equal the original checkpoint keys minus ``model.diffusion_model.``,
+so ``model.load_state_dict(strip_prefix(sd))`` loads a released file directly.
+
+Layout (as in the LDM paper's diagram): conv_in -> per resolution level `num_res_blocks`
+[ResBlock (+ SpatialTransformer)] stages and a Downsample between levels; a middle stage
+ResBlock-SpatialTransformer-ResBlock; the decoder mirrors the encoder with one extra stage per
+level, each concatenating the matching encoder output (skip connection), Upsample between levels.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .attention import SpatialTransformer
+from .unet_blocks import Downsample, ResBlock, TimestepSequential, Upsample, timestep_embedding
+
+UNET_PREFIX = "model.diffusion_model."
+# Keys that may sit under the UNet prefix without being UNet weights (ComfyUI's save path marks
+# v-prediction models with an empty `model.diffusion_model.v_pred` tensor).
+NON_WEIGHT_KEYS = frozenset({"v_pred"})
+
+
+def _per_block(value, per_level_counts: Sequence[int], what: str) -> tuple[int, ...]:
+    """Expands an int, a per-level or a per-block sequence into one value per block."""
+    total = sum(per_level_counts)
+    if isinstance(value, int):
+        return (value,) * total
+    value = tuple(int(v) for v in value)
+    if len(value) == total:
+        return value
+    if len(value) == len(per_level_counts):
+        return tuple(v for v, n in zip(value, per_level_counts) for _ in range(n))
+    raise ValueError(f"{what}: expected an int, {len(per_level_counts)} per-level or {total} per-block values, "
+                     f"got {len(value)}")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Everything that shapes a UNet of the SD family.
+
+    `transformer_depth` holds one entry per encoder ResBlock and `transformer_depth_output` one per
+    decoder stage (num_res_blocks + 1 per level); both also accept an int or one value per level
+    and are stored expanded. `transformer_depth_output=None` mirrors the encoder level by level.
+    Attention width is either `num_heads` heads (SD1.x) or heads of `num_head_channels` (SD2.x/SDXL);
+    set the other to -1.
+    """
+
+    in_channels: int = 4
+    out_channels: int = 4
+    model_channels: int = 320
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: tuple[int, ...] | int = 2
+    transformer_depth: tuple[int, ...] | int = (1, 1, 1, 0)
+    transformer_depth_middle: int = 1
+    transformer_depth_output: tuple[int, ...] | int | None = None
+    context_dim: int = 768
+    num_heads: int = 8
+    num_head_channels: int = -1
+    use_linear_in_transformer: bool = False
+    adm_in_channels: int | None = None
+
+    def __post_init__(self):
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
+        set_("channel_mult", tuple(int(m) for m in self.channel_mult))
+        levels = len(self.channel_mult)
+        nrb = self.num_res_blocks
+        nrb = (int(nrb),) * levels if isinstance(nrb, int) else tuple(int(n) for n in nrb)
+        if len(nrb) != levels or min(nrb) < 1:
+            raise ValueError(f"num_res_blocks {nrb} does not fit {levels} levels")
+        set_("num_res_blocks", nrb)
+        depth = _per_block(self.transformer_depth, nrb, "transformer_depth")
+        set_("transformer_depth", depth)
+        out = self.transformer_depth_output
+        if out is None:  # each decoder level mirrors its encoder level (its last ResBlock's depth)
+            ends = [sum(nrb[: i + 1]) - 1 for i in range(levels)]
+            out = tuple(depth[ends[level]] for level in reversed(range(levels)))
+            out = tuple(d for d, n in zip(out, reversed(nrb)) for _ in range(n + 1))
+        set_("transformer_depth_output", _per_block(out, [n + 1 for n in reversed(nrb)], "transformer_depth_output"))
+        if self.transformer_depth_middle < 1:
+            raise ValueError("transformer_depth_middle must be at least 1")
+        if (self.num_heads > 0) == (self.num_head_channels > 0):
+            raise ValueError("set exactly one of num_heads / num_head_channels (the other -1)")
+        for mult in self.channel_mult:
+            self.attention_shape(mult * self.model_channels)
+
+    # --- derived quantities -------------------------------------------------------------------
+    @property
+    def time_embed_dim(self) -> int:
+        return 4 * self.model_channels
+
+    def attention_shape(self, channels: int) -> tuple[int, int]:
+        """(heads, dim_head) of the transformers at a level `channels` wide."""
+        if self.num_heads > 0:
+            heads, dim_head = self.num_heads, channels // self.num_heads
+        else:
+            heads, dim_head = channels // self.num_head_channels, self.num_head_channels
+        if heads < 1 or dim_head < 1 or heads * dim_head != channels:
+            raise ValueError(f"width {channels} does not split into attention heads "
+                             f"(num_heads={self.num_heads}, num_head_channels={self.num_head_channels})")
+        return heads, dim_head
+
+    # --- the released architectures --------------------------------------------------------------
+    @classmethod
+    def sd15(cls) -> "UNetConfig":
+        return cls()
+
+    @classmethod
+    def sd15_inpaint(cls) -> "UNetConfig":
+        # 4 noisy latent + 1 mask + 4 masked-image latent channels
+        return cls(in_channels=9)
+
+    @classmethod
+    def sd21(cls) -> "UNetConfig":
+        """SD2.0/2.1, 512 and 768 alike (they differ only in prediction type, not in shapes)."""
+        return cls(context_dim=1024, num_heads=-1, num_head_channels=64, use_linear_in_transformer=True)
+
+    @classmethod
+    def sdxl_base(cls) -> "UNetConfig":
+        return cls(channel_mult=(1, 2, 4), transformer_depth=(0, 2, 10), transformer_depth_middle=10,
+                   context_dim=2048, num_heads=-1, num_head_channels=64, use_linear_in_transformer=True,
+                   adm_in_channels=2816)
+
+    @classmethod
+    def sdxl_refiner(cls) -> "UNetConfig":
+        return cls(model_channels=384, channel_mult=(1, 2, 4, 4), transformer_depth=(0, 4, 4, 0),
+                   transformer_depth_middle=4, context_dim=1280, num_heads=-1, num_head_channels=64,
+                   use_linear_in_transformer=True, adm_in_channels=2560)
+
+    # --- detection ---------------------------------------------------------------------------------
+    @classmethod
+    def from_state_dict(cls, sd: Mapping[str, object], prefix: str = UNET_PREFIX, **overrides) -> "UNetConfig":
+        """Derives the config from the keys and shapes under `prefix` (values need only `.shape`).
+
+        Head layout leaves no trace in the weights; like ComfyUI this assumes 8 heads for conv
+        projections (SD1.x) and 64-channel heads for linear ones (SD2.x/SDXL). Pass `num_heads` or
+        `num_head_channels` (or any other field) in `overrides` to say otherwise.
+        Raises ValueError naming the first missing, unexpected or mis-shaped key.
+        """
+        shapes = {k[len(prefix):]: tuple(v.shape) for k, v in sd.items() if k.startswith(prefix)}
+        for k in NON_WEIGHT_KEYS:
+            shapes.pop(k, None)
+        if not shapes:
+            raise ValueError(f"no keys under prefix {prefix!r}: not a UNet state dict")
+        fields = _parse_unet_shapes(shapes, prefix)
+        if "num_heads" in overrides and "num_head_channels" not in overrides:
+            overrides["num_head_channels"] = -1
+        if "num_head_channels" in overrides and "num_heads" not in overrides:
+            overrides["num_heads"] = -1
+        fields.update(overrides)
+        try:
+            config = cls(**fields)
+        except ValueError as exc:
+            raise ValueError(f"keys under {prefix!r} describe no valid UNet: {exc}") from None
+        config.check_shapes(shapes, prefix)
+        return config
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Key -> shape of this architecture's state dict (built on the meta device: no memory)."""
+        with torch.device("meta"):
+            model = UNetModel(self)
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+    def check_shapes(self, shapes: Mapping[str, tuple[int, ...]], prefix: str = "") -> None:
+        expected = self.expected_shapes()
+        missing = sorted(set(expected) - set(shapes))
+        if missing:
+            raise ValueError(f"missing key {prefix + missing[0]!r} ({len(missing)} missing)")
+        unexpected = sorted(set(shapes) - set(expected))
+        if unexpected:
+            raise ValueError(f"unexpected key {prefix + unexpected[0]!r} ({len(unexpected)} unexpected)")
+        for k, shape in expected.items():
+            if tuple(shapes[k]) != shape:
+                raise ValueError(f"key {prefix + k!r} has shape {list(shapes[k])}, expected {list(shape)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_TRANSFORMER_KEY = re.compile(r"^(input_blocks\.\d+|middle_block|output_blocks\.\d+)\.1\.transformer_blocks\.(\d+)\.")
+
+
+def _parse_unet_shapes(shapes: Mapping[str, tuple], prefix: str) -> dict:
+    """Reads the UNetConfig fields off the key names and shapes (validated afterwards)."""
+
+    def need(key: str) -> tuple:
+        if key not in shapes:
+            raise ValueError(f"missing key {prefix + key!r}: not a UNet of the SD1/SD2/SDXL family")
+        return shapes[key]
+
+    depths: dict[str, int] = {}
+    for key in shapes:
+        m = _TRANSFORMER_KEY.match(key)
+        if m:
+            depths[m.group(1)] = max(depths.get(m.group(1), 0), int(m.group(2)) + 1)
+
+    model_channels, in_channels = need("input_blocks.0.0.weight")[:2]
+    out_channels = need("out.2.weight")[0]
+    channel_mult, num_res_blocks, depth_in = [], [], []
+    blocks_in_level, i = 0, 1
+    while True:
+        stage = f"input_blocks.{i}"
+        if f"{stage}.0.op.weight" in shapes:  # a Downsample closes the level
+            num_res_blocks.append(blocks_in_level)
+            blocks_in_level = 0
+        elif f"{stage}.0.in_layers.2.weight" in shapes:
+            if blocks_in_level == 0:
+                channel_mult.append(shapes[f"{stage}.0.in_layers.2.weight"][0] // model_channels)
+            depth_in.append(depths.get(stage, 0))
+            blocks_in_level += 1
+        else:
+            break
+        i += 1
+    if blocks_in_level == 0:
+        need(f"input_blocks.{i}.0.in_layers.2.weight")
+    num_res_blocks.append(blocks_in_level)
+
+    depth_out, j = [], 0
+    while f"output_blocks.{j}.0.in_layers.2.weight" in shapes:
+        depth_out.append(depths.get(f"output_blocks.{j}", 0))
+        j += 1
+
+    need("middle_block.1.transformer_blocks.0.attn2.to_k.weight")
+    proj_in = need("middle_block.1.proj_in.weight")
+    linear = len(proj_in) == 2
+    adm = shapes.get("label_emb.0.0.weight")
+    return dict(
+        in_channels=in_channels, out_channels=out_channels, model_channels=model_channels,
+        channel_mult=tuple(channel_mult), num_res_blocks=tuple(num_res_blocks),
+        transformer_depth=tuple(depth_in), transformer_depth_middle=depths["middle_block"],
+        transformer_depth_output=tuple(depth_out),
+        context_dim=shapes["middle_block.1.transformer_blocks.0.attn2.to_k.weight"][1],
+        num_heads=-1 if linear else 8, num_head_channels=64 if linear else -1,
+        use_linear_in_transformer=linear, adm_in_channels=None if adm is None else adm[1],
+    )
+
+
+class _ControlFeed:
+    """A per-call copy of a ComfyUI control dict whose lists are consumed from the end, like a stack.
+
+    ComfyUI orders "output" (ControlNet zero-conv outputs, encoder order) so that popping yields the
+    residual for the skip connection the decoder pops next, and "input" (T2I-Adapter) reversed so that
+    popping yields input block 0 first. Copying keeps the caller's lists reusable across steps.
+    """
+
+    def __init__(self, control: Mapping[str, Sequence] | None):
+        self.pending = {k: list(v) for k, v in (control or {}).items() if v is not None}
+
+    def apply(self, name: str, h: torch.Tensor) -> torch.Tensor:
+        pending = self.pending.get(name)
+        if not pending:
+            return h
+        residual = pending.pop()
+        return h if residual is None else h + residual.to(h.dtype)
+
+
+class UNetModel(nn.Module):
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = c = config
+        mc, emb_dim = c.model_channels, c.time_embed_dim
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        # SDXL's pooled-text/size vector ("adm"); the extra nesting reproduces the key label_emb.0.0.
+        self.label_emb = None
+        if c.adm_in_channels:
+            self.label_emb = nn.Sequential(nn.Sequential(
+                nn.Linear(c.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)))
+
+        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(c.in_channels, mc, 3, padding=1))])
+        skip_widths, ch = [mc], mc
+        depths = iter(c.transformer_depth)
+        last_level = len(c.channel_mult) - 1
+        for level, mult in enumerate(c.channel_mult):
+            for _ in range(c.num_res_blocks[level]):
+                layers = [ResBlock(ch, emb_dim, mult * mc)]
+                ch = mult * mc
+                layers += self._transformer(ch, next(depths))
+                self.input_blocks.append(TimestepSequential(*layers))
+                skip_widths.append(ch)
+            if level != last_level:
+                self.input_blocks.append(TimestepSequential(Downsample(ch)))
+                skip_widths.append(ch)
+
+        self.middle_block = TimestepSequential(
+            ResBlock(ch, emb_dim), *self._transformer(ch, c.transformer_depth_middle), ResBlock(ch, emb_dim))
+
+        self.output_blocks = nn.ModuleList()
+        depths = iter(c.transformer_depth_output)
+        for level in reversed(range(len(c.channel_mult))):
+            for i in range(c.num_res_blocks[level] + 1):
+                layers = [ResBlock(ch + skip_widths.pop(), emb_dim, c.channel_mult[level] * mc)]
+                ch = c.channel_mult[level] * mc
+                layers += self._transformer(ch, next(depths))
+                if level and i == c.num_res_blocks[level]:
+                    layers.append(Upsample(ch))
+                self.output_blocks.append(TimestepSequential(*layers))
+
+        self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(), nn.Conv2d(ch, c.out_channels, 3, padding=1))
+
+    def _transformer(self, channels: int, depth: int) -> list[nn.Module]:
+        if depth == 0:
+            return []
+        heads, dim_head = self.config.attention_shape(channels)
+        return [SpatialTransformer(channels, heads, dim_head, depth, self.config.context_dim,
+                                   self.config.use_linear_in_transformer)]
+
+    @torch.inference_mode(False)
+    def _conv_weights_channels_last(self) -> None:
+        """Stores conv weights NHWC (same values) so oneDNN does not re-layout them on every call.
+
+        Checked per forward (a module walk of a few ms against CPU steps of seconds), so weights
+        loaded, patched or swapped in later are converted too. Such weights need `.contiguous()`
+        before safetensors will save them.
+        """
+        for conv in self.modules():
+            if isinstance(conv, nn.Conv2d) and not conv.weight.is_contiguous(memory_format=torch.channels_last):
+                conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.time_embed[0].weight.dtype
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None,
+                control: Mapping[str, Sequence] | None = None, transformer_options: dict | None = None) -> torch.Tensor:
+        """Predicts the model output (eps or v, per the checkpoint) for latents `x` at `timesteps`.
+
+        `control`: ComfyUI-style {"input", "middle", "output"} residual lists, see `_ControlFeed`;
+        "output" entry k is added to the skip connection of encoder stage k, "middle" after the
+        middle block, "input" after each encoder stage (last entry = stage 0). The lists are not
+        modified. `transformer_options` is handed to every transformer block with "block" set to
+        ("input" | "middle" | "output", stage index). The result has `x`'s dtype.
+        """
+        out_dtype, dtype = x.dtype, self.dtype
+        batch = x.shape[0]
+        x, context = x.to(dtype), context.to(dtype)
+        timesteps = torch.as_tensor(timesteps, device=x.device)
+        if timesteps.numel() == 1:
+            timesteps = timesteps.reshape(1).expand(batch)
+        if context.shape[0] != batch and context.shape[0] == 1:
+            context = context.expand(batch, -1, -1)
+
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
+        if self.label_emb is not None:
+            if y is None:
+                raise ValueError("this UNet needs the adm vector y [B, %d]" % self.config.adm_in_channels)
+            emb = emb + self.label_emb(y.to(dtype))
+
+        feed = _ControlFeed(control)
+        options = dict(transformer_options or {})
+        if x.device.type == "cpu":
+            # oneDNN convolutions and GroupNorm run fastest on NHWC, and with NHWC the spatial
+            # transformer's [B, C, H, W] <-> [B, H*W, C] reshapes become free views instead of copies.
+            self._conv_weights_channels_last()
+            x = x.contiguous(memory_format=torch.channels_last)
+        skips, h = [], x
+        for i, stage in enumerate(self.input_blocks):
+            options["block"] = ("input", i)
+            h = feed.apply("input", stage(h, emb, context, options))
+            skips.append(h)
+        options["block"] = ("middle", 0)
+        h = feed.apply("middle", self.middle_block(h, emb, context, options))
+        for i, stage in enumerate(self.output_blocks):
+            options["block"] = ("output", i)
+            h = torch.cat([h, feed.apply("output", skips.pop())], dim=1)
+            # An Upsample in this stage must reach the size of the skip the next stage concatenates.
+            h = stage(h, emb, context, options, skips[-1].shape[-2:] if skips else None)
+        return self.out(h).to(out_dtype).contiguous()

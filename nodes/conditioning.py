@@ -1,0 +1,82 @@
+"""Text conditioning nodes. CONDITIONING = [[cond [1, T, D], {"pooled_output": ..., ...}], ...]."""
+from __future__ import annotations
+
+from graph.contract import Float, Input, Int, Node, Output, Socket, String
+from nodes.image import MAX_RESOLUTION
+
+
+def require_clip(clip):
+    if clip is None:
+        raise RuntimeError("the clip input is empty: if it comes from a checkpoint loader, the checkpoint "
+                           "holds no text encoder")
+    return clip
+
+
+def Prompt(name: str = "text") -> Input:
+    return String(name, multiline=True, dynamicPrompts=True)
+
+
+class CLIPTextEncode(Node):
+    """Encodes a prompt (with (emphasis:1.2) and embedding:name syntax) into conditioning."""
+
+    display_name = "CLIP Text Encode (Prompt)"
+    category = "conditioning"
+    inputs = (Prompt(), Socket("clip", "CLIP"))
+    outputs = (Output("CONDITIONING"),)
+
+    def run(self, ctx, text, clip):
+        return (require_clip(clip).encode(text),)
+
+
+class CLIPSetLastLayer(Node):
+    display_name = "CLIP Set Last Layer"
+    category = "conditioning"
+    inputs = (Socket("clip", "CLIP"), Int("stop_at_clip_layer", -1, min=-24, max=-1, step=1))
+    outputs = (Output("CLIP"),)
+
+    def run(self, ctx, clip, stop_at_clip_layer):
+        return (require_clip(clip).with_last_layer(stop_at_clip_layer),)
+
+
+def _size(name: str, default: int) -> Int:
+    return Int(name, default, min=0, max=MAX_RESOLUTION)
+
+
+class CLIPTextEncodeSDXL(Node):
+    """SDXL base: separate prompts for the bigG (text_g) and CLIP-L (text_l) encoders, plus the
+    size and crop conditioning SDXL was trained with."""
+
+    category = "advanced/conditioning"
+    inputs = (Socket("clip", "CLIP"), _size("width", 1024), _size("height", 1024), _size("crop_w", 0),
+              _size("crop_h", 0), _size("target_width", 1024), _size("target_height", 1024),
+              Prompt("text_g"), Prompt("text_l"))
+    outputs = (Output("CONDITIONING"),)
+
+    def run(self, ctx, clip, width, height, crop_w, crop_h, target_width, target_height, text_g, text_l):
+        clip = require_clip(clip)
+        tokens = clip.tokenize(text_g)
+        tokens["l"] = clip.tokenize(text_l)["l"]
+        if len(tokens["l"]) != len(tokens["g"]):  # pad the shorter side with empty-prompt windows
+            empty = clip.tokenize("")
+            while len(tokens["l"]) < len(tokens["g"]):
+                tokens["l"] += empty["l"]
+            while len(tokens["l"]) > len(tokens["g"]):
+                tokens["g"] += empty["g"]
+        cond, pooled = clip.encode_tokens(tokens)
+        extras = {"pooled_output": pooled, "width": width, "height": height, "crop_w": crop_w, "crop_h": crop_h,
+                  "target_width": target_width, "target_height": target_height}
+        return ([[cond, extras]],)
+
+
+class CLIPTextEncodeSDXLRefiner(Node):
+    category = "advanced/conditioning"
+    inputs = (Float("ascore", 6.0, min=0.0, max=1000.0, step=0.01), _size("width", 1024), _size("height", 1024),
+              Prompt(), Socket("clip", "CLIP"))
+    outputs = (Output("CONDITIONING"),)
+
+    def run(self, ctx, ascore, width, height, text, clip):
+        [[cond, extras]] = require_clip(clip).encode(text)
+        return ([[cond, {**extras, "aesthetic_score": ascore, "width": width, "height": height}]],)
+
+
+NODES = [CLIPTextEncode, CLIPSetLastLayer, CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner]

@@ -1,0 +1,147 @@
+"""Sampling nodes with ComfyUI's names and widgets: KSampler, KSamplerAdvanced, the custom-sampling
+building blocks, and the model-sampling override."""
+from __future__ import annotations
+
+from diffusion import ksampler as ks
+from diffusion.handles import with_model_sampling
+from diffusion.noise import prepare_noise
+from diffusion.samplers import SAMPLER_NAMES
+from diffusion.schedules import SCHEDULER_NAMES
+from graph.context import LatentPreview
+from graph.contract import Boolean, Combo, Float, Int, Node, Output, Socket
+
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
+MAX_STEPS = 10000
+
+
+def Seed(name: str) -> Int:
+    return Int(name, 0, min=0, max=SEED_MAX, control_after_generate=True,
+               tooltip="The random seed used for creating the noise.")
+
+
+def Steps(default: int = 20) -> Int:
+    return Int("steps", default, min=1, max=MAX_STEPS)
+
+
+def Cfg() -> Float:
+    return Float("cfg", 8.0, min=0.0, max=100.0, step=0.1, round=0.01)
+
+
+def step_reporter(ctx, model):
+    """The sampler's per-step hook: progress (which also raises on interrupt) and a live preview."""
+    family = getattr(model, "family", "sd1")
+    return lambda step, total, x0: ctx.progress(step, total, LatentPreview(x0, family))
+
+
+class KSampler(Node):
+    """Denoises a latent with a sampler and scheduler, guided by positive and negative conditioning."""
+
+    category = "sampling"
+    inputs = (Socket("model", "MODEL"), Seed("seed"), Steps(), Cfg(), Combo("sampler_name", SAMPLER_NAMES),
+              Combo("scheduler", SCHEDULER_NAMES), Socket("positive", "CONDITIONING"),
+              Socket("negative", "CONDITIONING"), Socket("latent_image", "LATENT"),
+              Float("denoise", 1.0, min=0.0, max=1.0, step=0.01))
+    outputs = (Output("LATENT"),)
+
+    def run(self, ctx, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise):
+        return (ks.ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                            denoise=denoise, callback=step_reporter(ctx, model)),)
+
+
+class KSamplerAdvanced(Node):
+    display_name = "KSampler (Advanced)"
+    category = "sampling"
+    inputs = (Socket("model", "MODEL"), Combo("add_noise", ["enable", "disable"]), Seed("noise_seed"), Steps(),
+              Cfg(), Combo("sampler_name", SAMPLER_NAMES), Combo("scheduler", SCHEDULER_NAMES),
+              Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"),
+              Socket("latent_image", "LATENT"), Int("start_at_step", 0, min=0, max=MAX_STEPS),
+              Int("end_at_step", MAX_STEPS, min=0, max=MAX_STEPS),
+              Combo("return_with_leftover_noise", ["disable", "enable"]))
+    outputs = (Output("LATENT"),)
+
+    def run(self, ctx, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
+            latent_image, start_at_step, end_at_step, return_with_leftover_noise):
+        return (ks.ksampler(model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                            denoise=1.0, disable_noise=add_noise == "disable", start_step=start_at_step,
+                            last_step=end_at_step, force_full_denoise=return_with_leftover_noise == "disable",
+                            callback=step_reporter(ctx, model)),)
+
+
+class ModelSamplingDiscrete(Node):
+    """Overrides what the model predicts (eps or v), e.g. for a v-prediction SD1.x fine-tune."""
+
+    category = "advanced/model"
+    inputs = (Socket("model", "MODEL"), Combo("sampling", ["eps", "v_prediction", "x0"]),
+              Boolean("zsnr", False))
+    outputs = (Output("MODEL"),)
+
+    def run(self, ctx, model, sampling, zsnr):
+        return (with_model_sampling(model, lambda ms: ms.with_prediction(sampling, zsnr)),)
+
+
+class KSamplerSelect(Node):
+    category = "sampling/custom_sampling/samplers"
+    inputs = (Combo("sampler_name", SAMPLER_NAMES),)
+    outputs = (Output("SAMPLER"),)
+
+    def run(self, ctx, sampler_name):
+        return (ks.ksampler_select(sampler_name),)
+
+
+class BasicScheduler(Node):
+    category = "sampling/custom_sampling/schedulers"
+    inputs = (Socket("model", "MODEL"), Combo("scheduler", SCHEDULER_NAMES), Steps(),
+              Float("denoise", 1.0, min=0.0, max=1.0, step=0.01))
+    outputs = (Output("SIGMAS"),)
+
+    def run(self, ctx, model, scheduler, steps, denoise):
+        return (ks.basic_scheduler(model, scheduler, steps, denoise),)
+
+
+class KarrasScheduler(Node):
+    category = "sampling/custom_sampling/schedulers"
+    inputs = (Steps(), Float("sigma_max", 14.614642, min=0.0, max=5000.0, step=0.01, round=False),
+              Float("sigma_min", 0.0291675, min=0.0, max=5000.0, step=0.01, round=False),
+              Float("rho", 7.0, min=0.0, max=100.0, step=0.01, round=False))
+    outputs = (Output("SIGMAS"),)
+
+    def run(self, ctx, steps, sigma_max, sigma_min, rho):
+        return (ks.karras_scheduler(steps, sigma_max, sigma_min, rho),)
+
+
+class SDTurboScheduler(Node):
+    category = "sampling/custom_sampling/schedulers"
+    inputs = (Socket("model", "MODEL"), Int("steps", 1, min=1, max=10),
+              Float("denoise", 1.0, min=0.0, max=1.0, step=0.01))
+    outputs = (Output("SIGMAS"),)
+
+    def run(self, ctx, model, steps, denoise):
+        return (ks.sd_turbo_scheduler(model, steps, denoise),)
+
+
+class SplitSigmas(Node):
+    category = "sampling/custom_sampling/sigmas"
+    inputs = (Socket("sigmas", "SIGMAS"), Int("step", 0, min=0, max=MAX_STEPS))
+    outputs = (Output("SIGMAS", name="high_sigmas"), Output("SIGMAS", name="low_sigmas"))
+
+    def run(self, ctx, sigmas, step):
+        return ks.split_sigmas(sigmas, step)
+
+
+class SamplerCustom(Node):
+    category = "sampling/custom_sampling"
+    inputs = (Socket("model", "MODEL"), Boolean("add_noise", True), Seed("noise_seed"), Cfg(),
+              Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"),
+              Socket("sampler", "SAMPLER"), Socket("sigmas", "SIGMAS"), Socket("latent_image", "LATENT"))
+    outputs = (Output("LATENT", name="output"), Output("LATENT", name="denoised_output"))
+
+    def run(self, ctx, model, add_noise, noise_seed, cfg, positive, negative, sampler, sigmas, latent_image):
+        samples = ks.fix_empty_latent_channels(model, latent_image["samples"])
+        noise = (prepare_noise(samples, noise_seed, latent_image.get("batch_index")) if add_noise
+                 else samples.new_zeros(samples.shape, device="cpu"))
+        return ks.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent_image,
+                                seed=noise_seed, callback=step_reporter(ctx, model))
+
+
+NODES = [KSampler, KSamplerAdvanced, ModelSamplingDiscrete, KSamplerSelect, BasicScheduler, KarrasScheduler,
+         SDTurboScheduler, SplitSigmas, SamplerCustom]
