@@ -1,14 +1,19 @@
-"""Built-in nodes: each module lists its node classes in a module-level NODES."""
+"""Built-in nodes: each module of this package lists its node classes in a module-level NODES."""
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
-BUILTIN_MODULES = ("nodes.primitives", "nodes.image", "nodes.image_transform", "nodes.latent", "nodes.loaders",
-                   "nodes.conditioning", "nodes.sampling", "nodes.vae")
+
+def builtin_modules() -> list[str]:
+    """Every module in nodes/ that declares NODES, in name order (so registration is stable)."""
+    return sorted(f"{__name__}.{info.name}" for info in pkgutil.iter_modules(__path__) if not info.ispkg)
 
 
 def register_builtin_nodes(registry) -> None:
     """Register every built-in node; they all report python_module "nodes", as ComfyUI's core does."""
-    for module_name in BUILTIN_MODULES:
+    for module_name in builtin_modules():
         module = importlib.import_module(module_name)
-        registry.register_nodes(module.NODES, python_module="nodes")
+        nodes = getattr(module, "NODES", None)
+        if nodes is not None:
+            registry.register_nodes(nodes, python_module="nodes")

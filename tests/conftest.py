@@ -35,3 +35,20 @@ def cached_runtime(request, tmp_path):
 
 def calls(runtime):
     return runtime.registry.get("TestValue").cls.calls
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """tiny_checkpoint(family) -> path of a whole random-weight checkpoint in the real layout
+    (families: tests.models_tiny.CHECKPOINT_FAMILIES), written once per test session."""
+    from tests.models_tiny import write_tiny_full_checkpoint
+
+    folder = tmp_path_factory.mktemp("tiny_checkpoints")
+    written: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in written:
+            written[family] = write_tiny_full_checkpoint(folder / f"{family}.safetensors", family)
+        return written[family]
+
+    return get

@@ -55,6 +55,8 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     gen = torch.Generator().manual_seed(seed)
     for name, p in sorted(module.named_parameters()):
         noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+        if p.ndim == 0:  # scalars such as CLIP's logit_scale: not used by the text path
+            continue
         if p.ndim == 1:
             is_norm_scale = name.endswith("weight")
             value = 1.0 + 0.1 * noise if is_norm_scale else 0.1 * noise
@@ -108,3 +110,55 @@ def diffusers_unet_config(config: UNetConfig) -> dict:
         kwargs.update(addition_embed_type="text_time", addition_time_embed_dim=SDXL_TIME_EMBED_DIM,
                       projection_class_embeddings_input_dim=config.adm_in_channels)
     return kwargs
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole single-file checkpoints: tiny widths, but the real context widths, adm sizes and key
+# layouts, so family detection, loading and the core nodes see what a real file gives them.
+
+# family -> (UNet in_channels, context_dim, adm_in_channels, text encoder class name, text widths)
+CHECKPOINT_FAMILIES = {
+    "sd15": (4, 768, None, "SD1TextEncoder", {"l": 768}),
+    "sd15_inpaint": (9, 768, None, "SD1TextEncoder", {"l": 768}),
+    "sd21_v": (4, 1024, None, "SD2TextEncoder", {"h": 1024}),
+    "sdxl": (4, 2048, 2816, "SDXLTextEncoder", {"l": 768, "g": 1280}),
+    "sdxl_refiner": (4, 1280, 2560, "SDXLRefinerTextEncoder", {"g": 1280}),
+}
+
+
+def tiny_checkpoint_state_dict(family: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every component of a `family` checkpoint in the original layout, random weights.
+
+    The UNet has 32-64 channels and one attention level; the text towers one layer at the real
+    width (their width is the UNet's context width); the VAE 32 channels over two levels. An
+    "sd21_v" file carries the `v_pred` marker key that ComfyUI's saver writes.
+    """
+    from diffusion import text_encoders
+    from diffusion.vae import AutoencoderKL, VAEConfig
+
+    in_channels, context_dim, adm, text_cls, widths = CHECKPOINT_FAMILIES[family]
+    linear = family != "sd15" and family != "sd15_inpaint"
+    unet_config = UNetConfig(in_channels=in_channels, model_channels=64 if linear else 32, channel_mult=(1, 2),
+                             num_res_blocks=1, transformer_depth=(0, 1) if adm else (1, 1),
+                             transformer_depth_middle=1, context_dim=context_dim,
+                             num_heads=8 if not linear else -1, num_head_channels=-1 if not linear else 64,
+                             use_linear_in_transformer=linear, adm_in_channels=adm)
+    unet = randomize_(UNetModel(unet_config), seed)
+    vae = randomize_(AutoencoderKL(VAEConfig(base_channels=32, channel_mult=(1, 2), num_res_blocks=1)), seed + 1)
+    act = {"l": "quick_gelu"}
+    text = getattr(text_encoders, text_cls)(
+        {name: text_encoders.text_config(width, 1, act=act.get(name, "gelu")) for name, width in widths.items()})
+    randomize_(text, seed + 2)
+    sd = {UNET_PREFIX + k: v for k, v in unet.state_dict().items()}
+    sd.update({"first_stage_model." + k: v for k, v in vae.state_dict().items()})
+    sd.update(text.state_dict_original())
+    if family == "sd21_v":
+        sd["v_pred"] = torch.tensor([])
+    return {k: v.contiguous() for k, v in sd.items()}
+
+
+def write_tiny_full_checkpoint(path: str | Path, family: str, seed: int = 0) -> Path:
+    from safetensors.torch import save_file
+
+    save_file(tiny_checkpoint_state_dict(family, seed), str(path))
+    return Path(path)
