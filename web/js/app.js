@@ -18,6 +18,7 @@ import { QueuePanel } from "./queue_panel.js";
 import { Notifier } from "./notify.js";
 import { UndoStack } from "./undo.js";
 import { Uploads } from "./upload.js";
+import { MaskEditor } from "./mask_editor.js";
 import { Extensions } from "./extensions.js";
 import { installShortcuts } from "./keys.js";
 import { clipDocument, copyNodes, parseClipboard, storedClipboard } from "./clipboard.js";
@@ -53,6 +54,7 @@ class App {
     this.menus = new GraphMenus(this);
     this.search = new SearchBox(this);
     this.upload = new Uploads(this);
+    this.maskEditor = new MaskEditor(this);
     this.extensions = new Extensions(this);
     this.runner = new Runner(this);
     this.undoStack = new UndoStack({

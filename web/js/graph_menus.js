@@ -4,6 +4,7 @@ import { ContextMenu, categoryItems } from "./menu.js";
 import { MODE_ALWAYS, MODE_BYPASS, MODE_NEVER } from "./graph.js";
 import { fitToContent, minSize } from "./layout.js";
 import { storedClipboard } from "./clipboard.js";
+import { maskEditable } from "./mask_editor.js";
 
 const COLORS = [
   ["default", null, null],
@@ -91,6 +92,7 @@ export class GraphMenus {
     if (node.type === "LoadImage" || node.type === "LoadImageMask") {
       items.push({ label: "Upload Image…", action: () => app.upload.pick(node) });
     }
+    if (maskEditable(node)) items.push({ label: "Open in MaskEditor", action: () => app.maskEditor.open(node) });
     const out = app.runState.outputs.get(String(node.id));
     if (out && out.images.length) {
       items.push({ label: "Open Image", action: () => window.open(out.images[out.images.length - 1].url, "_blank") });
