@@ -1,7 +1,7 @@
 """Text conditioning nodes. CONDITIONING = [[cond [1, T, D], {"pooled_output": ..., ...}], ...]."""
 from __future__ import annotations
 
-from graph.contract import Float, Input, Int, Node, Output, Socket, String
+from graph.contract import Float, Input, Int, Node, Output, Socket
 from nodes.image import MAX_RESOLUTION
 
 
@@ -13,7 +13,8 @@ def require_clip(clip):
 
 
 def Prompt(name: str = "text") -> Input:
-    return String(name, multiline=True, dynamicPrompts=True)
+    # No default: ComfyUI's prompt widgets declare none, and /object_info must match.
+    return Input(name, "STRING", options=dict(multiline=True, dynamicPrompts=True))
 
 
 class CLIPTextEncode(Node):

@@ -21,7 +21,7 @@ from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
 from app.folders import safe_join
-from graph.contract import Combo, Int, Node, Output, Socket, String
+from graph.contract import Combo, Input, Int, Node, Output, Socket, String
 
 MAX_RESOLUTION = 16384
 EMPTY_MASK_SIZE = 64  # ComfyUI's stand-in mask for images without alpha
@@ -288,7 +288,8 @@ class SaveImage(Node):
     output_node = True
     inputs = (
         Socket("images", "IMAGE"),
-        String("filename_prefix", "ComfyUI"),
+        # Single-line without a "multiline" key, as ComfyUI declares it.
+        Input("filename_prefix", "STRING", options=dict(default="ComfyUI")),
     )
     hidden = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
     outputs = ()

@@ -51,7 +51,10 @@ class KSampler(Node):
 class KSamplerAdvanced(Node):
     display_name = "KSampler (Advanced)"
     category = "sampling"
-    inputs = (Socket("model", "MODEL"), Combo("add_noise", ["enable", "disable"]), Seed("noise_seed"), Steps(),
+    inputs = (Socket("model", "MODEL"), Combo("add_noise", ["enable", "disable"]),
+              # ComfyUI gives this seed no control_after_generate option (its editor adds the widget
+              # by name), and /object_info must say the same.
+              Int("noise_seed", 0, min=0, max=SEED_MAX), Steps(),
               Cfg(), Combo("sampler_name", SAMPLER_NAMES), Combo("scheduler", SCHEDULER_NAMES),
               Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"),
               Socket("latent_image", "LATENT"), Int("start_at_step", 0, min=0, max=MAX_STEPS),
