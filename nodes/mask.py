@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from graph.contract import Boolean, Combo, Float, Int, Node, Output, Socket
 from nodes.image import MAX_RESOLUTION, LoadImage, load_image_file
 
-MASK_CATEGORY = "image/mask"
+MASK_CATEGORY = "mask"  # the classic menu, as in ComfyUI's /object_info for these nodes
 LOAD_CHANNELS = ["alpha", "red", "green", "blue"]
 IMAGE_CHANNELS = ["red", "green", "blue", "alpha"]
 COMPOSITE_OPERATIONS = ["multiply", "add", "subtract", "and", "or", "xor"]
@@ -104,8 +104,7 @@ def match_channels(destination: torch.Tensor, source: torch.Tensor) -> tuple[tor
 class ImageCompositeMasked(Node):
     """Pastes `source` onto `destination` at (x, y), weighted by the optional mask."""
 
-    display_name = "Image Composite Masked"
-    category = "image/compositing"
+    category = "image"
     inputs = (
         Socket("destination", "IMAGE"),
         Socket("source", "IMAGE"),
@@ -126,7 +125,6 @@ class ImageCompositeMasked(Node):
 class LatentCompositeMasked(Node):
     """Pastes the source latent onto the destination at (x, y) pixels (x / 8 in the latent)."""
 
-    display_name = "Latent Composite Masked"
     category = "latent"
     inputs = (
         Socket("destination", "LATENT"),
@@ -156,7 +154,7 @@ class LoadImageMask(LoadImage):
     """Loads one channel of an input image as a mask; "alpha" is inverted (1 = transparent)."""
 
     display_name = "Load Image (as Mask)"
-    category = "image"
+    category = MASK_CATEGORY
     inputs = LoadImage.inputs + (Combo("channel", LOAD_CHANNELS),)
     outputs = (Output("MASK"),)
 
@@ -194,7 +192,6 @@ class ImageToMask(Node):
 
 
 class SolidMask(Node):
-    display_name = "Create Solid Mask"
     category = MASK_CATEGORY
     inputs = (
         Float("value", 1.0, min=0.0, max=1.0, step=0.01),
@@ -208,7 +205,6 @@ class SolidMask(Node):
 
 
 class InvertMask(Node):
-    display_name = "Invert Mask"
     category = MASK_CATEGORY
     inputs = (Socket("mask", "MASK"),)
     outputs = (Output("MASK"),)
@@ -218,7 +214,6 @@ class InvertMask(Node):
 
 
 class CropMask(Node):
-    display_name = "Crop Mask"
     category = MASK_CATEGORY
     inputs = (
         Socket("mask", "MASK"),
@@ -238,7 +233,6 @@ class CropMask(Node):
 
 
 class ThresholdMask(Node):
-    display_name = "Threshold Mask"
     category = MASK_CATEGORY
     inputs = (Socket("mask", "MASK"), Float("value", 0.5, min=0.0, max=1.0, step=0.01))
     outputs = (Output("MASK"),)
@@ -280,7 +274,6 @@ def _pair_batches(output: torch.Tensor, source: torch.Tensor) -> tuple[torch.Ten
 class MaskComposite(Node):
     """Combines `source` into `destination` at (x, y); the result is clamped to 0..1."""
 
-    display_name = "Combine Masks"
     category = MASK_CATEGORY
     inputs = (
         Socket("destination", "MASK"),
@@ -318,7 +311,6 @@ def _ramp(length: int, size: int) -> torch.Tensor:
 class FeatherMask(Node):
     """Fades the mask linearly to 1/n at each edge over the given number of pixels."""
 
-    display_name = "Feather Mask"
     category = MASK_CATEGORY
     inputs = (
         Socket("mask", "MASK"),
@@ -342,7 +334,6 @@ class FeatherMask(Node):
 class GrowMask(Node):
     """Dilates (expand > 0) or erodes (expand < 0) the mask by one pixel per step."""
 
-    display_name = "Grow Mask"
     category = MASK_CATEGORY
     inputs = (
         Socket("mask", "MASK"),

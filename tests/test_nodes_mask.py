@@ -76,10 +76,18 @@ DECLARED = {
 }
 
 
+# ComfyUI's classic menus; only these three have display names of their own.
+DISPLAY = {"LoadImageMask": "Load Image (as Mask)", "MaskToImage": "Convert Mask to Image",
+           "ImageToMask": "Convert Image to Mask"}
+CATEGORY = {"ImageCompositeMasked": "image", "LatentCompositeMasked": "latent"}
+
+
 @pytest.mark.parametrize("name", sorted(DECLARED))
 def test_declarations_match_comfyui(registry, name):
     required, optional, outputs = DECLARED[name]
     info = registry.describe(name)[name]
+    assert info["display_name"] == DISPLAY.get(name, name)
+    assert info["category"] == CATEGORY.get(name, "mask")
     assert info["output"] == outputs and info["input_order"]["required"] == [r[0] for r in required]
     assert list(info["input"].get("optional", {})) == optional
     for input_name, kind, default, low, high, step in required:
