@@ -64,6 +64,9 @@ def paste(destination: torch.Tensor, source: torch.Tensor, x: int, y: int, mask:
     x and y are in output pixels; `multiplier` is 8 for latents. The mask is stretched to the
     source's size and weights the source; whatever lies past the destination's edges is dropped.
     """
+    if source.shape[1] != destination.shape[1]:
+        raise ValueError(f"source has {source.shape[1]} channels and destination {destination.shape[1]}; "
+                         "they must match")
     source = source.to(destination.device, destination.dtype)
     height, width = destination.shape[-2:]
     if resize_source:

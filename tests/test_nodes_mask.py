@@ -305,6 +305,9 @@ def test_latent_composite_places_at_pixels_over_eight(registry):
     expected = torch.zeros(1, 4, 4, 4)
     expected[:, :, 0:2, 3] = 0.5  # x=30 is latent column 3: one column visible, half weight
     assert torch.allclose(edge["samples"], expected)
+    with pytest.raises(ValueError, match="16 channels and destination 4"):
+        call(registry, "LatentCompositeMasked", destination=destination, source={"samples": torch.ones(1, 16, 2, 2)},
+             x=0, y=0, resize_source=False)
 
 
 # -- LoadImageMask -----------------------------------------------------------------------------
