@@ -17,6 +17,7 @@ from diffusion.checkpoint import load_checkpoint, load_vae, read_state_dict
 from diffusion.device import DevicePolicy, ModelCache
 from diffusion.model import DiffusionModel
 from diffusion.model_sampling import ModelSamplingDiscrete
+from diffusion.patches import WeightPatch, applied, patches_of
 from diffusion.prompt_weights import EmbeddingDirectory
 from diffusion.vae import AutoencoderKL
 
@@ -35,15 +36,19 @@ class ModelServices:
 class ClipHandle:
     encoder: torch.nn.Module  # diffusion.text_encoders.TextEncoder
     clip_skip: int | None = None  # None: the family's default layer (CLIPSetLastLayer sets it)
+    patches: tuple[WeightPatch, ...] = ()  # LoRA patches, applied only while encoding
 
     def with_last_layer(self, stop_at_clip_layer: int) -> "ClipHandle":
         return replace(self, clip_skip=stop_at_clip_layer)
+
+    def with_patches(self, patches) -> "ClipHandle":
+        return replace(self, patches=self.patches + tuple(patches))
 
     def tokenize(self, text: str) -> dict:
         return self.encoder.tokenize(text)
 
     def encode_tokens(self, tokens: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        with torch.inference_mode():
+        with torch.inference_mode(), applied(self.encoder, self.patches):
             cond, pooled = self.encoder.encode(tokens, self.clip_skip)
         return cond.float().cpu(), None if pooled is None else pooled.float().cpu()
 
@@ -77,6 +82,8 @@ def crop_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
     """Centre-crop [B, H, W, C] so H and W are multiples of `multiple`, as ComfyUI's VAE does."""
     h, w = image.shape[1:3]
     new_h, new_w = h // multiple * multiple, w // multiple * multiple
+    if new_h == 0 or new_w == 0:
+        raise ValueError(f"image of {w}x{h} pixels is too small to encode: both sides must be at least {multiple}")
     top, left = (h % multiple) // 2, (w % multiple) // 2
     return image[:, top:top + new_h, left:left + new_w, :]
 
@@ -116,4 +123,12 @@ def with_model_sampling(model: DiffusionModel, change: Callable[[ModelSamplingDi
     """A shallow clone of MODEL with different sampling maths; the UNet is shared, not copied."""
     clone = copy.copy(model)
     clone.model_sampling = change(model.model_sampling)
+    return clone
+
+
+def with_weight_patches(model: DiffusionModel, patches) -> DiffusionModel:
+    """A shallow clone of MODEL carrying `patches` after its own; the UNet is shared, not copied
+    (the patches are applied around each sampling call, see diffusion.patches)."""
+    clone = copy.copy(model)
+    clone.weight_patches = patches_of(model) + tuple(patches)
     return clone

@@ -24,6 +24,7 @@ import uuid
 import torch
 import torch.nn.functional as F
 
+from . import patches as _patches
 from . import samplers as _samplers
 from . import schedules as _schedules
 from .model import repeat_to_batch_size
@@ -308,16 +309,21 @@ class InpaintDenoiser:
     original latent noised to the current sigma, and the output by the original latent, so only
     the masked region is generated (mask 1 = generate)."""
 
-    def __init__(self, inner, latent_image: torch.Tensor, noise: torch.Tensor):
-        self.inner, self.latent_image, self.noise = inner, latent_image, noise
+    def __init__(self, inner, latent_image: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor | None = None):
+        self.inner, self.latent_image, self.noise, self.sigmas = inner, latent_image, noise, sigmas
         self.model_sampling = inner.model_sampling
 
     def __call__(self, x, sigma, denoise_mask=None, model_options=None, seed=None):
+        model_options = model_options or {}
         if denoise_mask is not None:
+            if "denoise_mask_function" in model_options:
+                # ComfyUI's hook for per-step masks (DifferentialDiffusion thresholds the mask by sigma).
+                denoise_mask = model_options["denoise_mask_function"](
+                    sigma, denoise_mask, extra_options={"model": self.inner, "sigmas": self.sigmas})
             keep = 1.0 - denoise_mask
             s = sigma.reshape([sigma.shape[0]] + [1] * (x.ndim - 1))
             x = x * denoise_mask + self.model_sampling.noise_scaling(s, self.noise, self.latent_image) * keep
-        out = self.inner(x, sigma, model_options=model_options or {}, seed=seed)
+        out = self.inner(x, sigma, model_options=model_options, seed=seed)
         if denoise_mask is not None:
             out = out * denoise_mask + self.latent_image * keep
         return out
@@ -347,9 +353,10 @@ class Sampler:
         inpaint_noise = noise
         if self.random_inpaint_noise:
             # ComfyUI's "ddim" re-noises the kept region with noise of seed + 1, not the initial noise.
-            generator = torch.manual_seed((extra_args.get("seed") or 41) + 1)
+            seed = extra_args.get("seed")
+            generator = torch.manual_seed((41 if seed is None else seed) + 1)  # seed 0 gives 1, not 42
             inpaint_noise = torch.randn(noise.shape, generator=generator, device="cpu").to(noise.dtype).to(noise.device)
-        model_k = InpaintDenoiser(denoiser, latent_image, inpaint_noise)
+        model_k = InpaintDenoiser(denoiser, latent_image, inpaint_noise, sigmas)
         x = ms.noise_scaling(sigmas[0], noise, latent_image, self.max_denoise(ms, sigmas))
         total = len(sigmas) - 1
         k_callback = None if callback is None else (lambda d: callback(d["i"], d["denoised"], d["x"], total))
@@ -492,7 +499,9 @@ def sample(model, noise, positive, negative, cfg: float, sampler: Sampler, sigma
                           latent_image, denoise_mask)
     denoiser = CFGDenoiser(model, conds, cfg, max_batch)
     extra_args = {"model_options": dict(model_options or {}), "seed": seed}
-    samples = sampler.sample(denoiser, sigmas, extra_args, callback, noise, latent_image, denoise_mask)
+    # LoRA and other weight patches live on the MODEL handle and touch the UNet only while it samples.
+    with _patches.applied(getattr(model, "unet", None), _patches.patches_of(model)):
+        samples = sampler.sample(denoiser, sigmas, extra_args, callback, noise, latent_image, denoise_mask)
     return model.process_latent_out(samples.to(torch.float32))
 
 

@@ -1,0 +1,476 @@
+"""LoRA: key names of real kohya files and of diffusers' layout against our modules, the patch maths
+against independent references (float64 products; convolution/linear compositions), patches that
+leave the cached networks untouched, stacking, reporting of unusable keys, and one CLI run."""
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import save_file
+
+from diffusion import patches as P
+from diffusion.lora import LoraAdapter, diffusers_unet_key_map, match_lora, text_key_map, unet_key_map
+from diffusion.text_encoders import SD1TextEncoder
+from diffusion.unet import UNetConfig, UNetModel
+from tests.conftest import make_runtime
+from tests.models_tiny import diffusers_unet_config, tiny_unet, tiny_unet_state_dict
+
+REPO = Path(__file__).resolve().parent.parent
+KEYS = Path("/work/shared/spec/keys")
+CKPT = "tiny_sd15.safetensors"
+XL_CKPT = "tiny_sdxl.safetensors"
+RTOL = 1e-6  # float32 patch vs float64 reference, relative to the weight's magnitude
+RANK = 4
+
+# diffusers module path -> (kind) for the tiny SD1.5 checkpoint's UNet (2 levels, conv proj_in/out).
+SD15_UNET_TARGETS = {
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q": "linear",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_k": "linear",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_v": "linear",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0": "linear",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k": "linear",
+    "mid_block.attentions.0.transformer_blocks.0.ff.net.0.proj": "linear",
+    "mid_block.attentions.0.transformer_blocks.0.ff.net.2": "linear",
+    "up_blocks.0.attentions.1.proj_in": "conv1x1",          # 4-D LoRA on a 1x1 conv
+    "down_blocks.0.attentions.0.proj_out": "linear_on_conv",  # 2-D LoRA on a 1x1 conv (reshaped)
+    "down_blocks.1.resnets.0.conv1": "locon",               # 3x3 conv, LoCon
+}
+TEXT_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA files
+
+
+def lora_pair(shape, kind, gen, rank=RANK):
+    """(up, down) for a weight of `shape`: 2-D for linear kinds, 4-D for conv kinds."""
+    out_f, in_f = shape[0], shape[1]
+    if kind == "locon":
+        return torch.randn(out_f, rank, 1, 1, generator=gen), torch.randn(rank, in_f, *shape[2:], generator=gen)
+    if kind == "conv1x1":
+        return torch.randn(out_f, rank, 1, 1, generator=gen), torch.randn(rank, in_f, 1, 1, generator=gen)
+    return torch.randn(out_f, rank, generator=gen), torch.randn(rank, in_f, generator=gen)
+
+
+def kohya_name(diffusers_module: str, prefix="lora_unet_") -> str:
+    return prefix + diffusers_module.replace(".", "_")
+
+
+def write_lora(path: Path, modules: dict, layout: str, seed: int, with_alpha=True, extra=None) -> dict:
+    """modules: {(kohya name, peft name): (shape, kind)}; returns {kohya name: LoraAdapter} as written."""
+    gen = torch.Generator().manual_seed(seed)
+    sd, written = {}, {}
+    for (kohya, peft), (shape, kind) in modules.items():
+        up, down = lora_pair(shape, kind, gen)
+        up, down = up * 0.1, down * 0.1
+        alpha = float(torch.randint(1, 9, (1,), generator=gen)) if with_alpha else None
+        if layout == "kohya":
+            sd[f"{kohya}.lora_up.weight"], sd[f"{kohya}.lora_down.weight"] = up, down
+            if alpha is not None:
+                sd[f"{kohya}.alpha"] = torch.tensor(alpha)
+        else:
+            sd[f"{peft}.lora_B.weight"], sd[f"{peft}.lora_A.weight"] = up, down
+            if alpha is not None:
+                sd[f"{peft}.alpha"] = torch.tensor(alpha)
+        written[kohya] = LoraAdapter(up, down, alpha)
+    sd.update(extra or {})
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    return written
+
+
+def sd15_modules(env) -> dict:
+    unet_map = unet_key_map(env.model.unet)
+    text_map = text_key_map(env.clip.encoder)
+    mods = {}
+    for d, kind in SD15_UNET_TARGETS.items():
+        mods[(kohya_name(d), "unet." + d)] = (unet_map[kohya_name(d)].shape, kind)
+    for m in TEXT_TARGETS:
+        kohya = f"lora_te_text_model_encoder_layers_0_{m.replace('.', '_')}"
+        mods[(kohya, f"text_encoder.text_model.encoder.layers.0.{m}")] = (text_map[kohya].shape, "linear")
+    return mods
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="module")
+def base(tiny_checkpoint, tmp_path_factory):
+    base = tmp_path_factory.mktemp("lora_base")
+    (base / "models" / "checkpoints").mkdir(parents=True)
+    (base / "models" / "loras").mkdir(parents=True)
+    shutil.copy(tiny_checkpoint("sd15"), base / "models" / "checkpoints" / CKPT)
+    return base
+
+
+@pytest.fixture(scope="module")
+def env(base):
+    runtime = make_runtime(base)
+    ctx = SimpleNamespace(env=runtime.env, progress=lambda *a, **k: None)
+
+    def node(name, **inputs):
+        with torch.inference_mode():
+            return runtime.registry.get(name).cls().run(ctx, **inputs)
+
+    model, clip, _ = node("CheckpointLoaderSimple", ckpt_name=CKPT)
+    return SimpleNamespace(node=node, model=model, clip=clip, runtime=runtime, loras=base / "models" / "loras")
+
+
+def snapshot(module):
+    return {k: (p, p.detach().clone()) for k, p in module.named_parameters()}
+
+
+def assert_untouched(module, snap):
+    for k, p in module.named_parameters():
+        obj, value = snap[k]
+        assert p is obj, f"{k}: the base Parameter was replaced"
+        assert torch.equal(p, value), f"{k}: the base weight changed"
+
+
+def expected(weight, adapters_strengths):
+    """W + sum strength * alpha / rank * up @ down, in float64 (independent of the code's float32 path)."""
+    out = weight.detach().double().clone()
+    for adapter, strength in adapters_strengths:
+        scale = 1.0 if adapter.alpha is None else adapter.alpha / adapter.down.shape[0]
+        prod = torch.einsum("or,ri->oi", adapter.up.double().flatten(1), adapter.down.double().flatten(1))
+        out += strength * scale * prod.reshape(weight.shape)
+    return out
+
+
+def assert_close_rel(actual, reference, what):
+    err = (actual.double() - reference).abs().max().item()
+    assert err <= RTOL * reference.abs().max().item() + 1e-12, f"{what}: max error {err}"
+
+
+def sample(env, model, clip, seed=3):
+    (pos,) = env.node("CLIPTextEncode", text="a red house", clip=clip)
+    (neg,) = env.node("CLIPTextEncode", text="blurry", clip=clip)
+    (latent,) = env.node("EmptyLatentImage", width=64, height=64, batch_size=1)
+    (out,) = env.node("KSampler", model=model, seed=seed, steps=2, cfg=5.0, sampler_name="euler",
+                      scheduler="normal", positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    return out["samples"]
+
+
+def load(env, name, strength_model=1.0, strength_clip=1.0, model=None, clip=None):
+    out = env.node("LoraLoader", model=model or env.model, clip=clip or env.clip, lora_name=name,
+                   strength_model=strength_model, strength_clip=strength_clip)
+    return out["result"] if isinstance(out, dict) else out
+
+
+# ---------------------------------------------------------------------------------------------
+# key names
+
+
+def test_every_key_of_a_full_kohya_sd15_file_maps_to_a_module_of_matching_shape():
+    rows = json.loads((KEYS / "sd15_lora_kohya_full.json").read_text())
+    example = json.loads((KEYS / "sd15_lora_kohya_example.json").read_text())
+    with torch.device("meta"):
+        unet, text = UNetModel(UNetConfig.sd15()), SD1TextEncoder()
+    lora = {key: torch.zeros(shape) for key, shape, _ in rows}  # alpha must be readable: not meta
+    targets = {**unet_key_map(unet), **text_key_map(text)}
+    found = match_lora(lora, targets)
+    assert found.unmatched == [] and found.misfit == []
+    assert (found.count("model"), found.count("clip")) == (192, 72) == tuple(example["module_count"].values())
+    for module, checkpoint_key in example["module_to_checkpoint_weight"].items():
+        target = targets[module]
+        if checkpoint_key.startswith("model.diffusion_model."):
+            assert target.component == "model" and "model.diffusion_model." + target.key == checkpoint_key
+        else:
+            tail = checkpoint_key[checkpoint_key.index("encoder.layers."):]
+            assert target.component == "clip" and target.key.endswith("." + tail) and "towers.l." in target.key
+
+
+@pytest.mark.parametrize("style", ["sd15", "sdxl"])
+def test_diffusers_names_agree_with_diffusers_own_converter(style):
+    """Every diffusers UNet parameter diffusers' LDM converter produces is named by our map, and
+    holds the very tensor our map points at (random weights: equal tensors identify the key)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    ours = tiny_unet(style)
+    sd = ours.state_dict()
+    theirs = convert_ldm_unet_checkpoint(tiny_unet_state_dict(style), diffusers_unet_config(ours.config))
+    mapping = diffusers_unet_key_map(ours.config, sd)
+    assert sorted(set(theirs) - set(mapping)) == []
+    aliases = {k for k in mapping if k.startswith("class_embedding.")}  # ComfyUI's second name for label_emb
+    wrong = [k for k in set(mapping) - aliases if not torch.equal(theirs[k], sd[mapping[k]])]
+    assert wrong == []
+    assert set(mapping.values()) == set(sd)
+
+
+# ---------------------------------------------------------------------------------------------
+# the patch maths
+
+
+@pytest.mark.parametrize("layout", ["kohya", "peft"])
+def test_patched_weights_follow_the_formula_and_nothing_else_moves(env, layout):
+    mods = sd15_modules(env)
+    written = write_lora(env.loras / f"{layout}.safetensors", mods, layout, seed=11)
+    unet_snap, text_snap = snapshot(env.model.unet), snapshot(env.clip.encoder)
+    model, clip = load(env, f"{layout}.safetensors", strength_model=0.7, strength_clip=-1.3)
+    targets = {**unet_key_map(env.model.unet), **text_key_map(env.clip.encoder)}
+    by_key = {targets[k].key: (targets[k].component, a) for k, a in written.items()}
+    assert len(P.patches_of(model)) == len(SD15_UNET_TARGETS) and len(clip.patches) == len(TEXT_TARGETS)
+
+    for module, patches, snap, component, strength in (
+            (env.model.unet, P.patches_of(model), unet_snap, "model", 0.7),
+            (env.clip.encoder, clip.patches, text_snap, "clip", -1.3)):
+        with P.applied(module, patches):
+            for key, p in module.named_parameters():
+                base = snap[key][1]
+                if key in by_key and by_key[key][0] == component:
+                    assert_close_rel(p, expected(base, [(by_key[key][1], strength)]), key)
+                    assert p.dtype == base.dtype and not torch.equal(p, base)
+                else:
+                    assert torch.equal(p, base), f"{key} is not targeted but changed"
+        assert_untouched(module, snap)
+
+
+def test_conv_and_linear_patches_act_as_the_low_rank_branch(env):
+    """Independent of the reshape rules: the patched layer's output minus the original equals
+    strength * alpha / r * up(down(x)) run as layers (3x3 then 1x1 conv for LoCon)."""
+    mods = sd15_modules(env)
+    written = write_lora(env.loras / "functional.safetensors", mods, "kohya", seed=5)
+    model, _ = load(env, "functional.safetensors", strength_model=0.5, strength_clip=0.0)
+    targets = unet_key_map(env.model.unet)
+    gen = torch.Generator().manual_seed(0)
+    for d, kind in SD15_UNET_TARGETS.items():
+        adapter = written[kohya_name(d)]
+        layer = env.model.unet.get_submodule(targets[kohya_name(d)].key[:-len(".weight")])
+        scale = 0.5 * adapter.alpha / RANK
+        if kind == "linear":
+            x = torch.randn(3, layer.in_features, generator=gen)
+            branch = F.linear(F.linear(x, adapter.down), adapter.up)
+        else:
+            x = torch.randn(1, layer.in_channels, 6, 6, generator=gen)
+            down = adapter.down if adapter.down.ndim == 4 else adapter.down[:, :, None, None]
+            up = adapter.up if adapter.up.ndim == 4 else adapter.up[:, :, None, None]
+            branch = F.conv2d(F.conv2d(x, down, padding=layer.padding), up)
+        with torch.no_grad():
+            before = layer(x)
+            with P.applied(env.model.unet, P.patches_of(model)):
+                after = layer(x)
+        torch.testing.assert_close(after - before, scale * branch, rtol=1e-4, atol=1e-5)
+
+
+def test_tucker_mid_kernel_is_the_composition_of_its_three_convolutions():
+    gen = torch.Generator().manual_seed(2)
+    up, down, mid = (torch.randn(6, 3, 1, 1, generator=gen), torch.randn(3, 5, 1, 1, generator=gen),
+                     torch.randn(3, 3, 3, 3, generator=gen))
+    adapter = LoraAdapter(up, down, alpha=1.5, mid=mid)
+    weight = torch.zeros(6, 5, 3, 3)
+    adapter.add_to(weight, strength=2.0)
+    x = torch.randn(2, 5, 7, 7, generator=gen)
+    reference = 2.0 * 0.5 * F.conv2d(F.conv2d(F.conv2d(x, down), mid, padding=1), up)
+    torch.testing.assert_close(F.conv2d(x, weight, padding=1), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_missing_alpha_means_scale_one_and_half_precision_weights_are_summed_in_float32():
+    gen = torch.Generator().manual_seed(4)
+    up, down = torch.randn(8, 2, generator=gen), torch.randn(2, 8, generator=gen)
+    weight = torch.randn(8, 8, generator=gen).to(torch.bfloat16)
+    patch = P.WeightPatch("w", LoraAdapter(up, down, None), 0.25)
+    out = P.patched_weight(weight, [patch, patch])
+    reference = (weight.float() + 0.25 * (up @ down) + 0.25 * (up @ down)).to(torch.bfloat16)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, reference)
+    with pytest.raises(ValueError, match=r"does not fit a weight of shape \[8, 4\]"):
+        LoraAdapter(up, down).add_to(torch.zeros(8, 4), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# handles, sampling and stacking
+
+
+def test_strength_zero_and_the_unpatched_model_give_bit_identical_samples(env):
+    write_lora(env.loras / "sampling.safetensors", sd15_modules(env), "kohya", seed=21)
+    unet_snap, text_snap = snapshot(env.model.unet), snapshot(env.clip.encoder)
+    plain = sample(env, env.model, env.clip)
+    model, clip = load(env, "sampling.safetensors")
+    patched = sample(env, model, clip)
+    assert (patched - plain).abs().max() > 1e-3
+    assert torch.equal(sample(env, env.model, env.clip), plain)  # the base handles again
+    assert_untouched(env.model.unet, unet_snap)
+    assert_untouched(env.clip.encoder, text_snap)
+    # zero strength on both: ComfyUI hands back the very inputs
+    same_model, same_clip = load(env, "sampling.safetensors", 0.0, 0.0)
+    assert same_model is env.model and same_clip is env.clip
+    # zero on one side only: a clone whose patches change nothing
+    zero_model, lora_clip = load(env, "sampling.safetensors", 0.0, 1.0)
+    assert zero_model is not env.model and len(P.patches_of(zero_model)) == len(SD15_UNET_TARGETS)
+    assert torch.equal(sample(env, zero_model, env.clip), plain)
+    (with_lora_text,) = env.node("CLIPTextEncode", text="a red house", clip=lora_clip)
+    (plain_text,) = env.node("CLIPTextEncode", text="a red house", clip=env.clip)
+    assert not torch.equal(with_lora_text[0][0], plain_text[0][0])
+    assert torch.equal(env.node("CLIPTextEncode", text="a red house", clip=env.clip)[0][0][0], plain_text[0][0])
+
+
+def test_two_loras_stack_additively_in_order(env):
+    mods = sd15_modules(env)
+    first = write_lora(env.loras / "first.safetensors", mods, "kohya", seed=31)
+    second = write_lora(env.loras / "second.safetensors", mods, "peft", seed=32, with_alpha=False)
+    m1, c1 = load(env, "first.safetensors", 0.8, 0.6)
+    m2, c2 = load(env, "second.safetensors", -0.5, 1.5, model=m1, clip=c1)
+    assert P.patches_of(m2)[:len(P.patches_of(m1))] == P.patches_of(m1)
+    targets = {**unet_key_map(env.model.unet), **text_key_map(env.clip.encoder)}
+    for module, patches, component, strengths in ((env.model.unet, P.patches_of(m2), "model", (0.8, -0.5)),
+                                                   (env.clip.encoder, c2.patches, "clip", (0.6, 1.5))):
+        base = dict(snapshot(module))
+        with P.applied(module, patches):
+            params = dict(module.named_parameters())
+            for name in first:
+                target = targets[name]
+                if target.component == component:
+                    ref = expected(base[target.key][1], [(first[name], strengths[0]), (second[name], strengths[1])])
+                    assert_close_rel(params[target.key], ref, target.key)
+    # the first LoRA's handles are unchanged by the second
+    assert len(P.patches_of(m1)) == len(SD15_UNET_TARGETS) and len(c1.patches) == len(TEXT_TARGETS)
+
+
+def test_nesting_different_patch_sets_is_refused(env):
+    write_lora(env.loras / "nest.safetensors", sd15_modules(env), "kohya", seed=41)
+    m1, _ = load(env, "nest.safetensors")
+    m2, _ = load(env, "nest.safetensors", 0.3, 0.3)
+    snap = snapshot(env.model.unet)
+    with P.applied(env.model.unet, P.patches_of(m1)):
+        with P.applied(env.model.unet, P.patches_of(m1)):  # the same set: already applied
+            pass
+        with pytest.raises(RuntimeError, match="already patched"):
+            with P.applied(env.model.unet, P.patches_of(m2)):
+                pass
+    assert_untouched(env.model.unet, snap)
+
+
+# ---------------------------------------------------------------------------------------------
+# reporting
+
+
+def test_keys_that_match_nothing_are_reported_not_dropped(env, caplog):
+    mods = sd15_modules(env)
+    shape = mods[(kohya_name("down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"),
+                  "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q")][0]
+    extra = {"lora_unet_no_such_block.lora_up.weight": torch.zeros(4, 2),
+             "lora_unet_no_such_block.lora_down.weight": torch.zeros(2, 4),
+             "lora_unet_no_such_block.alpha": torch.tensor(2.0),
+             "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.hada_w1_a": torch.zeros(2, 2),
+             "lora_unet_up_blocks_0_attentions_1_transformer_blocks_0_attn1_to_q.lora_up.weight":
+                 torch.zeros(shape[0] + 1, 2),
+             "lora_unet_up_blocks_0_attentions_1_transformer_blocks_0_attn1_to_q.lora_down.weight":
+                 torch.zeros(2, shape[1])}
+    write_lora(env.loras / "odd.safetensors", mods, "kohya", seed=51, extra=extra)
+    with caplog.at_level(logging.WARNING, logger="diffusion.lora"):
+        out = env.node("LoraLoader", model=env.model, clip=env.clip, lora_name="odd.safetensors",
+                       strength_model=1.0, strength_clip=1.0)
+    (message,) = out["ui"]["text"]
+    assert "4 key(s) matched no module" in message and "1 module(s) have shapes that do not fit" in message
+    logged = caplog.text
+    for key in ("lora_unet_no_such_block.lora_up.weight", "lora_unet_no_such_block.alpha",
+                "attn1_to_q.hada_w1_a", "up_blocks_0_attentions_1_transformer_blocks_0_attn1_to_q"):
+        assert key in logged
+    model, clip = out["result"]
+    assert len(P.patches_of(model)) == len(SD15_UNET_TARGETS) and len(clip.patches) == len(TEXT_TARGETS)
+    # a clean file reports nothing in the UI
+    assert isinstance(load(env, "odd.safetensors", 0.0, 0.0), tuple)
+
+
+def test_model_only_loader_leaves_the_text_encoder_and_counts_its_keys(env):
+    write_lora(env.loras / "model_only.safetensors", sd15_modules(env), "kohya", seed=61)
+    out = env.node("LoraLoaderModelOnly", model=env.model, lora_name="model_only.safetensors", strength_model=1.0)
+    (model,) = out if isinstance(out, tuple) else out["result"]
+    assert len(P.patches_of(model)) == len(SD15_UNET_TARGETS)
+    clean = env.node("LoraLoader", model=env.model, clip=env.clip, lora_name="model_only.safetensors",
+                     strength_model=1.0, strength_clip=1.0)
+    assert isinstance(clean, tuple)  # every key used: nothing to surface
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        load(env, "missing.safetensors")
+
+
+def test_sdxl_te1_te2_and_unet_keys_reach_clip_l_bigg_and_the_unet(tiny_checkpoint, tmp_path):
+    (tmp_path / "models" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "models" / "loras").mkdir(parents=True)
+    shutil.copy(tiny_checkpoint("sdxl"), tmp_path / "models" / "checkpoints" / XL_CKPT)
+    runtime = make_runtime(tmp_path)
+    ctx = SimpleNamespace(env=runtime.env, progress=lambda *a, **k: None)
+    with torch.inference_mode():
+        model, clip, _ = runtime.registry.get("CheckpointLoaderSimple").cls().run(ctx, ckpt_name=XL_CKPT)
+    unet_map, text_map = unet_key_map(model.unet), text_key_map(clip.encoder)
+    d = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"
+    mods = {(kohya_name(d), "unet." + d): (unet_map[kohya_name(d)].shape, "linear")}
+    for tower, kohya_prefix, peft_prefix in (("l", "lora_te1_", "text_encoder."), ("g", "lora_te2_", "text_encoder_2.")):
+        for m in ("self_attn.q_proj", "mlp.fc2"):
+            kohya = f"{kohya_prefix}text_model_encoder_layers_0_{m.replace('.', '_')}"
+            assert f"towers.{tower}." in text_map[kohya].key
+            assert text_map[f"{peft_prefix}text_model.encoder.layers.0.{m}"] == text_map[kohya]
+            mods[(kohya, f"{peft_prefix}text_model.encoder.layers.0.{m}")] = (text_map[kohya].shape, "linear")
+    written = write_lora(tmp_path / "models" / "loras" / "xl.safetensors", mods, "peft", seed=71)
+    with torch.inference_mode():
+        model2, clip2 = runtime.registry.get("LoraLoader").cls().run(
+            ctx, model=model, clip=clip, lora_name="xl.safetensors", strength_model=1.0, strength_clip=2.0)
+    base = snapshot(clip.encoder)
+    with P.applied(clip.encoder, clip2.patches):
+        params = dict(clip.encoder.named_parameters())
+        for name, adapter in written.items():
+            if name.startswith("lora_te"):
+                key = text_map[name].key
+                assert_close_rel(params[key], expected(base[key][1], [(adapter, 2.0)]), key)
+    assert_untouched(clip.encoder, base)
+    assert [p.key for p in P.patches_of(model2)] == [unet_map[kohya_name(d)].key]
+
+
+# ---------------------------------------------------------------------------------------------
+# declarations and the command line
+
+
+def test_declarations_match_comfyui(env):
+    reg = env.runtime.registry
+    info = reg.get("LoraLoader").describe()
+    req = info["input"]["required"]
+    assert list(req) == ["model", "clip", "lora_name", "strength_model", "strength_clip"]
+    for name in ("strength_model", "strength_clip"):
+        opts = req[name][1]
+        assert req[name][0] == "FLOAT" and (opts["default"], opts["min"], opts["max"], opts["step"]) == (
+            1.0, -100.0, 100.0, 0.01)
+    assert "functional.safetensors" in req["lora_name"][0] or req["lora_name"][0] is not None
+    assert info["output"] == ["MODEL", "CLIP"] and info["display_name"] == "Load LoRA"
+    assert info["category"] == "loaders"
+    only = reg.get("LoraLoaderModelOnly").describe()
+    assert list(only["input"]["required"]) == ["model", "lora_name", "strength_model"]
+    assert only["output"] == ["MODEL"]
+
+
+def test_workflow_with_a_lora_runs_on_the_cli(base, env, tmp_path):
+    write_lora(env.loras / "cli.safetensors", sd15_modules(env), "kohya", seed=81)
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
+        "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": "cli.safetensors",
+                                                     "strength_model": 1.0, "strength_clip": 1.0}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red house", "clip": ["2", 1]}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["2", 1]}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "6": {"class_type": "KSampler", "inputs": {"model": ["2", 0], "seed": 5, "steps": 2, "cfg": 5.0,
+                                                   "sampler_name": "euler", "scheduler": "normal", "positive": ["3", 0],
+                                                   "negative": ["4", 0], "latent_image": ["5", 0], "denoise": 1.0}},
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": ["6", 0], "vae": ["1", 2]}},
+        "8": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "lora"}},
+    }
+    workflow = tmp_path / "lora_workflow.json"
+    workflow.write_text(json.dumps(prompt))
+    proc = subprocess.run([sys.executable, str(REPO / "main.py"), "run", "--base-directory", str(base), str(workflow)],
+                          capture_output=True, text=True, timeout=240, cwd=base)
+    assert proc.returncode == 0, proc.stderr
+    written = [Path(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert [p.name for p in written] == ["lora_00001_.png"]
+    pixels = np.asarray(Image.open(written[0]))
+    assert pixels.shape == (16, 16, 3)  # a 64x64 latent request is 8x8; the tiny VAE upsamples by 2, not 8
+    # the same graph in this process reproduces the file; without the LoRA it differs
+    assert env.runtime.executor.run(prompt).ok
+    assert np.array_equal(np.asarray(Image.open(base / "output" / "lora_00002_.png")), pixels)
+    prompt["2"]["inputs"].update(strength_model=0.0, strength_clip=0.0)
+    assert env.runtime.executor.run(prompt).ok
+    assert not np.array_equal(np.asarray(Image.open(base / "output" / "lora_00003_.png")), pixels)
