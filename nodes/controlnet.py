@@ -1,0 +1,141 @@
+"""ControlNet nodes with ComfyUI's names and widgets: loaders and the two Apply nodes.
+
+CONTROL_NET is a `diffusion.controlnet.ControlNet`; the Apply nodes put a `Control` (the network,
+the hint image, strength, step range, and the control applied before it, if any) in each
+conditioning entry's extras under "control".
+"""
+from __future__ import annotations
+
+import contextlib
+
+from diffusion.controlnet import ControlNet, load_controlnet
+from graph.contract import Combo, Float, Node, Output, Socket
+from nodes.loaders import model_file
+
+
+def _controlnet_names(env):
+    return env.folders.filenames("controlnet")
+
+
+def _weights_for_diff(model):
+    """The UNet with the model's weight patches (LoRA) applied, as ComfyUI's patched model gives
+    when a diff ControlNet reads it; a plain model needs no patching."""
+    patches = tuple(getattr(model, "weight_patches", ()) or ())
+    if not patches:
+        return contextlib.nullcontext()
+    from diffusion.patches import applied
+
+    return applied(model.unet, patches)
+
+
+def _load(ctx, control_net_name: str, model=None) -> ControlNet:
+    models = ctx.env.models
+    path = model_file(ctx, "controlnet", control_net_name)
+    policy = models.policy
+    if model is None:
+        return models.cache.get("controlnet", path,
+                                lambda p: load_controlnet(p, None, policy.load_device, policy.unet_dtype))
+    # A diff ControlNet's weights depend on the model, so it is not shared through the file cache.
+    with _weights_for_diff(model):
+        return load_controlnet(path, model.unet, policy.load_device, policy.unet_dtype)
+
+
+class ControlNetLoader(Node):
+    display_name = "Load ControlNet Model"
+    category = "loaders"
+    inputs = (Combo("control_net_name", _controlnet_names),)
+    outputs = (Output("CONTROL_NET"),)
+
+    def run(self, ctx, control_net_name):
+        return (_load(ctx, control_net_name),)
+
+
+class DiffControlNetLoader(Node):
+    """Loads a "diff" ControlNet, whose file stores differences to the model's UNet weights."""
+
+    display_name = "Load ControlNet Model (diff)"
+    category = "loaders"
+    inputs = (Socket("model", "MODEL"), Combo("control_net_name", _controlnet_names))
+    outputs = (Output("CONTROL_NET"),)
+
+    def run(self, ctx, model, control_net_name):
+        return (_load(ctx, control_net_name, model),)
+
+
+def _strength(name: str = "strength") -> Float:
+    return Float(name, 1.0, min=0.0, max=10.0, step=0.01)
+
+
+def _percent(name: str, default: float) -> Float:
+    return Float(name, default, min=0.0, max=1.0, step=0.001)
+
+
+def _require_net(control_net):
+    if not isinstance(control_net, ControlNet):
+        raise TypeError(f"control_net must be a loaded ControlNet, got {type(control_net).__name__}")
+    return control_net
+
+
+class ControlNetApply(Node):
+    """The old Apply node: attaches the ControlNet to one conditioning for every step; the
+    sampler also applies it to the negative prompt when that has no ControlNet of its own."""
+
+    display_name = "Apply ControlNet (OLD)"
+    category = "conditioning/controlnet"
+    DEPRECATED = True
+    inputs = (Socket("conditioning", "CONDITIONING"), Socket("control_net", "CONTROL_NET"),
+              Socket("image", "IMAGE"), _strength())
+    outputs = (Output("CONDITIONING"),)
+
+    def run(self, ctx, conditioning, control_net, image, strength):
+        if strength == 0:
+            return (conditioning,)
+        net = _require_net(control_net)
+        hint = image.movedim(-1, 1)
+        out = []
+        for cond, extras in conditioning:
+            extras = dict(extras)
+            extras["control"] = net.apply(hint, strength, previous=extras.get("control"))
+            extras["control_apply_to_uncond"] = True
+            out.append([cond, extras])
+        return (out,)
+
+
+class ControlNetApplyAdvanced(Node):
+    """Attaches the ControlNet to both prompts for the steps between start_percent and
+    end_percent, on top of any ControlNet already attached."""
+
+    display_name = "Apply ControlNet"
+    category = "conditioning/controlnet"
+    inputs = (Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"),
+              Socket("control_net", "CONTROL_NET"), Socket("image", "IMAGE"), _strength(),
+              _percent("start_percent", 0.0), _percent("end_percent", 1.0), Socket("vae", "VAE", optional=True))
+    outputs = (Output("CONDITIONING", name="positive"), Output("CONDITIONING", name="negative"))
+
+    def run(self, ctx, positive, negative, control_net, image, strength, start_percent, end_percent, vae=None):
+        # `vae` is only used by ControlNets that take latent hints (SD3, Flux); SD1.x/SDXL ones
+        # take pixel hints, so it is accepted and ignored as in ComfyUI.
+        if strength == 0:
+            return (positive, negative)
+        net = _require_net(control_net)
+        hint = image.movedim(-1, 1)
+        # One control per distinct earlier control, shared by both prompts, so the sampler can
+        # run cond and uncond in one batch (it batches entries with the same control object).
+        made: dict[int, object] = {}
+        out = []
+        for conditioning in (positive, negative):
+            entries = []
+            for cond, extras in conditioning:
+                extras = dict(extras)
+                previous = extras.get("control")
+                control = made.get(id(previous))
+                if control is None:
+                    control = made[id(previous)] = net.apply(hint, strength, (start_percent, end_percent), previous)
+                extras["control"] = control
+                extras["control_apply_to_uncond"] = False
+                entries.append([cond, extras])
+            out.append(entries)
+        return (out[0], out[1])
+
+
+NODES = [ControlNetLoader, DiffControlNetLoader, ControlNetApply, ControlNetApplyAdvanced]
