@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .latent_formats import LatentFormat, latent_format_for
 from .model_sampling import ModelSamplingDiscrete
+from .upscale import center_crop_to_aspect
 
 INPAINT_CONCAT_KEYS = ("mask", "masked_image")
 
@@ -44,6 +45,23 @@ def repeat_to_batch_size(t: torch.Tensor, batch_size: int) -> torch.Tensor:
     if t.shape[0] < batch_size:
         return t.repeat([math.ceil(batch_size / t.shape[0])] + [1] * (t.ndim - 1))[:batch_size]
     return t
+
+
+def resize_to_batch_size(t: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """ComfyUI's batch resampling for conditioning images: nearest index over the batch (a
+    batch of 2 made 4 is [0, 0, 1, 1], not [0, 1, 0, 1] as repetition would give)."""
+    n = t.shape[0]
+    if n == batch_size:
+        return t
+    if batch_size <= 1:
+        return t[:batch_size]
+    if batch_size < n:
+        scale = (n - 1) / (batch_size - 1)
+        index = [min(round(i * scale), n - 1) for i in range(batch_size)]
+    else:
+        scale = n / batch_size
+        index = [min(math.floor((i + 0.5) * scale), n - 1) for i in range(batch_size)]
+    return t[torch.tensor(index, device=t.device)]
 
 
 def _pooled(extras: dict) -> torch.Tensor:
@@ -106,7 +124,10 @@ def default_adm(family: str):
 
 
 def _resize(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    return F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False) if t.shape[-2:] != (h, w) else t
+    """Bilinear to h x w after a centre crop to that aspect (ComfyUI's common_upscale "center")."""
+    if t.shape[-2:] == (h, w):
+        return t
+    return F.interpolate(center_crop_to_aspect(t, w, h), size=(h, w), mode="bilinear", align_corners=False)
 
 
 class DiffusionModel:
@@ -212,9 +233,9 @@ class DiffusionModel:
             if key == "mask":
                 m = mask[:, :1] if mask.ndim == noise.ndim else mask
                 m = _resize(m.reshape((-1, 1) + tuple(m.shape[-2:])).to(noise.dtype), h, w)
-                parts.append(repeat_to_batch_size(m.round(), b).to(noise.device))
+                parts.append(resize_to_batch_size(m.round(), b).to(noise.device))
             elif key == "masked_image":
                 if image is None:
                     raise ValueError("inpainting needs the latent image to condition on")
-                parts.append(repeat_to_batch_size(_resize(image.to(noise.dtype), h, w), b).to(noise.device))
+                parts.append(resize_to_batch_size(_resize(image.to(noise.dtype), h, w), b).to(noise.device))
         return torch.cat(parts, dim=1)
