@@ -26,7 +26,6 @@ from tests.models_tiny import diffusers_unet_config, tiny_unet, tiny_unet_state_
 REPO = Path(__file__).resolve().parent.parent
 KEYS = Path("/work/shared/spec/keys")
 CKPT = "tiny_sd15.safetensors"
-XL_CKPT = "tiny_sdxl.safetensors"
 RTOL = 1e-6  # float32 patch vs float64 reference, relative to the weight's magnitude
 RANK = 4
 
@@ -391,35 +390,41 @@ def test_model_only_loader_leaves_the_text_encoder_and_counts_its_keys(env):
         load(env, "missing.safetensors")
 
 
-def test_sdxl_te1_te2_and_unet_keys_reach_clip_l_bigg_and_the_unet(tiny_checkpoint, tmp_path):
-    (tmp_path / "models" / "checkpoints").mkdir(parents=True)
-    (tmp_path / "models" / "loras").mkdir(parents=True)
-    shutil.copy(tiny_checkpoint("sdxl"), tmp_path / "models" / "checkpoints" / XL_CKPT)
-    runtime = make_runtime(tmp_path)
-    ctx = SimpleNamespace(env=runtime.env, progress=lambda *a, **k: None)
-    with torch.inference_mode():
-        model, clip, _ = runtime.registry.get("CheckpointLoaderSimple").cls().run(ctx, ckpt_name=XL_CKPT)
-    unet_map, text_map = unet_key_map(model.unet), text_key_map(clip.encoder)
-    d = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"
+def test_sdxl_te1_te2_and_unet_keys_reach_clip_l_bigg_and_the_unet(tmp_path):
+    """SDXL layout on a tiny SDXL UNet and a narrow CLIP-L + bigG pair (the key names do not
+    depend on widths), through apply_lora, the function the loader nodes call."""
+    from diffusion import text_encoders as te
+    from diffusion.handles import ClipHandle
+    from diffusion.lora import apply_lora
+    from diffusion.model import DiffusionModel
+    from diffusion.checkpoint import read_state_dict
+    from tests.models_tiny import randomize_
+
+    model = DiffusionModel(tiny_unet("sdxl"), family="sdxl")
+    encoder = randomize_(te.SDXLTextEncoder({"l": te.text_config(64, 2, positions=8),
+                                             "g": te.text_config(64, 2, act="gelu", positions=8)}), 3)
+    clip = ClipHandle(encoder)
+    unet_map, text_map = unet_key_map(model.unet), text_key_map(encoder)
+    d = "down_blocks.2.attentions.0.transformer_blocks.1.attn2.to_k"
     mods = {(kohya_name(d), "unet." + d): (unet_map[kohya_name(d)].shape, "linear")}
     for tower, kohya_prefix, peft_prefix in (("l", "lora_te1_", "text_encoder."), ("g", "lora_te2_", "text_encoder_2.")):
         for m in ("self_attn.q_proj", "mlp.fc2"):
-            kohya = f"{kohya_prefix}text_model_encoder_layers_0_{m.replace('.', '_')}"
+            kohya = f"{kohya_prefix}text_model_encoder_layers_1_{m.replace('.', '_')}"
             assert f"towers.{tower}." in text_map[kohya].key
-            assert text_map[f"{peft_prefix}text_model.encoder.layers.0.{m}"] == text_map[kohya]
-            mods[(kohya, f"{peft_prefix}text_model.encoder.layers.0.{m}")] = (text_map[kohya].shape, "linear")
-    written = write_lora(tmp_path / "models" / "loras" / "xl.safetensors", mods, "peft", seed=71)
-    with torch.inference_mode():
-        model2, clip2 = runtime.registry.get("LoraLoader").cls().run(
-            ctx, model=model, clip=clip, lora_name="xl.safetensors", strength_model=1.0, strength_clip=2.0)
-    base = snapshot(clip.encoder)
-    with P.applied(clip.encoder, clip2.patches):
-        params = dict(clip.encoder.named_parameters())
+            assert text_map[f"{peft_prefix}text_model.encoder.layers.1.{m}"] == text_map[kohya]
+            mods[(kohya, f"{peft_prefix}text_model.encoder.layers.1.{m}")] = (text_map[kohya].shape, "linear")
+    assert unet_map[kohya_name(d)].key == "input_blocks.7.1.transformer_blocks.1.attn2.to_k.weight"
+    written = write_lora(tmp_path / "xl.safetensors", mods, "peft", seed=71)
+    model2, clip2, report = apply_lora(read_state_dict(tmp_path / "xl.safetensors"), model, clip, 1.0, 2.0, "xl")
+    assert (report.model_modules, report.clip_modules, report.problems) == (1, 4, 0)
+    base = snapshot(encoder)
+    with P.applied(encoder, clip2.patches):
+        params = dict(encoder.named_parameters())
         for name, adapter in written.items():
             if name.startswith("lora_te"):
                 key = text_map[name].key
                 assert_close_rel(params[key], expected(base[key][1], [(adapter, 2.0)]), key)
-    assert_untouched(clip.encoder, base)
+    assert_untouched(encoder, base)
     assert [p.key for p in P.patches_of(model2)] == [unet_map[kohya_name(d)].key]
 
 
