@@ -564,9 +564,9 @@ class Control:
         dtype, device = net.dtype, net.device
         residuals = net.model(xc.to(device, dtype), hint, timesteps.to(device), context.to(device, dtype),
                               None if y is None else y.to(device, dtype), transformer_options)
-        return merge_residuals(self._scale(residuals), previous)
+        return merge_residuals(self._scale(residuals, x.device), previous)
 
-    def _scale(self, residuals: dict[str, list]) -> dict[str, list]:
+    def _scale(self, residuals: dict[str, list], device: torch.device) -> dict[str, list]:
         out = {}
         for key, values in residuals.items():
             scaled = []
@@ -574,7 +574,7 @@ class Control:
                 if r is not None:
                     if self.net.global_average_pooling:
                         r = r.mean(dim=(2, 3), keepdim=True).expand_as(r)
-                    r = r * self.strength
+                    r = (r * self.strength).to(device)
                 scaled.append(r)
             out[key] = scaled
         return out

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,7 +17,6 @@ from safetensors.torch import save_file
 from diffusion.checkpoint import CheckpointError, read_state_dict
 from diffusion.controlnet import (CONTROL_PREFIX, ControlNetConfig, ControlNetModel, broadcast_to_batch,
                                   load_controlnet, load_controlnet_state_dict, merge_residuals)
-from diffusion.model_sampling import ModelSamplingDiscrete
 from diffusion.unet import UNET_PREFIX, UNetConfig
 from tests.conftest import make_runtime
 from tests.models_tiny import SDXL_TIME_EMBED_DIM, diffusers_unet_config, randomize_, tiny_unet_config
@@ -59,10 +59,19 @@ def test_config_is_detected_from_the_released_shapes():
 # (b) numerics against diffusers
 
 
+def small_config(style: str) -> UNetConfig:
+    """The tiny test UNets' traits; SDXL-style shrunk to two levels (the ControlNet is the whole
+    encoder, so the full tiny SDXL one costs seconds to build and randomise)."""
+    if style == "sdxl":
+        return replace(tiny_unet_config("sdxl"), channel_mult=(1, 2), num_res_blocks=1, transformer_depth=(0, 1),
+                       transformer_depth_middle=1, transformer_depth_output=None, context_dim=32)
+    return tiny_unet_config(style)
+
+
 def diffusers_controlnet(style: str, seed: int = 1):
     from diffusers import ControlNetModel as DiffusersControlNet
 
-    kwargs = diffusers_unet_config(tiny_unet_config(style))
+    kwargs = diffusers_unet_config(small_config(style))
     for key in ("sample_size", "out_channels", "up_block_types"):
         kwargs.pop(key)
     return randomize_(DiffusersControlNet(conditioning_channels=3, **kwargs), seed).eval()
@@ -99,10 +108,10 @@ def assert_matches_diffusers(ours: ControlNetModel, ref, inputs: dict, extra: di
 @pytest.mark.parametrize("style", ["sd15", "sdxl"])
 def test_matches_diffusers_in_both_layouts(style, tmp_path):
     ref = diffusers_controlnet(style)
-    inputs, extra = controlnet_inputs(tiny_unet_config(style))
+    inputs, extra = controlnet_inputs(small_config(style))
     # diffusers layout, read by our converter
     from_diffusers = load_controlnet_state_dict({k: v.clone() for k, v in ref.state_dict().items()})
-    assert from_diffusers.model.config.unet == tiny_unet_config(style)
+    assert from_diffusers.model.config.unet == small_config(style)
     assert_matches_diffusers(from_diffusers.model, ref, inputs, extra)
     # original layout: the same weights written under control_model. and loaded from the file
     path = tmp_path / f"{style}_controlnet.safetensors"
