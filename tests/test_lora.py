@@ -332,7 +332,7 @@ def test_two_loras_stack_additively_in_order(env):
     assert len(P.patches_of(m1)) == len(SD15_UNET_TARGETS) and len(c1.patches) == len(TEXT_TARGETS)
 
 
-def test_nesting_different_patch_sets_is_refused(env):
+def test_nesting_is_refused_and_errors_restore_the_weights(env):
     write_lora(env.loras / "nest.safetensors", sd15_modules(env), "kohya", seed=41)
     m1, _ = load(env, "nest.safetensors")
     m2, _ = load(env, "nest.safetensors", 0.3, 0.3)
@@ -344,6 +344,13 @@ def test_nesting_different_patch_sets_is_refused(env):
             with P.applied(env.model.unet, P.patches_of(m2)):
                 pass
     assert_untouched(env.model.unet, snap)
+    # an error (or an interrupt) inside the block still restores the base weights
+    with pytest.raises(KeyboardInterrupt):
+        with P.applied(env.model.unet, P.patches_of(m2)):
+            raise KeyboardInterrupt
+    assert_untouched(env.model.unet, snap)
+    with P.applied(env.model.unet, P.patches_of(m2)):  # and the module is free for the next set
+        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,6 +441,7 @@ def test_sdxl_te1_te2_and_unet_keys_reach_clip_l_bigg_and_the_unet(tmp_path):
 
 def test_declarations_match_comfyui(env):
     reg = env.runtime.registry
+    write_lora(env.loras / "listed.safetensors", {}, "kohya", seed=0)
     info = reg.get("LoraLoader").describe()
     req = info["input"]["required"]
     assert list(req) == ["model", "clip", "lora_name", "strength_model", "strength_clip"]
@@ -441,7 +449,7 @@ def test_declarations_match_comfyui(env):
         opts = req[name][1]
         assert req[name][0] == "FLOAT" and (opts["default"], opts["min"], opts["max"], opts["step"]) == (
             1.0, -100.0, 100.0, 0.01)
-    assert "functional.safetensors" in req["lora_name"][0] or req["lora_name"][0] is not None
+    assert "listed.safetensors" in req["lora_name"][0]  # the combo is the loras folder, read on each call
     assert info["output"] == ["MODEL", "CLIP"] and info["display_name"] == "Load LoRA"
     assert info["category"] == "loaders"
     only = reg.get("LoraLoaderModelOnly").describe()
