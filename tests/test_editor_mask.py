@@ -3,6 +3,7 @@ mouse, save through POST /upload/mask, and check the file the server wrote and t
 LoadImage makes of it. Painted = masked = alpha 0, as in ComfyUI."""
 from __future__ import annotations
 
+import base64
 import io
 import math
 import threading
@@ -51,17 +52,23 @@ def segment_distance(start, end) -> np.ndarray:
     return np.hypot(xs - (ax + t * dx), ys - (ay + t * dy))
 
 
-def upload_to_new_load_image(editor: EditorPage, tmp_path, name: str) -> int:
+def upload_to_new_load_image(editor: EditorPage, name: str) -> int:
+    """A new Load Image node with the test picture dropped on it (uploaded by POST /upload/image)."""
     page = editor.page
     page.click("#new-button")
     node = editor.search_add((300, 260), "load image")
     assert node["type"] == "LoadImage"
-    picture = tmp_path / name
-    picture.write_bytes(gradient_png())
-    rect = editor.widget_rect(node["id"], "upload")
-    with page.expect_file_chooser() as chooser:
-        page.mouse.click(rect["x"] + rect["w"] / 2, rect["y"] + rect["h"] / 2)
-    chooser.value.set_files(str(picture))
+    x, y = editor.title(node["id"])
+    editor.js("""async ([b64, name, x, y]) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], name, { type: "image/png" }));
+        const stage = document.getElementById("stage");
+        for (const type of ["dragenter", "dragover", "drop"]) {
+            stage.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true,
+                                                      clientX: x, clientY: y }));
+        }
+    }""", [base64.b64encode(gradient_png()).decode(), name, x, y + 60])
     page.wait_for_function("([id, name]) => lgApp.graph.getNode(id).widget('image').value === name",
                            arg=[node["id"], name])
     return node["id"]
@@ -130,9 +137,9 @@ def node_shows(editor: EditorPage, node_id: int, value: str) -> None:
         arg=[node_id, value])
 
 
-def test_paint_erase_and_save_writes_the_mask_into_the_alpha(editor, editor_server, tmp_path):
+def test_paint_erase_and_save_writes_the_mask_into_the_alpha(editor, editor_server):
     page = editor.page
-    node_id = upload_to_new_load_image(editor, tmp_path, "mask source.png")
+    node_id = upload_to_new_load_image(editor, "mask source.png")
     open_mask_editor(editor, node_id)
     assert page.inner_text(".mask-editor .me-title").endswith("mask source.png")
     assert page.locator(".mask-editor .me-size").input_value() == "10"  # ComfyUI's default thickness
@@ -199,9 +206,9 @@ def test_paint_erase_and_save_writes_the_mask_into_the_alpha(editor, editor_serv
     assert editor.js("id => lgApp.graph.getNode(id).widget('image').value", node_id) == "mask source.png"
 
 
-def test_reopening_shows_the_saved_mask_and_invert_and_clear_work(editor, editor_server, tmp_path):
+def test_reopening_shows_the_saved_mask_and_invert_and_clear_work(editor, editor_server):
     page = editor.page
-    node_id = upload_to_new_load_image(editor, tmp_path, "invert source.png")
+    node_id = upload_to_new_load_image(editor, "invert source.png")
     open_mask_editor(editor, node_id)
     # a right-button drag paints with the eraser whatever the tool: here on an empty mask, nothing
     stroke(editor, (30, 20), (130, 20), button="right")
@@ -258,10 +265,10 @@ def test_menu_entry_only_where_an_image_is_shown(editor):
     assert page.locator(".ctx-menu .item", has_text="Open in MaskEditor").count() == 0
 
 
-def test_a_failed_save_says_why_and_keeps_the_painter_open(editor, editor_server, tmp_path):
+def test_a_failed_save_says_why_and_keeps_the_painter_open(editor, editor_server):
     editor.allowed_errors = ["404"]  # Chromium logs the refused upload
     page = editor.page
-    node_id = upload_to_new_load_image(editor, tmp_path, "vanishing.png")
+    node_id = upload_to_new_load_image(editor, "vanishing.png")
     open_mask_editor(editor, node_id)
     stroke(editor, (30, 50), (130, 50))
     (editor_server.base / "input" / "vanishing.png").unlink()
