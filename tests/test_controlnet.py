@@ -386,3 +386,63 @@ def test_example_workflow_runs_on_the_cli(base, env):
     prompt["10"]["inputs"]["filename_prefix"] = "plain"
     assert env.runtime.executor.run(prompt).ok
     assert not np.array_equal(np.asarray(Image.open(base / "output" / "plain_00001_.png")), controlled)
+
+
+# ---------------------------------------------------------------------------------------------
+# SDXL-style: the adm vector reaches the ControlNet; shuffle files pool globally
+
+
+def test_sdxl_style_control_uses_the_adm_vector_through_the_sampler():
+    from diffusion import ksampler as ks
+    from diffusion.controlnet import ControlNet
+    from diffusion.model import DiffusionModel
+    from diffusion.model_sampling import ModelSamplingDiscrete
+    from diffusion.unet import UNetModel
+
+    config = small_config("sdxl")
+    unet = randomize_(UNetModel(config), 0).eval()
+    net = ControlNet(randomize_(ControlNetModel(ControlNetConfig(config)), 1).eval())
+    ys = {"positive": torch.randn(1, config.adm_in_channels), "negative": torch.randn(1, config.adm_in_channels)}
+    model = DiffusionModel(unet, ModelSamplingDiscrete(), family="sdxl", adm=lambda extras, shape, kind: ys[kind])
+    context = torch.randn(1, 5, config.context_dim, generator=torch.Generator().manual_seed(3))
+    hint = torch.rand(1, 3, 32, 32)
+    noise = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(4))
+
+    def run(control=None):
+        extras = {} if control is None else {"control": control}
+        with torch.inference_mode():
+            return ks.sample(model, noise, [[context, dict(extras)]], [[-context, dict(extras)]], 2.0,
+                             ks.ksampler_select("euler"), ks.ksampler_sigmas(model, 2, "euler", "normal"),
+                             torch.zeros_like(noise))
+
+    plain = run()
+    controlled = run(net.apply(hint))
+    assert (controlled - plain).abs().max() > 1e-3
+    # the ControlNet's own residuals depend on the adm vector, and a missing one is named
+    control = net.apply(hint)
+    control.pre_run(model, model.model_sampling.percent_to_sigma)
+    with torch.inference_mode():
+        a = control.get_control(noise, torch.tensor([1.0]), {"c_crossattn": context, "y": ys["positive"]}, 1)
+        b = control.get_control(noise, torch.tensor([1.0]), {"c_crossattn": context, "y": ys["negative"]}, 1)
+        assert (a["middle"][0] - b["middle"][0]).abs().max() > 1e-4
+        with pytest.raises(ValueError, match="adm vector y"):
+            control.get_control(noise, torch.tensor([1.0]), {"c_crossattn": context}, 1)
+
+
+def test_shuffle_controlnet_files_pool_residuals_globally(env, base):
+    shutil.copy(base / "models" / "controlnet" / CN_NAME, base / "models" / "controlnet" / "cn_shuffle.safetensors")
+    (net,) = env.node("ControlNetLoader", control_net_name="cn_shuffle.safetensors")
+    (plain_net,) = env.node("ControlNetLoader", control_net_name=CN_NAME)
+    assert net.global_average_pooling and not plain_net.global_average_pooling
+    ms = env.model.model_sampling
+    x = torch.randn(1, 4, 4, 4)
+    context = torch.randn(1, 77, 768)
+    outs = []
+    for n in (net, plain_net):
+        control = n.apply(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)), 0.5)
+        control.pre_run(env.model, ms.percent_to_sigma)
+        with torch.inference_mode():
+            outs.append(control.get_control(x, torch.tensor([2.0]), {"c_crossattn": context}, 1))
+    pooled, full = outs
+    for p, f in zip(pooled["output"], full["output"]):
+        assert torch.allclose(p, f.mean(dim=(2, 3), keepdim=True).expand_as(f), atol=1e-6)
