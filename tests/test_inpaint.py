@@ -318,6 +318,23 @@ def test_inpaint_model_conditioning_feeds_mask_then_masked_image_latent(rt, sd15
     assert "noise_mask" not in unmasked
 
 
+def test_inpaint_model_conditioning_crops_image_and_mask_alike(rt, sd15_inpaint):
+    _, clip, vae = sd15_inpaint
+    (pos,) = node(rt, "CLIPTextEncode", text="x", clip=clip)
+    image = picture(h=20, w=19, seed=6)  # -> 16 x 16 from row 2, column 1
+    mask = torch.zeros(1, 20, 19)
+    mask[:, 2:10, 1:9] = 1.0
+    positive, _, latent = node(rt, "InpaintModelConditioning", positive=pos, negative=pos, vae=vae,
+                               pixels=image, mask=mask, noise_mask=True)
+    expected_mask = torch.zeros(1, 1, 16, 16)
+    expected_mask[..., :8, :8] = 1.0
+    assert torch.equal(latent["noise_mask"], expected_mask)
+    assert torch.allclose(latent["samples"], encode_by_hand(vae, image[:, 2:18, 1:17]), atol=1e-5)
+    greyed = image[:, 2:18, 1:17].clone()
+    greyed[:, :8, :8] = 0.5
+    assert torch.allclose(positive[0][1]["concat_latent_image"], encode_by_hand(vae, greyed), atol=1e-5)
+
+
 def test_vae_encode_for_inpaint_latent_reaches_an_inpainting_unet(rt, sd15_inpaint):
     model, clip, vae = sd15_inpaint
     image, mask, greyed, latent_mask = _hole_inputs()
@@ -379,16 +396,20 @@ def test_outpaint_feathering_off_when_too_wide_and_thirds_from_a_left_pad(rt):
 # the example workflows, end to end
 
 
-@pytest.mark.parametrize("workflow, size", [("img2img", (32, 32)), ("inpaint", (32, 32)), ("outpaint", (48, 40))])
-def test_example_workflow_runs_from_the_command_line(tmp_path, tiny_checkpoint, workflow, size):
+EXAMPLE_OUTPUTS = {"img2img": (32, 32), "inpaint": (32, 32), "outpaint": (48, 40)}  # outpaint: +16 wide, +8 high
+
+
+def test_example_workflows_run_from_the_command_line(tmp_path, tiny_checkpoint):
+    # One `main.py run` for the three files: each pays seconds of interpreter and library start-up.
     place_checkpoints(tmp_path, tiny_checkpoint)
     (tmp_path / "input").mkdir()
     shutil.copy(EXAMPLES / "example_input.png", tmp_path / "input" / "example_input.png")
-    proc = subprocess.run([sys.executable, str(REPO / "main.py"), "run", "--base-directory", str(tmp_path),
-                           str(EXAMPLES / f"{workflow}.json"), "--cpu"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    files = [str(EXAMPLES / f"{name}.json") for name in EXAMPLE_OUTPUTS]
+    proc = subprocess.run([sys.executable, str(REPO / "main.py"), "run", "--base-directory", str(tmp_path), "--cpu",
+                           *files], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     written = [Path(line) for line in proc.stdout.split()]
-    assert [p.name for p in written] == [f"{workflow}_00001_.png"]
-    with Image.open(written[0]) as img:
-        assert img.size == size  # outpaint: 32 + 16 wide, 32 + 8 high
+    assert [p.name for p in written] == [f"{name}_00001_.png" for name in EXAMPLE_OUTPUTS]
+    for path, size in zip(written, EXAMPLE_OUTPUTS.values()):
+        with Image.open(path) as img:
+            assert img.size == size, path.name
