@@ -32,6 +32,9 @@ export class Runner {
     if (this.busy) return [];
     this.busy = true;
     const ids = [];
+    // Cleared before posting, not after the answer: a prompt that fails fast can report its
+    // execution_error on the websocket before POST /prompt returns.
+    app.runState.clearErrors();
     try {
       for (let i = 0; i < Math.max(1, count); i++) {
         let prompt;
@@ -46,7 +49,6 @@ export class Runner {
           const result = await app.api.queuePrompt(prompt, { workflow, front });
           ids.push(result.prompt_id);
           app.runState.ownPrompts.add(result.prompt_id);
-          app.runState.clearErrors();
           if (result.node_errors && Object.keys(result.node_errors).length) {
             app.runState.setValidationErrors({ node_errors: result.node_errors });
             app.notify("Some outputs failed validation and were left out; see the marked nodes.", "warn");
