@@ -319,7 +319,14 @@ class UNetModel(nn.Module):
         """
         for conv in self.modules():
             if isinstance(conv, nn.Conv2d) and not conv.weight.is_contiguous(memory_format=torch.channels_last):
-                conv.weight.data = conv.weight.data.contiguous(memory_format=torch.channels_last)
+                weight = conv.weight
+                nhwc = weight.detach().contiguous(memory_format=torch.channels_last)
+                if weight.is_inference():
+                    # Weights loaded under inference mode cannot take a normal tensor as `.data`
+                    # (convolutions then fail on the version counter): swap in a new Parameter.
+                    conv.weight = nn.Parameter(nhwc, requires_grad=weight.requires_grad)
+                else:
+                    weight.data = nhwc
 
     @property
     def dtype(self) -> torch.dtype:
