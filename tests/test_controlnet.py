@@ -446,3 +446,14 @@ def test_shuffle_controlnet_files_pool_residuals_globally(env, base):
     pooled, full = outs
     for p, f in zip(pooled["output"], full["output"]):
         assert torch.allclose(p, f.mean(dim=(2, 3), keepdim=True).expand_as(f), atol=1e-6)
+
+
+def test_full_sdxl_controlnet_copies_the_sdxl_encoder_key_for_key():
+    rows = json.loads((SPEC.parent / "sdxl_base_1.0_full.json").read_text())
+    encoder = ("input_blocks.", "middle_block.", "time_embed.", "label_emb.")
+    unet = {k[len(UNET_PREFIX):]: tuple(s) for k, s, _ in rows
+            if k.startswith(UNET_PREFIX) and k[len(UNET_PREFIX):].startswith(encoder)}
+    ours = ControlNetConfig.sdxl().expected_shapes()
+    assert {k: s for k, s in ours.items() if k.startswith(encoder)} == unet
+    assert len([k for k in ours if k.startswith("zero_convs.") and k.endswith(".weight")]) == 9
+    assert ours["middle_block_out.0.weight"] == (1280, 1280, 1, 1)
