@@ -25,9 +25,11 @@ ARTIFACTS = REPO / "test-artifacts"
 SHARED_WORKFLOWS = Path("/work/shared/workflows")
 
 try:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 except ImportError:  # pragma: no cover - depends on the machine
     sync_playwright = None
+    PlaywrightTimeout = TimeoutError
 
 
 def browser_missing() -> str | None:

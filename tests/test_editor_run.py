@@ -10,6 +10,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from tests.editor_helpers import (  # noqa: F401  (fixtures)
+    PlaywrightTimeout,
     EditorPage, artifact, browser, editor, editor_server, http_json, needs_browser, ui_node, ui_workflow,
 )
 
@@ -182,9 +183,16 @@ def test_images_upload_by_button_drop_and_paste(editor, tmp_path):
     assert load["type"] == "LoadImage"
     picture = tmp_path / "red square.png"
     picture.write_bytes(png_bytes())
-    rect = editor.widget_rect(load["id"], "upload")
-    with page.expect_file_chooser() as chooser:
-        page.mouse.click(rect["x"] + rect["w"] / 2, rect["y"] + rect["h"] / 2)
+    chooser = None
+    for _attempt in range(3):  # the node may still be settling its layout under load: measure again
+        rect = editor.widget_rect(load["id"], "upload")
+        try:
+            with page.expect_file_chooser(timeout=5000) as chooser:
+                page.mouse.click(rect["x"] + rect["w"] / 2, rect["y"] + rect["h"] / 2)
+            break
+        except PlaywrightTimeout:
+            chooser = None
+    assert chooser is not None, "the upload button never opened a file chooser"
     chooser.value.set_files(str(picture))
     page.wait_for_function("(id) => lgApp.graph.getNode(id).widget('image').value === 'red square.png'", arg=load["id"])
     url = editor.js("lgApp.api.inputImageUrl('red square.png')")
