@@ -130,7 +130,7 @@ def tiny_checkpoint_state_dict(family: str, seed: int = 0) -> dict[str, torch.Te
     """Every component of a `family` checkpoint in the original layout, random weights.
 
     The UNet has 32-64 channels and one attention level; the text towers one layer at the real
-    width (their width is the UNet's context width); the VAE 32 channels over two levels. An
+    width (their width is the UNet's context width); the VAE 32 channels over four levels (8x). An
     "sd21_v" file carries the `v_pred` marker key that ComfyUI's saver writes.
     """
     from diffusion import text_encoders
@@ -144,7 +144,8 @@ def tiny_checkpoint_state_dict(family: str, seed: int = 0) -> dict[str, torch.Te
                              num_heads=8 if not linear else -1, num_head_channels=-1 if not linear else 64,
                              use_linear_in_transformer=linear, adm_in_channels=adm)
     unet = randomize_(UNetModel(unet_config), seed)
-    vae = randomize_(AutoencoderKL(VAEConfig(base_channels=32, channel_mult=(1, 2), num_res_blocks=1)), seed + 1)
+    # four levels, as every SD VAE has: 8 pixels per latent cell
+    vae = randomize_(AutoencoderKL(VAEConfig(base_channels=32, channel_mult=(1, 1, 1, 1), num_res_blocks=1)), seed + 1)
     act = {"l": "quick_gelu"}
     text = getattr(text_encoders, text_cls)(
         {name: text_encoders.text_config(width, 1, act=act.get(name, "gelu")) for name, width in widths.items()})

@@ -28,9 +28,8 @@ SDXL_UI = WORKFLOWS / "image_sdxl_simple.json"
 # a 9-channel inpainting UNet as the "masked image" when the latent has no noise mask
 # (comfy/model_base.py, BaseModel.concat_cond / blank_inpaint_image_like), next to an all-ones mask.
 COMFY_BLANK_INPAINT_LATENT = (0.8223, -0.6876, 0.6364, 0.1380)
-# The tiny checkpoints' VAE has two levels, so it upsamples latents 2x where a real one does 8x:
-# an image is (latent side * TINY_VAE_SCALE) wide (the small prompts' image shapes pin this).
-TINY_VAE_SCALE = 2
+# The tiny checkpoints' VAE has four levels like a real one: 8 pixels per latent cell.
+TINY_VAE_SCALE = 8
 SMALL = 64  # pixel side asked of EmptyLatentImage in the small prompts
 SMALL_IMAGE = SMALL // 8 * TINY_VAE_SCALE
 
