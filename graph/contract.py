@@ -162,10 +162,10 @@ class Node:
 
     @classmethod
     def input_types(cls, env: Any) -> dict:
-        raw: dict[str, dict] = {"required": {}, "optional": {}}
+        raw: dict[str, dict] = {"required": {}}
         for item in cls.inputs:
-            raw["optional" if item.optional else "required"][item.name] = item.entry(env)
-        if cls.hidden:
+            raw.setdefault("optional" if item.optional else "required", {})[item.name] = item.entry(env)
+        if cls.hidden:  # like ComfyUI, sections a node does not have are left out, not sent empty
             raw["hidden"] = dict(cls.hidden)
         return raw
 
