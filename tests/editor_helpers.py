@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.server_helpers import LiveServer
+from tests import paths
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -22,7 +23,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 VIEWPORT = {"width": 1400, "height": 850}
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
-SHARED_WORKFLOWS = Path("/work/shared/workflows")
+SHARED_WORKFLOWS = paths.SHARED_WORKFLOWS
 
 try:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout

@@ -13,8 +13,9 @@ from safetensors.torch import save_file
 from diffusion.checkpoint import (CheckpointError, detect, load_checkpoint, load_vae, read_state_dict,
                                   sniff_format, split_components)
 from diffusion.vae import AutoencoderKL, VAEConfig
+from tests import paths
 
-KEYS = Path("/work/shared/spec/keys")
+KEYS = paths.SPEC_KEYS
 REPO = Path(__file__).resolve().parent.parent
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "I64": torch.int64}
 

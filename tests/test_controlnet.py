@@ -20,9 +20,10 @@ from diffusion.controlnet import (CONTROL_PREFIX, ControlNetConfig, ControlNetMo
 from diffusion.unet import UNET_PREFIX, UNetConfig
 from tests.conftest import make_runtime
 from tests.models_tiny import SDXL_TIME_EMBED_DIM, diffusers_unet_config, randomize_, tiny_unet_config
+from tests import paths
 
 REPO = Path(__file__).resolve().parent.parent
-SPEC = Path("/work/shared/spec/keys/sd15_controlnet_v11.json")
+SPEC = paths.SPEC_KEYS / "sd15_controlnet_v11.json"
 EXAMPLE = REPO / "examples" / "controlnet.json"
 CKPT_NAME = "v1-5-pruned-emaonly.safetensors"
 CN_NAME = "control_v11p_sd15_canny.safetensors"

@@ -22,9 +22,10 @@ from diffusion.text_encoders import SD1TextEncoder
 from diffusion.unet import UNetConfig, UNetModel
 from tests.conftest import make_runtime
 from tests.models_tiny import diffusers_unet_config, tiny_unet, tiny_unet_state_dict
+from tests import paths
 
 REPO = Path(__file__).resolve().parent.parent
-KEYS = Path("/work/shared/spec/keys")
+KEYS = paths.SPEC_KEYS
 CKPT = "tiny_sd15.safetensors"
 RTOL = 1e-6  # float32 patch vs float64 reference, relative to the weight's magnitude
 RANK = 4

@@ -15,8 +15,9 @@ from diffusion.prompt_weights import EmbeddingDirectory
 from diffusion.text_encoders import (SD1TextEncoder, SD2TextEncoder, SDXLRefinerTextEncoder, SDXLTextEncoder,
                                      TextEncoder, text_config)
 from diffusion.tokenizer import ClipTokenizer
+from tests import paths
 
-SPEC = Path("/work/shared/spec/keys")
+SPEC = paths.SPEC_KEYS
 VOCAB, POSITIONS = 49408, 77
 TOL = 1e-4
 

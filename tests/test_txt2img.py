@@ -19,9 +19,10 @@ import torch
 from PIL import Image
 
 from tests.conftest import make_runtime
+from tests import paths
 
 REPO = Path(__file__).resolve().parent.parent
-WORKFLOWS = Path("/work/shared/workflows")
+WORKFLOWS = paths.SHARED_WORKFLOWS
 SD15_API = WORKFLOWS / "sd15_txt2img_api.json"
 SDXL_UI = WORKFLOWS / "image_sdxl_simple.json"
 # ComfyUI's latent of an all-grey image (0 in -1..1), per channel, in model space: what it feeds

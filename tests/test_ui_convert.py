@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 
 from graph.ui_convert import WorkflowFormatError, is_ui_workflow, ui_to_api
+from tests import paths
 
 DATA = Path(__file__).parent / "data"
-SHARED = Path("/work/shared/workflows")
+SHARED = paths.SHARED_WORKFLOWS
 OBJECT_INFO = json.loads((DATA / "object_info_core.json").read_text())
 
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="shared workflows not present")

@@ -7,10 +7,11 @@ import torch
 
 from diffusion.unet import UNET_PREFIX, UNetConfig, UNetModel
 from diffusion.unet_blocks import timestep_embedding
+from tests import paths
 from tests.models_tiny import (SDXL_NUM_TIME_IDS, SDXL_TEXT_EMBED_DIM, SDXL_TIME_EMBED_DIM, TINY_UNET_STYLES,
                                diffusers_unet_config, tiny_unet, tiny_unet_config, tiny_unet_state_dict)
 
-SPEC = Path("/work/shared/spec/keys")
+SPEC = paths.SPEC_KEYS
 REAL = {  # config classmethod -> key file of the released checkpoint
     "sd15": "sd15_full.json",
     "sd15_inpaint": "sd15_inpainting_full.json",

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from diffusion.vae import AutoencoderKL, VAEConfig
+from tests import paths
 
-KEYS = Path("/work/shared/spec/keys")
+KEYS = paths.SPEC_KEYS
 REPO = Path(__file__).resolve().parent.parent
 SMALL = VAEConfig(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1)
 
