@@ -27,7 +27,7 @@ class EmptyLatentImage(Node):
         return ({"samples": torch.zeros([batch_size, LATENT_CHANNELS, height // 8, width // 8])},)
 
 
-def _with_samples(latent: dict, samples: torch.Tensor) -> dict:
+def with_samples(latent: dict, samples: torch.Tensor) -> dict:
     """A copy of the LATENT dict with new samples; masks and batch indices ride along."""
     out = dict(latent)
     out["samples"] = samples
@@ -59,7 +59,7 @@ class LatentUpscale(Node):
             height = max(MIN_LATENT_UPSCALE, round(h * width / w))
         else:
             width, height = max(MIN_LATENT_UPSCALE, width), max(MIN_LATENT_UPSCALE, height)
-        return (_with_samples(samples, upscale(latent, width // 8, height // 8, upscale_method, crop)),)
+        return (with_samples(samples, upscale(latent, width // 8, height // 8, upscale_method, crop)),)
 
 
 class LatentUpscaleBy(Node):
@@ -75,7 +75,7 @@ class LatentUpscaleBy(Node):
     def run(self, ctx, samples, upscale_method, scale_by):
         h, w = samples["samples"].shape[-2:]
         resized = upscale(samples["samples"], round(w * scale_by), round(h * scale_by), upscale_method)
-        return (_with_samples(samples, resized),)
+        return (with_samples(samples, resized),)
 
 
 NODES = [EmptyLatentImage, LatentUpscale, LatentUpscaleBy]

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 
 from graph.contract import Boolean, Combo, Float, Int, Node, Output, Socket
 from nodes.image import MAX_RESOLUTION, LoadImage, load_image_file
+from nodes.image_tools import image_batch
+from nodes.latent import with_samples
 
 MASK_CATEGORY = "mask"  # the classic menu, as in ComfyUI's /object_info for these nodes
 LOAD_CHANNELS = ["alpha", "red", "green", "blue"]
@@ -44,13 +46,6 @@ def repeat_to_batch(tensor: torch.Tensor, size: int) -> torch.Tensor:
         return tensor[:size]
     repeats = [math.ceil(size / have)] + [1] * (tensor.dim() - 1)
     return tensor.repeat(repeats)[:size]
-
-
-def _image_batch(image: Any, name: str) -> torch.Tensor:
-    if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4):
-        shape = list(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"{name}: expected an IMAGE [B, H, W, C], got {shape}")
-    return image.unsqueeze(0) if image.dim() == 3 else image
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,7 +114,7 @@ class ImageCompositeMasked(Node):
     outputs = (Output("IMAGE"),)
 
     def run(self, ctx, destination, source, x, y, resize_source, mask=None):
-        destination, source = match_channels(_image_batch(destination, "destination"), _image_batch(source, "source"))
+        destination, source = match_channels(image_batch(destination, "destination"), image_batch(source, "source"))
         canvas = destination.clone().movedim(-1, 1)
         out = paste(canvas, source.movedim(-1, 1), x, y, mask, 1, resize_source)
         return (out.movedim(1, -1),)
@@ -143,10 +138,8 @@ class LatentCompositeMasked(Node):
         for name, latent in (("destination", destination), ("source", source)):
             if not isinstance(latent, dict) or not isinstance(latent.get("samples"), torch.Tensor):
                 raise TypeError(f"{name}: expected a LATENT dict with 'samples', got {type(latent).__name__}")
-        out = dict(destination)  # noise_mask and batch_index of the destination ride along
         canvas = destination["samples"].clone()
-        out["samples"] = paste(canvas, source["samples"], x, y, mask, 8, resize_source)
-        return (out,)
+        return (with_samples(destination, paste(canvas, source["samples"], x, y, mask, 8, resize_source)),)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,7 +180,7 @@ class ImageToMask(Node):
     outputs = (Output("MASK"),)
 
     def run(self, ctx, image, channel):
-        image = _image_batch(image, "image")
+        image = image_batch(image, "image")
         index = IMAGE_CHANNELS.index(channel)
         if index >= image.shape[-1]:
             raise ValueError(f"channel {channel!r}: the image has only {image.shape[-1]} channels")

@@ -16,26 +16,19 @@ from PIL import Image
 
 from diffusion import ksampler as K
 from diffusion.model_sampling import ModelSamplingDiscrete
-from graph.registry import NodeRegistry
-from nodes import register_builtin_nodes
+from tests.node_helpers import builtin_registry, call_node
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def registry():
-    reg = NodeRegistry()
-    register_builtin_nodes(reg)
-    return reg
+    return builtin_registry()
 
 
 @pytest.fixture
 def node(registry):
-    def call(name, **inputs):
-        nt = registry.get(name)
-        assert nt is not None, name
-        return nt.call(nt.instantiate(), None, inputs)[0]
-    return call
+    return lambda name, **inputs: call_node(registry, name, inputs)[0]
 
 
 def cond(value, tokens=77, dim=8, **extras):

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 from dataclasses import replace
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,7 +17,7 @@ from diffusion.checkpoint import CheckpointError, read_state_dict
 from diffusion.controlnet import (CONTROL_PREFIX, ControlNetConfig, ControlNetModel, broadcast_to_batch,
                                   load_controlnet, load_controlnet_state_dict, merge_residuals)
 from diffusion.unet import UNET_PREFIX, UNetConfig
-from tests.conftest import make_runtime
+from tests.node_helpers import checkpoint_session
 from tests.models_tiny import SDXL_TIME_EMBED_DIM, diffusers_unet_config, randomize_, tiny_unet_config
 from tests import paths
 
@@ -176,16 +175,9 @@ def base(tiny_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def env(base):
-    runtime = make_runtime(base)
-    ctx = SimpleNamespace(env=runtime.env, progress=lambda *a, **k: None)
-
-    def node(name, **inputs):
-        with torch.inference_mode():
-            return runtime.registry.get(name).cls().run(ctx, **inputs)
-
-    model, clip, _ = node("CheckpointLoaderSimple", ckpt_name=CKPT_NAME)
-    (image, _) = node("LoadImage", image=HINT_NAME)
-    return SimpleNamespace(node=node, model=model, clip=clip, image=image, runtime=runtime)
+    session = checkpoint_session(base, CKPT_NAME)
+    (session.image, _) = session.node("LoadImage", image=HINT_NAME)
+    return session
 
 
 @pytest.fixture(scope="module")

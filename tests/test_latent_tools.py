@@ -3,24 +3,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from graph.registry import NodeRegistry
-from nodes import register_builtin_nodes
+from tests.node_helpers import builtin_registry, call_node
 
 
 @pytest.fixture(scope="module")
 def registry():
-    reg = NodeRegistry()
-    register_builtin_nodes(reg)
-    return reg
+    return builtin_registry()
 
 
 @pytest.fixture
 def node(registry):
-    def call(name, **inputs):
-        nt = registry.get(name)
-        assert nt is not None, name
-        return nt.call(nt.instantiate(), None, inputs)
-    return call
+    return lambda name, **inputs: call_node(registry, name, inputs)
 
 
 def ramp(b=1, c=4, h=4, w=4):

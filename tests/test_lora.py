@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from diffusion import patches as P
 from diffusion.lora import LoraAdapter, diffusers_unet_key_map, match_lora, text_key_map, unet_key_map
 from diffusion.text_encoders import SD1TextEncoder
 from diffusion.unet import UNetConfig, UNetModel
-from tests.conftest import make_runtime
+from tests.node_helpers import checkpoint_session
 from tests.models_tiny import diffusers_unet_config, tiny_unet, tiny_unet_state_dict
 from tests import paths
 
@@ -113,15 +112,9 @@ def base(tiny_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def env(base):
-    runtime = make_runtime(base)
-    ctx = SimpleNamespace(env=runtime.env, progress=lambda *a, **k: None)
-
-    def node(name, **inputs):
-        with torch.inference_mode():
-            return runtime.registry.get(name).cls().run(ctx, **inputs)
-
-    model, clip, _ = node("CheckpointLoaderSimple", ckpt_name=CKPT)
-    return SimpleNamespace(node=node, model=model, clip=clip, runtime=runtime, loras=base / "models" / "loras")
+    session = checkpoint_session(base, CKPT)
+    session.loras = base / "models" / "loras"
+    return session
 
 
 def snapshot(module):

@@ -1,5 +1,4 @@
 """Image tools (invert, batch, crop, blur, sharpen, Canny) against hand-worked answers and scipy."""
-import threading
 
 import numpy as np
 import pytest
@@ -7,27 +6,15 @@ import scipy.ndimage
 import torch
 from PIL import Image
 
-from app.env import Environment
-from app.folders import FolderPaths
-from graph.context import NodeContext
 from graph.executor import Executor
-from graph.registry import NodeRegistry
-from nodes import register_builtin_nodes
+from tests.node_helpers import builtin_registry, call_in_context as call
 
 MAXRES = 16384
 
 
 @pytest.fixture
 def registry(tmp_path):
-    reg = NodeRegistry(Environment(FolderPaths(tmp_path), {}))
-    register_builtin_nodes(reg)
-    return reg
-
-
-def call(registry, name, **inputs):
-    node_type = registry.get(name)
-    ctx = NodeContext("p", "1", name, registry.env, {}, {}, threading.Event(), lambda e, d: None)
-    return node_type.call(node_type.instantiate(), ctx, inputs)
+    return builtin_registry(tmp_path)
 
 
 DECLARED = {

@@ -2,21 +2,16 @@
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from app.env import Environment
-from app.folders import FolderPaths
-from graph.context import NodeContext
 from graph.errors import PromptError
 from graph.executor import Executor
-from graph.registry import NodeRegistry
 from graph.validation import validate_prompt
-from nodes import register_builtin_nodes
+from tests.node_helpers import builtin_registry, call_in_context as call
 
 REPO = Path(__file__).resolve().parent.parent
 MAXRES = 16384
@@ -24,16 +19,7 @@ MAXRES = 16384
 
 @pytest.fixture
 def registry(tmp_path):
-    reg = NodeRegistry(Environment(FolderPaths(tmp_path), {}))
-    register_builtin_nodes(reg)
-    return reg
-
-
-def call(registry, name, **inputs):
-    """Run one node the way the executor does: instantiate its registered class, call it."""
-    node_type = registry.get(name)
-    ctx = NodeContext("p", "1", name, registry.env, {}, {}, threading.Event(), lambda e, d: None)
-    return node_type.call(node_type.instantiate(), ctx, inputs)
+    return builtin_registry(tmp_path)
 
 
 def t(rows):
