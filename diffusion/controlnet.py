@@ -24,10 +24,10 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .attention import SpatialTransformer
 from .checkpoint import CheckpointError, materialize, read_state_dict
-from .unet import UNetConfig
-from .unet_blocks import Downsample, ResBlock, TimestepSequential, timestep_embedding
+from .unet import (UNetConfig, adm_embedding, check_state_shapes, config_from_shapes, encoder_stages,
+                   meta_state_shapes, middle_block, parse_encoder_shapes, shape_lookup, shapes_under, time_embedding)
+from .unet_blocks import timestep_embedding
 from .upscale import upscale
 
 log = logging.getLogger(__name__)
@@ -74,85 +74,21 @@ class ControlNetConfig:
         Like the UNet (and ComfyUI), heads are 8 for conv projections and 64-channel for linear
         ones unless `overrides` say otherwise. Raises ValueError naming a missing or mis-shaped key.
         """
-        shapes = {k[len(prefix):]: tuple(v.shape) for k, v in sd.items() if k.startswith(prefix)}
-        fields = _parse_encoder_shapes(shapes, prefix)
-        hint_channels = fields.pop("hint_channels")
-        if "num_heads" in overrides and "num_head_channels" not in overrides:
-            overrides["num_head_channels"] = -1
-        if "num_head_channels" in overrides and "num_heads" not in overrides:
-            overrides["num_heads"] = -1
-        fields.update(overrides)
-        try:
-            config = cls(UNetConfig(**fields), hint_channels)
-        except ValueError as exc:
-            raise ValueError(f"keys under {prefix!r} describe no valid ControlNet: {exc}") from None
-        config.check_shapes(shapes, prefix)
-        return config
+        shapes = shapes_under(sd, prefix)
+        need = shape_lookup(shapes, prefix, "ControlNet")
+        hint_channels = need("input_hint_block.0.weight")[1]
+        need("zero_convs.0.0.weight")
+        fields = parse_encoder_shapes(shapes, prefix, "ControlNet")
+        return config_from_shapes(lambda **f: cls(UNetConfig(**f), hint_channels), fields, overrides,
+                                  shapes, prefix, "ControlNet")
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """Key -> shape of this architecture's state dict (built on the meta device)."""
-        with torch.device("meta"):
-            model = ControlNetModel(self)
-        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        return meta_state_shapes(ControlNetModel, self)
 
     def check_shapes(self, shapes: Mapping[str, tuple[int, ...]], prefix: str = "") -> None:
-        expected = self.expected_shapes()
-        missing = sorted(set(expected) - set(shapes))
-        if missing:
-            raise ValueError(f"missing key {prefix + missing[0]!r} ({len(missing)} missing)")
-        for k, shape in expected.items():
-            if tuple(shapes[k]) != shape:
-                raise ValueError(f"key {prefix + k!r} has shape {list(shapes[k])}, expected {list(shape)}")
-
-
-_TRANSFORMER_KEY = re.compile(r"^(input_blocks\.\d+|middle_block)\.1\.transformer_blocks\.(\d+)\.")
-
-
-def _parse_encoder_shapes(shapes: Mapping[str, tuple], prefix: str) -> dict:
-    """UNetConfig fields (encoder side) plus hint_channels, read off key names and shapes."""
-
-    def need(key: str) -> tuple:
-        if key not in shapes:
-            raise ValueError(f"missing key {prefix + key!r}: not a ControlNet of the SD1/SD2/SDXL family")
-        return shapes[key]
-
-    hint_channels = need("input_hint_block.0.weight")[1]
-    need("zero_convs.0.0.weight")
-    depths: dict[str, int] = {}
-    for key in shapes:
-        m = _TRANSFORMER_KEY.match(key)
-        if m:
-            depths[m.group(1)] = max(depths.get(m.group(1), 0), int(m.group(2)) + 1)
-    model_channels, in_channels = need("input_blocks.0.0.weight")[:2]
-    channel_mult, num_res_blocks, depth_in = [], [], []
-    blocks_in_level, i = 0, 1
-    while True:
-        stage = f"input_blocks.{i}"
-        if f"{stage}.0.op.weight" in shapes:  # a Downsample closes the level
-            num_res_blocks.append(blocks_in_level)
-            blocks_in_level = 0
-        elif f"{stage}.0.in_layers.2.weight" in shapes:
-            if blocks_in_level == 0:
-                channel_mult.append(shapes[f"{stage}.0.in_layers.2.weight"][0] // model_channels)
-            depth_in.append(depths.get(stage, 0))
-            blocks_in_level += 1
-        else:
-            break
-        i += 1
-    if blocks_in_level == 0:
-        need(f"input_blocks.{i}.0.in_layers.2.weight")
-    num_res_blocks.append(blocks_in_level)
-    cross = need("middle_block.1.transformer_blocks.0.attn2.to_k.weight")
-    linear = len(need("middle_block.1.proj_in.weight")) == 2
-    adm = shapes.get("label_emb.0.0.weight")
-    return dict(
-        in_channels=in_channels, model_channels=model_channels, channel_mult=tuple(channel_mult),
-        num_res_blocks=tuple(num_res_blocks), transformer_depth=tuple(depth_in),
-        transformer_depth_middle=depths["middle_block"], context_dim=cross[1],
-        num_heads=-1 if linear else 8, num_head_channels=64 if linear else -1,
-        use_linear_in_transformer=linear, adm_in_channels=None if adm is None else adm[1],
-        hint_channels=hint_channels,
-    )
+        # Files carry extra keys under the ControlNet prefix in some releases; loading ignores them.
+        check_state_shapes(self.expected_shapes(), shapes, prefix, allow_unexpected=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,39 +115,16 @@ class ControlNetModel(nn.Module):
         super().__init__()
         self.config = config
         c = config.unet
-        mc, emb_dim = c.model_channels, c.time_embed_dim
-        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.label_emb = None
-        if c.adm_in_channels:
-            self.label_emb = nn.Sequential(nn.Sequential(
-                nn.Linear(c.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)))
-        self.input_hint_block = _hint_encoder(config.hint_channels, mc)
-
-        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(c.in_channels, mc, 3, padding=1))])
-        self.zero_convs = nn.ModuleList([_zero_conv(mc)])
-        ch = mc
-        depths = iter(c.transformer_depth)
-        last_level = len(c.channel_mult) - 1
-        for level, mult in enumerate(c.channel_mult):
-            for _ in range(c.num_res_blocks[level]):
-                layers = [ResBlock(ch, emb_dim, mult * mc)]
-                ch = mult * mc
-                layers += self._transformer(ch, next(depths))
-                self.input_blocks.append(TimestepSequential(*layers))
-                self.zero_convs.append(_zero_conv(ch))
-            if level != last_level:
-                self.input_blocks.append(TimestepSequential(Downsample(ch)))
-                self.zero_convs.append(_zero_conv(ch))
-        self.middle_block = TimestepSequential(
-            ResBlock(ch, emb_dim), *self._transformer(ch, c.transformer_depth_middle), ResBlock(ch, emb_dim))
-        self.middle_block_out = _zero_conv(ch)
-
-    def _transformer(self, channels: int, depth: int) -> list[nn.Module]:
-        if depth == 0:
-            return []
-        c = self.config.unet
-        heads, dim_head = c.attention_shape(channels)
-        return [SpatialTransformer(channels, heads, dim_head, depth, c.context_dim, c.use_linear_in_transformer)]
+        self.time_embed = time_embedding(c)
+        self.label_emb = adm_embedding(c)
+        self.input_hint_block = _hint_encoder(config.hint_channels, c.model_channels)
+        self.input_blocks = nn.ModuleList()
+        self.zero_convs = nn.ModuleList()
+        for stage, width in encoder_stages(c):
+            self.input_blocks.append(stage)
+            self.zero_convs.append(_zero_conv(width))
+        self.middle_block = middle_block(c, width)
+        self.middle_block_out = _zero_conv(width)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -320,27 +233,29 @@ def diffusers_to_original(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     return out
 
 
+# (pattern, original key from its match and the _diffusers_block_index table); first match wins.
+_PATTERN_RENAMES = (
+    (r"controlnet_cond_embedding\.blocks\.(\d+)\.(.*)", lambda m, b: f"input_hint_block.{2 * int(m[1]) + 2}.{m[2]}"),
+    (r"controlnet_down_blocks\.(\d+)\.(.*)", lambda m, b: f"zero_convs.{m[1]}.0.{m[2]}"),
+    (r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)",
+     lambda m, b: f"input_blocks.{b[(int(m[1]), int(m[2]))]}.0.{_resnet(m[3])}"),
+    (r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", lambda m, b: f"input_blocks.{b[(int(m[1]), int(m[2]))]}.1.{m[3]}"),
+    (r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", lambda m, b: f"input_blocks.{b[(int(m[1]), -1)]}.0.op.{m[2]}"),
+    (r"mid_block\.resnets\.([01])\.(.*)", lambda m, b: f"middle_block.{2 * int(m[1])}.{_resnet(m[2])}"),
+    (r"mid_block\.attentions\.0\.(.*)", lambda m, b: f"middle_block.1.{m[1]}"),
+)
+
+
 def _rename_diffusers_key(key: str, blocks: dict[tuple[int, int], int]) -> str | None:
     for old, new in _FIXED_RENAMES.items():
         if key.startswith(old):
             return new + key[len(old):]
-    try:
-        if m := re.match(r"controlnet_cond_embedding\.blocks\.(\d+)\.(.*)", key):
-            return f"input_hint_block.{2 * int(m.group(1)) + 2}.{m.group(2)}"
-        if m := re.match(r"controlnet_down_blocks\.(\d+)\.(.*)", key):
-            return f"zero_convs.{m.group(1)}.0.{m.group(2)}"
-        if m := re.match(r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", key):
-            return f"input_blocks.{blocks[(int(m.group(1)), int(m.group(2)))]}.0.{_resnet(m.group(3))}"
-        if m := re.match(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", key):
-            return f"input_blocks.{blocks[(int(m.group(1)), int(m.group(2)))]}.1.{m.group(3)}"
-        if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
-            return f"input_blocks.{blocks[(int(m.group(1)), -1)]}.0.op.{m.group(2)}"
-        if m := re.match(r"mid_block\.resnets\.([01])\.(.*)", key):
-            return f"middle_block.{2 * int(m.group(1))}.{_resnet(m.group(2))}"
-        if m := re.match(r"mid_block\.attentions\.0\.(.*)", key):
-            return f"middle_block.1.{m.group(1)}"
-    except KeyError:
-        return None
+    for pattern, rename in _PATTERN_RENAMES:
+        if m := re.match(pattern, key):
+            try:
+                return rename(m, blocks)
+            except KeyError:  # a block or resnet sublayer the SD layout has no place for
+                return None
     return None
 
 

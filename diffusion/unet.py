@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -142,65 +142,105 @@ class UNetConfig:
         `num_head_channels` (or any other field) in `overrides` to say otherwise.
         Raises ValueError naming the first missing, unexpected or mis-shaped key.
         """
-        shapes = {k[len(prefix):]: tuple(v.shape) for k, v in sd.items() if k.startswith(prefix)}
+        shapes = shapes_under(sd, prefix)
         for k in NON_WEIGHT_KEYS:
             shapes.pop(k, None)
         if not shapes:
             raise ValueError(f"no keys under prefix {prefix!r}: not a UNet state dict")
         fields = _parse_unet_shapes(shapes, prefix)
-        if "num_heads" in overrides and "num_head_channels" not in overrides:
-            overrides["num_head_channels"] = -1
-        if "num_head_channels" in overrides and "num_heads" not in overrides:
-            overrides["num_heads"] = -1
-        fields.update(overrides)
-        try:
-            config = cls(**fields)
-        except ValueError as exc:
-            raise ValueError(f"keys under {prefix!r} describe no valid UNet: {exc}") from None
-        config.check_shapes(shapes, prefix)
-        return config
+        return config_from_shapes(cls, fields, overrides, shapes, prefix, "UNet")
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """Key -> shape of this architecture's state dict (built on the meta device: no memory)."""
-        with torch.device("meta"):
-            model = UNetModel(self)
-        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        return meta_state_shapes(UNetModel, self)
 
     def check_shapes(self, shapes: Mapping[str, tuple[int, ...]], prefix: str = "") -> None:
-        expected = self.expected_shapes()
-        missing = sorted(set(expected) - set(shapes))
-        if missing:
-            raise ValueError(f"missing key {prefix + missing[0]!r} ({len(missing)} missing)")
-        unexpected = sorted(set(shapes) - set(expected))
-        if unexpected:
-            raise ValueError(f"unexpected key {prefix + unexpected[0]!r} ({len(unexpected)} unexpected)")
-        for k, shape in expected.items():
-            if tuple(shapes[k]) != shape:
-                raise ValueError(f"key {prefix + k!r} has shape {list(shapes[k])}, expected {list(shape)}")
+        check_state_shapes(self.expected_shapes(), shapes, prefix)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+# --- detection helpers, shared with the ControlNet (a copy of this encoder) -------------------------
+
+def shapes_under(sd: Mapping[str, object], prefix: str) -> dict[str, tuple[int, ...]]:
+    """Key (without `prefix`) -> shape of every entry under `prefix`."""
+    return {k[len(prefix):]: tuple(v.shape) for k, v in sd.items() if k.startswith(prefix)}
+
+
+def config_from_shapes(make, fields: dict, overrides: dict, shapes: Mapping[str, tuple[int, ...]],
+                       prefix: str, what: str):
+    """`make(**fields)` with `overrides` applied, checked against `shapes`.
+
+    Naming only one head field in `overrides` means the other is unset (-1), since the parsed
+    default sets exactly one of them.
+    """
+    overrides = dict(overrides)
+    if "num_heads" in overrides and "num_head_channels" not in overrides:
+        overrides["num_head_channels"] = -1
+    if "num_head_channels" in overrides and "num_heads" not in overrides:
+        overrides["num_heads"] = -1
+    fields = {**fields, **overrides}
+    try:
+        config = make(**fields)
+    except ValueError as exc:
+        raise ValueError(f"keys under {prefix!r} describe no valid {what}: {exc}") from None
+    config.check_shapes(shapes, prefix)
+    return config
+
+
+def meta_state_shapes(model_class, config) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of `model_class(config)`'s state dict, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = model_class(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_state_shapes(expected: Mapping[str, tuple[int, ...]], shapes: Mapping[str, tuple[int, ...]],
+                       prefix: str = "", allow_unexpected: bool = False) -> None:
+    """Raises ValueError naming the first missing, unexpected (unless allowed) or mis-shaped key."""
+    missing = sorted(set(expected) - set(shapes))
+    if missing:
+        raise ValueError(f"missing key {prefix + missing[0]!r} ({len(missing)} missing)")
+    if not allow_unexpected:
+        unexpected = sorted(set(shapes) - set(expected))
+        if unexpected:
+            raise ValueError(f"unexpected key {prefix + unexpected[0]!r} ({len(unexpected)} unexpected)")
+    for k, shape in expected.items():
+        if tuple(shapes[k]) != shape:
+            raise ValueError(f"key {prefix + k!r} has shape {list(shapes[k])}, expected {list(shape)}")
+
+
 _TRANSFORMER_KEY = re.compile(r"^(input_blocks\.\d+|middle_block|output_blocks\.\d+)\.1\.transformer_blocks\.(\d+)\.")
 
 
-def _parse_unet_shapes(shapes: Mapping[str, tuple], prefix: str) -> dict:
-    """Reads the UNetConfig fields off the key names and shapes (validated afterwards)."""
+def shape_lookup(shapes: Mapping[str, tuple], prefix: str, what: str):
+    """`need(key)`: the shape of `key`, or ValueError saying the keys are no `what` of the SD family."""
 
     def need(key: str) -> tuple:
         if key not in shapes:
-            raise ValueError(f"missing key {prefix + key!r}: not a UNet of the SD1/SD2/SDXL family")
+            raise ValueError(f"missing key {prefix + key!r}: not a {what} of the SD1/SD2/SDXL family")
         return shapes[key]
 
+    return need
+
+
+def transformer_depths(shapes: Mapping[str, tuple]) -> dict[str, int]:
+    """Stage name (input_blocks.N, middle_block, output_blocks.N) -> SpatialTransformer depth."""
     depths: dict[str, int] = {}
     for key in shapes:
         m = _TRANSFORMER_KEY.match(key)
         if m:
             depths[m.group(1)] = max(depths.get(m.group(1), 0), int(m.group(2)) + 1)
+    return depths
 
+
+def parse_encoder_shapes(shapes: Mapping[str, tuple], prefix: str, what: str = "UNet") -> dict:
+    """The UNetConfig fields fixed by the encoder and middle block (all but out_channels and
+    transformer_depth_output), read off key names and shapes; validated afterwards."""
+    need = shape_lookup(shapes, prefix, what)
+    depths = transformer_depths(shapes)
     model_channels, in_channels = need("input_blocks.0.0.weight")[:2]
-    out_channels = need("out.2.weight")[0]
     channel_mult, num_res_blocks, depth_in = [], [], []
     blocks_in_level, i = 0, 1
     while True:
@@ -219,25 +259,32 @@ def _parse_unet_shapes(shapes: Mapping[str, tuple], prefix: str) -> dict:
     if blocks_in_level == 0:
         need(f"input_blocks.{i}.0.in_layers.2.weight")
     num_res_blocks.append(blocks_in_level)
+    cross = need("middle_block.1.transformer_blocks.0.attn2.to_k.weight")
+    linear = len(need("middle_block.1.proj_in.weight")) == 2
+    adm = shapes.get("label_emb.0.0.weight")
+    return dict(
+        in_channels=in_channels, model_channels=model_channels, channel_mult=tuple(channel_mult),
+        num_res_blocks=tuple(num_res_blocks), transformer_depth=tuple(depth_in),
+        transformer_depth_middle=depths["middle_block"], context_dim=cross[1],
+        num_heads=-1 if linear else 8, num_head_channels=64 if linear else -1,
+        use_linear_in_transformer=linear, adm_in_channels=None if adm is None else adm[1],
+    )
 
+
+def _parse_unet_shapes(shapes: Mapping[str, tuple], prefix: str) -> dict:
+    """Reads the UNetConfig fields off the key names and shapes (validated afterwards)."""
+    need = shape_lookup(shapes, prefix, "UNet")
+    # Entry and exit convs first: a file that is no UNet at all is named by one of these two keys
+    # rather than by whatever the encoder walk trips over.
+    need("input_blocks.0.0.weight")
+    out_channels = need("out.2.weight")[0]
+    fields = parse_encoder_shapes(shapes, prefix, "UNet")
+    depths = transformer_depths(shapes)
     depth_out, j = [], 0
     while f"output_blocks.{j}.0.in_layers.2.weight" in shapes:
         depth_out.append(depths.get(f"output_blocks.{j}", 0))
         j += 1
-
-    need("middle_block.1.transformer_blocks.0.attn2.to_k.weight")
-    proj_in = need("middle_block.1.proj_in.weight")
-    linear = len(proj_in) == 2
-    adm = shapes.get("label_emb.0.0.weight")
-    return dict(
-        in_channels=in_channels, out_channels=out_channels, model_channels=model_channels,
-        channel_mult=tuple(channel_mult), num_res_blocks=tuple(num_res_blocks),
-        transformer_depth=tuple(depth_in), transformer_depth_middle=depths["middle_block"],
-        transformer_depth_output=tuple(depth_out),
-        context_dim=shapes["middle_block.1.transformer_blocks.0.attn2.to_k.weight"][1],
-        num_heads=-1 if linear else 8, num_head_channels=64 if linear else -1,
-        use_linear_in_transformer=linear, adm_in_channels=None if adm is None else adm[1],
-    )
+    return dict(fields, out_channels=out_channels, transformer_depth_output=tuple(depth_out))
 
 
 class _ControlFeed:
@@ -259,35 +306,71 @@ class _ControlFeed:
         return h if residual is None else h + residual.to(h.dtype)
 
 
+# --- modules shared with the ControlNet, whose copy of the encoder must match this one key for key
+
+def spatial_transformer(c: UNetConfig, channels: int, depth: int) -> list[nn.Module]:
+    """The stage's SpatialTransformer, or nothing where its depth is 0."""
+    if depth == 0:
+        return []
+    heads, dim_head = c.attention_shape(channels)
+    return [SpatialTransformer(channels, heads, dim_head, depth, c.context_dim, c.use_linear_in_transformer)]
+
+
+def time_embedding(c: UNetConfig) -> nn.Sequential:
+    emb_dim = c.time_embed_dim
+    return nn.Sequential(nn.Linear(c.model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+
+def adm_embedding(c: UNetConfig) -> nn.Sequential | None:
+    """SDXL's pooled-text/size vector ("adm"); the extra nesting reproduces the key label_emb.0.0."""
+    if not c.adm_in_channels:
+        return None
+    emb_dim = c.time_embed_dim
+    return nn.Sequential(nn.Sequential(nn.Linear(c.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)))
+
+
+def encoder_stages(c: UNetConfig) -> Iterator[tuple[TimestepSequential, int]]:
+    """(stage, output width) for conv_in and each encoder stage, the input_blocks in order.
+
+    A generator, so a caller building modules per stage (the ControlNet's zero convs) creates
+    them interleaved, in the order and thus with the default initialisation they always had.
+    """
+    mc, emb_dim = c.model_channels, c.time_embed_dim
+    yield TimestepSequential(nn.Conv2d(c.in_channels, mc, 3, padding=1)), mc
+    ch = mc
+    depths = iter(c.transformer_depth)
+    last_level = len(c.channel_mult) - 1
+    for level, mult in enumerate(c.channel_mult):
+        for _ in range(c.num_res_blocks[level]):
+            layers = [ResBlock(ch, emb_dim, mult * mc)]
+            ch = mult * mc
+            layers += spatial_transformer(c, ch, next(depths))
+            yield TimestepSequential(*layers), ch
+        if level != last_level:
+            yield TimestepSequential(Downsample(ch)), ch
+
+
+def middle_block(c: UNetConfig, channels: int) -> TimestepSequential:
+    emb_dim = c.time_embed_dim
+    return TimestepSequential(ResBlock(channels, emb_dim),
+                              *spatial_transformer(c, channels, c.transformer_depth_middle),
+                              ResBlock(channels, emb_dim))
+
+
 class UNetModel(nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = c = config
         mc, emb_dim = c.model_channels, c.time_embed_dim
-        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        # SDXL's pooled-text/size vector ("adm"); the extra nesting reproduces the key label_emb.0.0.
-        self.label_emb = None
-        if c.adm_in_channels:
-            self.label_emb = nn.Sequential(nn.Sequential(
-                nn.Linear(c.adm_in_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)))
-
-        self.input_blocks = nn.ModuleList([TimestepSequential(nn.Conv2d(c.in_channels, mc, 3, padding=1))])
-        skip_widths, ch = [mc], mc
-        depths = iter(c.transformer_depth)
-        last_level = len(c.channel_mult) - 1
-        for level, mult in enumerate(c.channel_mult):
-            for _ in range(c.num_res_blocks[level]):
-                layers = [ResBlock(ch, emb_dim, mult * mc)]
-                ch = mult * mc
-                layers += self._transformer(ch, next(depths))
-                self.input_blocks.append(TimestepSequential(*layers))
-                skip_widths.append(ch)
-            if level != last_level:
-                self.input_blocks.append(TimestepSequential(Downsample(ch)))
-                skip_widths.append(ch)
-
-        self.middle_block = TimestepSequential(
-            ResBlock(ch, emb_dim), *self._transformer(ch, c.transformer_depth_middle), ResBlock(ch, emb_dim))
+        self.time_embed = time_embedding(c)
+        self.label_emb = adm_embedding(c)
+        self.input_blocks = nn.ModuleList()
+        skip_widths = []
+        for stage, width in encoder_stages(c):
+            self.input_blocks.append(stage)
+            skip_widths.append(width)
+        ch = skip_widths[-1]
+        self.middle_block = middle_block(c, ch)
 
         self.output_blocks = nn.ModuleList()
         depths = iter(c.transformer_depth_output)
@@ -295,19 +378,12 @@ class UNetModel(nn.Module):
             for i in range(c.num_res_blocks[level] + 1):
                 layers = [ResBlock(ch + skip_widths.pop(), emb_dim, c.channel_mult[level] * mc)]
                 ch = c.channel_mult[level] * mc
-                layers += self._transformer(ch, next(depths))
+                layers += spatial_transformer(c, ch, next(depths))
                 if level and i == c.num_res_blocks[level]:
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepSequential(*layers))
 
         self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(), nn.Conv2d(ch, c.out_channels, 3, padding=1))
-
-    def _transformer(self, channels: int, depth: int) -> list[nn.Module]:
-        if depth == 0:
-            return []
-        heads, dim_head = self.config.attention_shape(channels)
-        return [SpatialTransformer(channels, heads, dim_head, depth, self.config.context_dim,
-                                   self.config.use_linear_in_transformer)]
 
     @torch.inference_mode(False)
     def _conv_weights_channels_last(self) -> None:
