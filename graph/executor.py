@@ -16,10 +16,12 @@ from typing import Any, Callable
 
 import networkx as nx
 
+from graph.blocker import ExecutionBlocker
 from graph.cache import ClassicCache, Entry, OutputCache, safe_node_key
 from graph.context import Emit, Interrupted, NodeContext, current_context
 from graph.contract import NodeType
 from graph.errors import PromptError, describe_value
+from graph.graph_builder import GraphBuilder
 from graph.prompt import is_link, unwrap
 from graph.registry import NodeRegistry
 from graph.validation import ValidationResult, reachable, validate_prompt
@@ -38,6 +40,7 @@ class RunResult:
     cached: list[str] = field(default_factory=list)
     messages: list[list] = field(default_factory=list)
     error: dict | None = None
+    blocked: list[dict] = field(default_factory=list)  # {"node_id", "message"} per reported blocker
 
     @property
     def ok(self) -> bool:
@@ -86,7 +89,7 @@ class _Run:
     def __init__(self, executor: Executor, checked: ValidationResult, prompt_id: str, extra_data: dict,
                  emit: Emit | None, original: dict | None):
         self.ex = executor
-        self.prompt = checked.prompt
+        self.prompt = dict(checked.prompt)  # grows with the nodes that expansion adds
         self.original = original if original is not None else checked.prompt
         self.outputs = checked.outputs
         self.graph = checked.graph
@@ -97,6 +100,9 @@ class _Run:
         self.results: dict[str, Entry] = {}
         self._hidden: dict[str, dict[str, str]] = {}
         self._lazy: dict[str, frozenset[str]] = {}
+        self.display: dict[str, str] = {}  # expanded node id -> the id the UI shows (its parent's)
+        self._expansions: dict[str, list] = {}  # node id -> per-call (values, subgraph) to resolve
+        self._running: set[str] = set()
 
     def emit(self, event: str, data: dict) -> None:
         if event.startswith("execution_"):
@@ -201,8 +207,18 @@ class _Run:
         """Run one node (after whatever its lazy inputs ask for) and keep its result."""
         if self.ex.interrupt_flag.is_set():
             raise Interrupted(f"interrupted before node {node_id}")
-        self.resolve_lazy(node_id)
-        entry = self.run_node(node_id)
+        if node_id in self._running:  # an expansion linked back to a node that is still running
+            raise NodeFailure(self._error_payload(node_id, self.prompt[node_id]["class_type"], RuntimeError(
+                f"dependency cycle: node {node_id} needs its own output"), {}, "DependencyCycleError"))
+        self._running.add(node_id)
+        try:
+            self.resolve_lazy(node_id)
+            entry = self.run_node(node_id)
+            calls = self._expansions.pop(node_id, None)
+            if calls is not None:
+                entry = self.expand(node_id, calls, entry.ui)
+        finally:
+            self._running.discard(node_id)
         self.results[node_id] = entry
         self.ex.cache.put(self.keys[node_id], entry)
         self.result.executed.append(node_id)
@@ -221,6 +237,8 @@ class _Run:
         while True:
             inputs = self.gather_inputs(node_id, node, node_type)
             args = inputs if node_type.input_is_list else {k: v[0] if v else None for k, v in inputs.items()}
+            if any(_blocked(v) for v in inputs.values()):
+                return  # a blocked node asks for nothing; it will not run
             try:
                 requested = instance.check_lazy_status(**args) or []
             except Exception as exc:
@@ -230,25 +248,129 @@ class _Run:
                        and node["inputs"][name][0] not in self.results]
             if not sources:
                 return
-            todo = self.uncached_ancestry(sources, self.hits)
-            todo |= {s for n in todo for s in self.strong_sources(n) if s in self.hits}
-            for src in sorted(todo, key=self.position.__getitem__):
-                if src in self.results:
-                    continue
-                if src in self.hits:
-                    self.results[src] = self.ex.cache.get(self.keys[src])
+            self.run_sources(sources)
+
+    def run_sources(self, sources: list[str]) -> None:
+        """Make `sources` available in self.results: load cache hits, run the rest (and what they
+        need) in plan order."""
+        done = self.hits | set(self.results)
+        todo = self.uncached_ancestry([s for s in sources if s not in self.results], done)
+        todo |= {s for n in todo for s in self.strong_sources(n) if s in self.hits}
+        for src in sorted(todo, key=self.position.__getitem__):
+            if src in self.results:
+                continue
+            if src in self.hits:
+                self.results[src] = self.ex.cache.get(self.keys[src])
+            else:
+                self.step(src)
+
+    # -- node expansion ---------------------------------------------------------------------
+    def expand(self, node_id: str, calls: list, ui: dict | None) -> Entry:
+        """Add the subgraphs a node returned to the prompt, run its output nodes and what the
+        node's results link to, and return the node's outputs with those links resolved."""
+        class_type = self.prompt[node_id]["class_type"]
+        node_type = self.ex.registry.get(class_type)
+        targets: list[str] = []
+        for values, subgraph in calls:
+            if subgraph is None:
+                continue
+            try:
+                added = self._add_subgraph(node_id, subgraph)
+                for value in values:
+                    if is_link(value) and str(value[0]) not in self.prompt:
+                        raise ValueError(f"expansion result links to unknown node {value[0]!r}")
+            except (ValueError, TypeError) as exc:
+                raise NodeFailure(self._error_payload(node_id, class_type, exc, {})) from exc
+            targets += [n for n in added if self.ex.registry.get(self.prompt[n]["class_type"]).is_output_node]
+            targets += [str(v[0]) for v in values if is_link(v)]
+        self._admit(targets)
+        self.run_sources(list(dict.fromkeys(targets)))
+        per_slot: list[list] = [[] for _ in node_type.outputs]
+        for values, subgraph in calls:
+            for slot, value in enumerate(values):
+                if subgraph is not None and is_link(value):
+                    source = self.results[str(value[0])].outputs
+                    if not 0 <= value[1] < len(source):
+                        exc = ValueError(f"expansion result links to output {value[1]} of node {value[0]}, "
+                                         f"which has {len(source)} output(s)")
+                        raise NodeFailure(self._error_payload(node_id, class_type, exc, {}))
+                    per_slot[slot].extend(source[value[1]])
+                elif node_type.output_is_list[slot] and not isinstance(value, ExecutionBlocker):
+                    per_slot[slot].extend(value)
                 else:
-                    self.step(src)
+                    per_slot[slot].append(value)
+        return Entry(per_slot, ui)
+
+    def _add_subgraph(self, parent: str, subgraph: Any) -> list[str]:
+        if not isinstance(subgraph, dict):
+            raise ValueError("'expand' must be a dict of API-format nodes")
+        added = []
+        for raw_id, info in subgraph.items():
+            new_id = str(raw_id)
+            if new_id in self.prompt:
+                raise ValueError(f"Attempt to add duplicate node {new_id}. Ensure node ids are unique "
+                                 "and deterministic or use graph_builder.GraphBuilder.")
+            if not isinstance(info, dict) or self.ex.registry.get(info.get("class_type")) is None:
+                raise ValueError(f"expanded node {new_id} has an unknown class_type "
+                                 f"{info.get('class_type') if isinstance(info, dict) else info!r}")
+            inputs = {k: [str(v[0]), v[1]] if is_link(v) else v for k, v in (info.get("inputs") or {}).items()}
+            self.prompt[new_id] = {"class_type": info["class_type"], "inputs": inputs}
+            self.display[new_id] = str(info.get("override_display_id", parent))
+            added.append(new_id)
+        for new_id in added:
+            for name, value in self.prompt[new_id]["inputs"].items():
+                if not is_link(value):
+                    continue
+                if value[0] not in self.prompt:
+                    raise ValueError(f"expanded node {new_id} input {name!r} links to unknown node {value[0]!r}")
+                count = len(self.ex.registry.get(self.prompt[value[0]]["class_type"]).outputs)
+                if not 0 <= value[1] < count:
+                    raise ValueError(f"expanded node {new_id} input {name!r} links to output {value[1]} of "
+                                     f"node {value[0]}, which has {count} output(s)")
+        return added
+
+    def _admit(self, node_ids: list[str]) -> None:
+        """Key, order and look up in the cache the nodes the plan did not cover (expanded nodes,
+        or prompt nodes an expansion links to) that `node_ids` need."""
+        new: set[str] = set()
+        stack = [n for n in node_ids if n not in self.keys]
+        while stack:
+            node_id = stack.pop()
+            if node_id in new or node_id in self.keys:
+                continue
+            new.add(node_id)
+            stack += [v[0] for v in self.prompt[node_id]["inputs"].values() if is_link(v) and v[0] not in self.keys]
+        sub = nx.DiGraph()
+        sub.add_nodes_from(new)
+        sub.add_edges_from((v[0], n) for n in new for v in self.prompt[n]["inputs"].values()
+                           if is_link(v) and v[0] in new)
+        try:
+            order = list(nx.topological_sort(sub))
+        except nx.NetworkXUnfeasible:
+            cycle = [edge[0] for edge in nx.find_cycle(sub)]
+            raise NodeFailure(self._error_payload(cycle[0], self.prompt[cycle[0]]["class_type"], RuntimeError(
+                f"dependency cycle among expanded nodes {', '.join(cycle)}"), {}, "DependencyCycleError")) from None
+        for node_id in order:
+            self.position[node_id] = len(self.position)
+            self.keys[node_id] = self.key(node_id, self.keys)
+            if self.ex.cache.get(self.keys[node_id]) is not None:
+                self.hits.add(node_id)
 
     def _report_ui(self, node_id: str, entry: Entry) -> None:
         if entry.ui is not None:
             self.result.outputs[node_id] = entry.ui
-            self.emit("executed", {"node": node_id, "display_node": node_id, "output": entry.ui,
+            self.emit("executed", {"node": node_id, "display_node": self.display_id(node_id), "output": entry.ui,
                                    "prompt_id": self.prompt_id})
+
+    def display_id(self, node_id: str) -> str:
+        """The prompt node an expanded node is shown as (its outermost expanding parent)."""
+        while node_id in self.display:
+            node_id = self.display[node_id]
+        return node_id
 
     def _release_inputs(self, node_id: str) -> None:
         """Without a retaining cache, drop an output as soon as its last consumer has run."""
-        if self.ex.cache.retains:
+        if self.ex.cache.retains or node_id in self.display:  # expanded consumers were never counted
             return
         for value in self.prompt[node_id]["inputs"].values():
             if is_link(value) and value[0] in self.consumers:
@@ -260,7 +382,7 @@ class _Run:
         node = self.prompt[node_id]
         class_type = node["class_type"]
         node_type = self.ex.registry.get(class_type)
-        self.emit("executing", {"node": node_id, "display_node": node_id, "prompt_id": self.prompt_id})
+        self.emit("executing", {"node": node_id, "display_node": self.display_id(node_id), "prompt_id": self.prompt_id})
         inputs = self.gather_inputs(node_id, node, node_type)
         ctx = NodeContext(self.prompt_id, node_id, class_type, self.ex.registry.env, self.original,
                           self.extra_data, self.ex.interrupt_flag, self.emit, self.ex.on_preview)
@@ -315,34 +437,71 @@ class _Run:
             calls = [{k: v[min(i, len(v) - 1)] for k, v in inputs.items()} for i in range(count)]
         per_slot: list[list] = [[] for _ in node_type.outputs]
         ui: dict | None = None
-        for kwargs in calls:
+        done: list[tuple] = []  # (values, subgraph or None) per call
+        for index, kwargs in enumerate(calls):
             ctx.check_interrupt()
-            values, call_ui = _split_result(node_type, node_type.call(instance, ctx, kwargs))
-            for slot, value in enumerate(values):
-                if node_type.output_is_list[slot]:
-                    per_slot[slot].extend(value)
-                else:
-                    per_slot[slot].append(value)
+            blocker = next((v for v in kwargs.values() if _blocked(v if node_type.input_is_list else [v])), None)
+            if blocker is not None:
+                if not isinstance(blocker, ExecutionBlocker):
+                    blocker = next(x for x in blocker if isinstance(x, ExecutionBlocker))
+                done.append(((self._pass_blocker(blocker, ctx),) * len(node_type.outputs), None))
+                continue
+            GraphBuilder.set_default_prefix(ctx.node_id, index, 0)
+            result = node_type.call(instance, ctx, kwargs)
+            if isinstance(result, ExecutionBlocker):
+                result = (result,) * len(node_type.outputs)
+            subgraph = result.get("expand") if isinstance(result, dict) else None
+            values, call_ui = _split_result(node_type, result)
+            done.append((values, subgraph))
             if call_ui is not None:
                 ui = ui or {}
                 for k, v in call_ui.items():
                     ui[k] = ui.get(k, []) + list(v) if isinstance(v, (list, tuple)) else v
+        if any(subgraph is not None for _, subgraph in done):
+            self._expansions[ctx.node_id] = done  # step() runs the subgraphs and resolves the links
+            return Entry(per_slot, ui)
+        for values, _ in done:
+            for slot, value in enumerate(values):
+                if node_type.output_is_list[slot] and not isinstance(value, ExecutionBlocker):
+                    per_slot[slot].extend(value)
+                else:
+                    per_slot[slot].append(value)
         return Entry(per_slot, ui)
 
-    def _error_payload(self, node_id: str, class_type: str, exc: Exception, inputs: dict) -> dict:
+    def _pass_blocker(self, blocker: ExecutionBlocker, ctx: NodeContext) -> ExecutionBlocker:
+        """As ComfyUI: a blocker with a message is reported once, by the first node it stops,
+        as an execution_error (the prompt goes on); what that node passes on is silent."""
+        if blocker.message is None:
+            return blocker
+        if self._sink is not None:  # sent, not recorded: ComfyUI keeps it out of the history status
+            self._sink("execution_error", {
+                "prompt_id": self.prompt_id, "node_id": ctx.node_id, "node_type": ctx.class_type,
+                "executed": list(self.result.executed),
+                "exception_message": f"Execution Blocked: {blocker.message}",
+                "exception_type": "ExecutionBlocked", "traceback": [], "current_inputs": [],
+                "current_outputs": [], "timestamp": _now()})
+        self.result.blocked.append({"node_id": ctx.node_id, "message": blocker.message})
+        return ExecutionBlocker(None)
+
+    def _error_payload(self, node_id: str, class_type: str, exc: Exception, inputs: dict,
+                       exception_type: str | None = None) -> dict:
         return {
             "prompt_id": self.prompt_id,
             "node_id": node_id,
             "node_type": class_type,
             "executed": list(self.result.executed),
             "exception_message": str(exc) or type(exc).__name__,
-            "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            "exception_type": exception_type or f"{type(exc).__module__}.{type(exc).__qualname__}",
             "traceback": traceback.format_exception(exc),
             "current_inputs": {k: [describe_value(x, 120) for x in v] for k, v in inputs.items()
                                if not isinstance(v, dict)},
             "current_outputs": list(self.results),
             "timestamp": _now(),
         }
+
+
+def _blocked(values: list) -> bool:
+    return any(isinstance(v, ExecutionBlocker) for v in values)
 
 
 def _hidden_kind(kind: Any) -> str:

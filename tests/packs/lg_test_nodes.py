@@ -9,6 +9,8 @@ import time
 import torch
 
 from graph.context import ProgressBar
+from graph.blocker import ExecutionBlocker
+from graph.graph_builder import GraphBuilder
 
 CALLS = collections.Counter()
 
@@ -269,8 +271,114 @@ class TestLazySwitch(_Counted):
         return (on_true if select else on_false,)
 
 
+class TestExpandChain(_Counted):
+    """Expands into `length` TestAdd nodes in a chain (b = 1, 2, ...): value + length*(length+1)/2."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"forceInput": True}),
+                             "length": ("INT", {"default": 3, "min": 1, "max": 100})}}
+
+    RETURN_TYPES = ("INT",)
+
+    def run(self, value, length):
+        self.count()
+        graph = GraphBuilder()
+        out = value
+        for i in range(length):
+            out = graph.node("TestAdd", a=out, b=i + 1).out(0)
+        return {"result": (out,), "expand": graph.finalize()}
+
+
+class TestExpandLink(_Counted):
+    """Expands into TestAdd(a=<output 0 of prompt node `source_id`>, b=add): links out of the subgraph."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"source_id": ("STRING", {"default": "1"}), "add": ("INT", {"default": 1})}}
+
+    RETURN_TYPES = ("INT",)
+
+    def run(self, source_id, add):
+        self.count()
+        graph = GraphBuilder()
+        node = graph.node("TestAdd", a=[source_id, 0], b=add)
+        return {"result": (node.out(0),), "expand": graph.finalize()}
+
+
+class TestExpandNested(_Counted):
+    """depth 0 returns value; otherwise expands into TestExpandNested(depth-1) + TestAdd(b=10)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"forceInput": True}),
+                             "depth": ("INT", {"default": 2, "min": 0, "max": 20})}}
+
+    RETURN_TYPES = ("INT",)
+
+    def run(self, value, depth):
+        self.count()
+        if depth == 0:
+            return (value,)
+        graph = GraphBuilder()
+        inner = graph.node("TestExpandNested", value=value, depth=depth - 1)
+        add = graph.node("TestAdd", a=inner.out(0), b=10)
+        return {"result": (add.out(0),), "expand": graph.finalize()}
+
+
+class TestExpandOutput(_Counted):
+    """Expands into a TestOutput (an output node inside the subgraph) and passes value through."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"forceInput": True})}}
+
+    RETURN_TYPES = ("INT",)
+
+    def run(self, value):
+        self.count()
+        graph = GraphBuilder()
+        graph.node("TestOutput", id="shown", value=value * 100)
+        return {"result": (value,), "expand": graph.finalize()}
+
+
+class TestExpandRaise(_Counted):
+    """Expands into a TestRaise: the error comes from the expanded node."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"forceInput": True}),
+                             "message": ("STRING", {"default": "inner boom"})}}
+
+    RETURN_TYPES = ("INT",)
+
+    def run(self, value, message):
+        self.count()
+        graph = GraphBuilder()
+        node = graph.node("TestRaise", id="raiser", value=value, message=message)
+        return {"result": (node.out(0),), "expand": graph.finalize()}
+
+
+class TestBlock(_Counted):
+    """Passes value on, or returns an ExecutionBlocker (message "" means a silent one)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"forceInput": True}), "block": ("BOOLEAN", {"default": True}),
+                             "message": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ("INT", "INT")
+
+    def run(self, value, block, message):
+        self.count()
+        if block:
+            return ExecutionBlocker(message or None)
+        return (value, value)
+
+
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in [
-    TestLazySwitch,
+    TestLazySwitch, TestExpandChain, TestExpandLink, TestExpandNested, TestExpandOutput, TestExpandRaise,
+    TestBlock,
     TestValue, TestAdd, TestSampler, TestOutput, TestSlow, TestRaise, TestListOut, TestListIn,
     TestVolatile, TestFingerprint, TestHidden, TestValidated, TestAnyType, TestTensor, TestTensorSink,
 ]}
