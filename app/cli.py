@@ -33,9 +33,11 @@ class ProgressPrinter:
         self.stream.write(text + "\n")
         self.stream.flush()
 
-    def _title(self, node_id: str) -> str:
-        node = self.prompt.get(node_id) or {}
-        return f"{node_id} {node.get('class_type', '?')}"
+    def _title(self, node_id: str, display_node: str | None = None) -> str:
+        node = self.prompt.get(node_id)
+        if node is None and display_node in self.prompt:  # a node added by expansion
+            return f"{node_id} (expanded from {self._title(display_node)})"
+        return f"{node_id} {(node or {}).get('class_type', '?')}"
 
     def on_execution_cached(self, data: dict) -> None:
         if data["nodes"]:
@@ -44,7 +46,7 @@ class ProgressPrinter:
 
     def on_executing(self, data: dict) -> None:
         if data.get("node") is not None:
-            self._line(f"  running {self._title(data['node'])}")
+            self._line(f"  running {self._title(data['node'], data.get('display_node'))}")
 
     def on_progress(self, data: dict) -> None:
         total = max(data["max"], 1)

@@ -238,7 +238,7 @@ def test_command_line_runs_expansions_and_blockers(tmp_path):
     proc = main(tmp_path, "run", wf, blocked)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["3: 11", "4: 4"]
-    assert "running 2.0.0.1" in proc.stderr and "running 2.0.0.3" in proc.stderr
+    assert "running 2.0.0.1 (expanded from 2 TestExpandChain)" in proc.stderr and "running 2.0.0.3" in proc.stderr
     assert "Execution Blocked: stop here" in proc.stderr
     assert "2 of 2 workflow(s) succeeded" in proc.stderr
 

@@ -9,8 +9,8 @@ import time
 import torch
 
 from graph.context import ProgressBar
-from graph.blocker import ExecutionBlocker
-from graph.graph_builder import GraphBuilder
+from comfy_execution.graph import ExecutionBlocker  # ComfyUI plugins import it from here
+from comfy_execution.graph_utils import GraphBuilder
 
 CALLS = collections.Counter()
 
