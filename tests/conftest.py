@@ -51,4 +51,6 @@ def tiny_checkpoint(tmp_path_factory):
             written[family] = write_tiny_full_checkpoint(folder / f"{family}.safetensors", family)
         return written[family]
 
-    return get
+    yield get
+    # up to 1.5 GB of weights: not worth keeping among pytest's retained temporary folders
+    shutil.rmtree(folder, ignore_errors=True)
