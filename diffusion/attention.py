@@ -57,7 +57,7 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, mult: int = 4):
         super().__init__()
         inner = dim * mult
-        # Index 1 is a placeholder for the original (inference-inert) dropout so the output
+        # Index 1 stands where the original's dropout (inert at inference) was, so the output
         # projection keeps its checkpoint name ff.net.2.
         self.net = nn.Sequential(GEGLU(dim, inner), nn.Identity(), nn.Linear(inner, dim))
 
