@@ -41,10 +41,10 @@ def _serve_file(root: Path, relative: str) -> web.StreamResponse:
     """A file under root, with the same strict resolution as /view (no escapes, no symlinks out)."""
     try:
         path = resolve_inside(root, relative)
+        if path.is_dir():  # its index.html may itself be a symlink, so it is resolved the same way
+            path = resolve_inside(root, relative, "index.html")
     except PathRefused as exc:
         raise BadRequest(exc.status, "invalid_path", exc.message) from None
-    if path.is_dir():
-        path = path / "index.html"
     if not path.is_file():
         raise BadRequest(404, "not_found", f"no such file: /{relative}")
     return web.FileResponse(path)

@@ -13,6 +13,19 @@ export class ApiError extends Error {
   }
 }
 
+/** The image a LoadImage widget value names: "a/b.png [output]" -> {filename, subfolder, type}. */
+export function imageRef(value) {
+  let name = String(value);
+  let type = "input";
+  const m = /^(.*) \[(input|output|temp)\]$/.exec(name);
+  if (m) {
+    name = m[1];
+    type = m[2];
+  }
+  const cut = name.lastIndexOf("/");
+  return { filename: cut >= 0 ? name.slice(cut + 1) : name, subfolder: cut >= 0 ? name.slice(0, cut) : "", type };
+}
+
 function newClientId() {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
   return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
@@ -122,16 +135,7 @@ export class Api extends EventTarget {
 
   /** A LoadImage widget value ("dir/name.png" or "name.png [output]") as a /view URL. */
   inputImageUrl(value) {
-    let name = value;
-    let type = "input";
-    const m = /^(.*) \[(input|output|temp)\]$/.exec(value);
-    if (m) {
-      name = m[1];
-      type = m[2];
-    }
-    const cut = name.lastIndexOf("/");
-    return this.viewUrl({ filename: cut >= 0 ? name.slice(cut + 1) : name, subfolder: cut >= 0 ? name.slice(0, cut) : "",
-      type });
+    return this.viewUrl(imageRef(value));
   }
 
   // -- websocket ------------------------------------------------------------------------------

@@ -3,11 +3,10 @@
 // widget values by position, links resolved through reroutes, primitives and bypassed nodes,
 // muted nodes dropped. (Subgraphs are not edited here, so only the root level is converted.)
 
+import { MODE_BYPASS, MODE_NEVER } from "./graph.js";
 import { widgetPlan, isControlValue } from "./node_defs.js";
 import { typesCompatible } from "./types.js";
 
-const MODE_NEVER = 2;
-const MODE_BYPASS = 4;
 const DROP = Symbol("drop");
 
 class Origin {

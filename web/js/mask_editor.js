@@ -5,6 +5,7 @@
 // and the node's image widget then names that file ("clipspace/<name> [input]"). LoadImage turns
 // alpha back into MASK = 1 - alpha, so what was painted comes out as 1.
 
+import { imageRef } from "./api.js";
 import { clamp, el, overlayRoot } from "./dom.js";
 import { fitToContent } from "./layout.js";
 
@@ -16,19 +17,6 @@ const BRUSH_STEP = 2; // "[" and "]" change the size by this much, as in ComfyUI
 const MASK_RGB = "rgb(0, 0, 0)"; // only the alpha is saved; black is what ComfyUI shows
 const SAVE_SUBFOLDER = "clipspace";
 const SAVE_TYPE = "input";
-
-/** The image a LoadImage widget value names: "a/b.png [output]" -> {filename, subfolder, type}. */
-export function imageRef(value) {
-  let name = String(value);
-  let type = "input";
-  const m = /^(.*) \[(input|output|temp)\]$/.exec(name);
-  if (m) {
-    name = m[1];
-    type = m[2];
-  }
-  const cut = name.lastIndexOf("/");
-  return { filename: cut >= 0 ? name.slice(cut + 1) : name, subfolder: cut >= 0 ? name.slice(0, cut) : "", type };
-}
 
 /** The widget value ComfyUI writes for a saved file: "subfolder/name [type]". */
 export function refValue({ filename, subfolder, type }) {
@@ -95,7 +83,7 @@ export class MaskEditor {
     }
     const value = String(node.widget("image").value);
     const ref = imageRef(value);
-    const url = this.app.api.inputImageUrl(value);
+    const url = this.app.api.viewUrl(ref);
     let picture;
     let alpha;
     try {

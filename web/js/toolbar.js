@@ -1,6 +1,7 @@
 // The top bar: queue controls, workflow file actions, undo/redo, run and connection status.
 
 import { el } from "./dom.js";
+import { MODE_ALWAYS } from "./graph.js";
 
 export class Toolbar {
   constructor(app, root) {
@@ -78,7 +79,7 @@ export class Toolbar {
     this.redoButton.disabled = !app.undoStack.canRedo;
     let fraction = 0;
     if (run.runningPrompt) {
-      const total = Math.max(1, app.graph.nodes.filter((n) => !n.virtual && n.mode === 0).length);
+      const total = Math.max(1, app.graph.nodes.filter((n) => !n.virtual && n.mode === MODE_ALWAYS).length);
       const step = run.progress && run.progress.max ? run.progress.value / run.progress.max : 0;
       fraction = Math.min(1, (run.promptDone.size + step) / total);
     }
