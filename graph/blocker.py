@@ -7,8 +7,6 @@ prompt still runs) and passes on a silent blocker; with None nothing is reported
 """
 from __future__ import annotations
 
-from typing import Any
-
 
 class ExecutionBlocker:
     def __init__(self, message: str | None = None):
@@ -16,7 +14,3 @@ class ExecutionBlocker:
 
     def __repr__(self) -> str:
         return f"ExecutionBlocker({self.message!r})"
-
-
-def is_blocker(value: Any) -> bool:
-    return isinstance(value, ExecutionBlocker)

@@ -295,10 +295,8 @@ class _Run:
                                          f"which has {len(source)} output(s)")
                         raise NodeFailure(self._error_payload(node_id, class_type, exc, {}))
                     per_slot[slot].extend(source[value[1]])
-                elif node_type.output_is_list[slot] and not isinstance(value, ExecutionBlocker):
-                    per_slot[slot].extend(value)
                 else:
-                    per_slot[slot].append(value)
+                    _collect(node_type, per_slot, slot, value)
         return Entry(per_slot, ui)
 
     def _add_subgraph(self, parent: str, subgraph: Any) -> list[str]:
@@ -440,10 +438,9 @@ class _Run:
         done: list[tuple] = []  # (values, subgraph or None) per call
         for index, kwargs in enumerate(calls):
             ctx.check_interrupt()
-            blocker = next((v for v in kwargs.values() if _blocked(v if node_type.input_is_list else [v])), None)
+            given = (x for v in kwargs.values() for x in (v if node_type.input_is_list else (v,)))
+            blocker = next((x for x in given if isinstance(x, ExecutionBlocker)), None)
             if blocker is not None:
-                if not isinstance(blocker, ExecutionBlocker):
-                    blocker = next(x for x in blocker if isinstance(x, ExecutionBlocker))
                 done.append(((self._pass_blocker(blocker, ctx),) * len(node_type.outputs), None))
                 continue
             GraphBuilder.set_default_prefix(ctx.node_id, index, 0)
@@ -462,10 +459,7 @@ class _Run:
             return Entry(per_slot, ui)
         for values, _ in done:
             for slot, value in enumerate(values):
-                if node_type.output_is_list[slot] and not isinstance(value, ExecutionBlocker):
-                    per_slot[slot].extend(value)
-                else:
-                    per_slot[slot].append(value)
+                _collect(node_type, per_slot, slot, value)
         return Entry(per_slot, ui)
 
     def _pass_blocker(self, blocker: ExecutionBlocker, ctx: NodeContext) -> ExecutionBlocker:
@@ -502,6 +496,15 @@ class _Run:
 
 def _blocked(values: list) -> bool:
     return any(isinstance(v, ExecutionBlocker) for v in values)
+
+
+def _collect(node_type: NodeType, per_slot: list[list], slot: int, value: Any) -> None:
+    """Add one call's output to its slot: a list output contributes its items (a blocker stands
+    for the whole list), any other output the value itself."""
+    if node_type.output_is_list[slot] and not isinstance(value, ExecutionBlocker):
+        per_slot[slot].extend(value)
+    else:
+        per_slot[slot].append(value)
 
 
 def _hidden_kind(kind: Any) -> str:

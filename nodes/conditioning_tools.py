@@ -10,12 +10,11 @@ import logging
 
 import torch
 
+from diffusion.handles import VAE_SCALE
 from graph.contract import Combo, Float, Int, Node, Output, Socket
 from nodes.image import MAX_RESOLUTION
 
 log = logging.getLogger(__name__)
-
-LATENT_SCALE = 8  # pixels per latent cell: areas are stored in latent units
 
 
 def _require_conditioning(conditioning, name: str) -> list:
@@ -135,7 +134,7 @@ class ConditioningSetArea(Node):
     outputs = (Output("CONDITIONING"),)
 
     def run(self, ctx, conditioning, width, height, x, y, strength):
-        s = LATENT_SCALE
+        s = VAE_SCALE  # areas are stored in latent cells
         area = (height // s, width // s, y // s, x // s)
         return (set_values(conditioning, {"area": area, "strength": strength, "set_area_to_bounds": False}),)
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 
 from diffusion.controlnet import ControlNet, load_controlnet
-from graph.contract import Combo, Float, Node, Output, Socket
+from graph.contract import Combo, Node, Output, Socket
+from nodes.conditioning_tools import Fraction, Strength
 from nodes.loaders import model_file
 
 
@@ -62,14 +63,6 @@ class DiffControlNetLoader(Node):
         return (_load(ctx, control_net_name, model),)
 
 
-def _strength(name: str = "strength") -> Float:
-    return Float(name, 1.0, min=0.0, max=10.0, step=0.01)
-
-
-def _percent(name: str, default: float) -> Float:
-    return Float(name, default, min=0.0, max=1.0, step=0.001)
-
-
 def _require_net(control_net):
     if not isinstance(control_net, ControlNet):
         raise TypeError(f"control_net must be a loaded ControlNet, got {type(control_net).__name__}")
@@ -84,7 +77,7 @@ class ControlNetApply(Node):
     category = "conditioning/controlnet"
     DEPRECATED = True
     inputs = (Socket("conditioning", "CONDITIONING"), Socket("control_net", "CONTROL_NET"),
-              Socket("image", "IMAGE"), _strength())
+              Socket("image", "IMAGE"), Strength())
     outputs = (Output("CONDITIONING"),)
 
     def run(self, ctx, conditioning, control_net, image, strength):
@@ -108,8 +101,9 @@ class ControlNetApplyAdvanced(Node):
     display_name = "Apply ControlNet"
     category = "conditioning/controlnet"
     inputs = (Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"),
-              Socket("control_net", "CONTROL_NET"), Socket("image", "IMAGE"), _strength(),
-              _percent("start_percent", 0.0), _percent("end_percent", 1.0), Socket("vae", "VAE", optional=True))
+              Socket("control_net", "CONTROL_NET"), Socket("image", "IMAGE"), Strength(),
+              Fraction("start_percent", 0.0, step=0.001), Fraction("end_percent", 1.0, step=0.001),
+              Socket("vae", "VAE", optional=True))
     outputs = (Output("CONDITIONING", name="positive"), Output("CONDITIONING", name="negative"))
 
     def run(self, ctx, positive, negative, control_net, image, strength, start_percent, end_percent, vae=None):

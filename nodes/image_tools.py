@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from kornia.filters import canny
 
-from diffusion.upscale import upscale
 from graph.contract import Float, Int, Node, Output, Socket
 from nodes.image import MAX_RESOLUTION
+from nodes.image_transform import resize_image
 
 ALPHA_CHANNELS = 4  # an RGBA image keeps its alpha out of colour operations
 
@@ -77,8 +77,7 @@ class ImageBatch(Node):
         elif channels[0] < channels[1]:
             image1 = F.pad(image1, (0, 1), value=1.0)
         if image1.shape[1:] != image2.shape[1:]:
-            resized = upscale(image2.movedim(-1, 1), image1.shape[2], image1.shape[1], "bilinear", "center")
-            image2 = resized.movedim(1, -1)
+            image2 = resize_image(image2, image1.shape[2], image1.shape[1], "bilinear", "center")
         return (torch.cat((image1, image2.to(image1.device, image1.dtype)), dim=0),)
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from diffusion.handles import VAE_SCALE, crop_to_multiple
 from graph.contract import Boolean, Int, Node, Output, Socket
+from nodes.conditioning_tools import set_values
 from nodes.image import MAX_RESOLUTION
 
 NEUTRAL_GREY = 0.5  # what masked pixels become before encoding: the middle of the 0..1 range
@@ -70,16 +71,6 @@ def grow_mask(mask: torch.Tensor, by: int) -> torch.Tensor:
     kernel = torch.ones((1, 1, by, by), dtype=mask.dtype, device=mask.device)
     grown = F.conv2d(mask.round(), kernel, padding=math.ceil((by - 1) / 2)).clamp(0.0, 1.0)
     return grown[:, :, :mask.shape[2], :mask.shape[3]].round()
-
-
-def conditioning_with(conditioning: list, **values) -> list:
-    """A copy of CONDITIONING with `values` set in every entry's extras (the input is not changed)."""
-    out = []
-    for tensor, extras in conditioning:
-        entry = dict(extras)
-        entry.update(values)
-        out.append([tensor, entry])
-    return out
 
 
 def outpaint_feather(height: int, width: int, left: int, top: int, right: int, bottom: int,
@@ -162,7 +153,7 @@ class InpaintModelConditioning(Node):
         if noise_mask:
             latent["noise_mask"] = mask
         extras = {"concat_latent_image": concat_latent, "concat_mask": mask}
-        return conditioning_with(positive, **extras), conditioning_with(negative, **extras), latent
+        return set_values(positive, extras, "positive"), set_values(negative, extras, "negative"), latent
 
 
 class ImagePadForOutpaint(Node):

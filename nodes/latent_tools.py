@@ -8,15 +8,14 @@ to the latent when it is used), and sliced or repeated only by the batch nodes.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
+from diffusion.handles import VAE_SCALE as LATENT_SCALE
 from diffusion.upscale import upscale
 from graph.contract import Combo, Float, Int, Node, Output, Socket
 from nodes.image import MAX_RESOLUTION
-
-LATENT_SCALE = 8  # pixels per latent cell
+from nodes.latent import with_samples
+from nodes.mask import repeat_to_batch
 MIN_CROP_CELLS = 8  # LatentCrop keeps at least 8 cells (64 pixels) right of and below x, y
 
 
@@ -88,9 +87,7 @@ class LatentComposite(Node):
         else:
             mask = feather_mask(source.shape, y, x, th, tw, feather).to(source)
             out[:, :, y:y + h, x:x + w] = source * mask + out[:, :, y:y + h, x:x + w] * (1.0 - mask)
-        result = dict(samples_to)
-        result["samples"] = out
-        return (result,)
+        return (with_samples(samples_to, out),)
 
 
 class LatentBlend(Node):
@@ -109,20 +106,11 @@ class LatentBlend(Node):
         _same_channels(s1, s2, "LatentBlend")
         if s1.shape != s2.shape:
             s2 = upscale(s2, s1.shape[3], s1.shape[2], "bicubic", "center")
-        out = dict(samples1)
-        out["samples"] = s1 * blend_factor + s2 * (1 - blend_factor)
-        return (out,)
+        return (with_samples(samples1, s1 * blend_factor + s2 * (1 - blend_factor)),)
 
 
 # ---------------------------------------------------------------------------------------------
 # batches
-
-
-def _masks_for_batch(masks: torch.Tensor, batch: int) -> torch.Tensor:
-    """A mask batch cycled up to `batch` entries, as the sampler would repeat it."""
-    if masks.shape[0] < batch:
-        masks = masks.repeat(math.ceil(batch / masks.shape[0]), 1, 1, 1)[:batch]
-    return masks
 
 
 class LatentFromBatch(Node):
@@ -138,14 +126,14 @@ class LatentFromBatch(Node):
         s_in = _samples(samples, "samples")
         start = min(s_in.shape[0] - 1, batch_index)
         length = min(s_in.shape[0] - start, length)
-        out = dict(samples)
-        out["samples"] = s_in[start:start + length].clone()
+        out = with_samples(samples, s_in[start:start + length].clone())
         if "noise_mask" in samples:
             masks = samples["noise_mask"]
             if masks.shape[0] == 1:  # one mask serves the whole batch
                 out["noise_mask"] = masks.clone()
             else:
-                out["noise_mask"] = _masks_for_batch(masks, s_in.shape[0])[start:start + length].clone()
+                # cycled to the latent batch, as the sampler would repeat it
+                out["noise_mask"] = repeat_to_batch(masks, s_in.shape[0])[start:start + length].clone()
         if "batch_index" in samples:
             out["batch_index"] = samples["batch_index"][start:start + length]
         else:
@@ -164,8 +152,7 @@ class RepeatLatentBatch(Node):
 
     def run(self, ctx, samples, amount):
         s_in = _samples(samples, "samples")
-        out = dict(samples)
-        out["samples"] = s_in.repeat((amount, 1, 1, 1))
+        out = with_samples(samples, s_in.repeat((amount, 1, 1, 1)))
         # ComfyUI repeats a per-item mask batch as it is (not fitted to the latent batch first);
         # a single mask already applies to every item.
         if "noise_mask" in samples and samples["noise_mask"].shape[0] > 1:
@@ -190,8 +177,7 @@ class LatentBatch(Node):
         _same_channels(s1, s2, "LatentBatch")
         if s1.shape[1:] != s2.shape[1:]:
             s2 = upscale(s2, s1.shape[3], s1.shape[2], "bilinear", "center")
-        out = dict(samples1)
-        out["samples"] = torch.cat((s1, s2), dim=0)
+        out = with_samples(samples1, torch.cat((s1, s2), dim=0))
         out["batch_index"] = (list(samples1.get("batch_index", range(s1.shape[0])))
                               + list(samples2.get("batch_index", range(s2.shape[0]))))
         return (out,)
@@ -212,9 +198,7 @@ class LatentFlip(Node):
         dims = {"x": [2], "y": [3]}.get(flip_method[:1])
         if dims is None:
             raise ValueError(f"LatentFlip: unknown flip_method {flip_method!r}")
-        out = dict(samples)
-        out["samples"] = torch.flip(s_in, dims=dims)
-        return (out,)
+        return (with_samples(samples, torch.flip(s_in, dims=dims)),)
 
 
 ROTATIONS = {"none": 0, "90 degrees": 1, "180 degrees": 2, "270 degrees": 3}
@@ -232,10 +216,8 @@ class LatentRotate(Node):
         s_in = _samples(samples, "samples")
         if rotation not in ROTATIONS:
             raise ValueError(f"LatentRotate: unknown rotation {rotation!r}")
-        out = dict(samples)
         # Turning from the width axis towards the height axis is clockwise on screen.
-        out["samples"] = torch.rot90(s_in, k=ROTATIONS[rotation], dims=[3, 2])
-        return (out,)
+        return (with_samples(samples, torch.rot90(s_in, k=ROTATIONS[rotation], dims=[3, 2])),)
 
 
 class LatentCrop(Node):
@@ -256,9 +238,7 @@ class LatentCrop(Node):
                              f"than the {MIN_CROP_CELLS * LATENT_SCALE}-pixel minimum crop")
         x = min(x // LATENT_SCALE, w - MIN_CROP_CELLS)
         y = min(y // LATENT_SCALE, h - MIN_CROP_CELLS)
-        out = dict(samples)
-        out["samples"] = s_in[:, :, y:y + height // LATENT_SCALE, x:x + width // LATENT_SCALE]
-        return (out,)
+        return (with_samples(samples, s_in[:, :, y:y + height // LATENT_SCALE, x:x + width // LATENT_SCALE]),)
 
 
 NODES = [LatentComposite, LatentBlend, LatentFromBatch, RepeatLatentBatch, LatentBatch, LatentFlip, LatentRotate,
