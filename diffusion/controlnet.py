@@ -24,10 +24,9 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, materialize, read_state_dict
-from .unet import (UNetConfig, adm_embedding, check_state_shapes, config_from_shapes, encoder_stages,
+from .checkpoint import CheckpointError, _cast, materialize, read_state_dict
+from .unet import (UNetConfig, adm_embedding, check_state_shapes, config_from_shapes, embed_inputs, encoder_stages,
                    meta_state_shapes, middle_block, parse_encoder_shapes, shape_lookup, shapes_under, time_embedding)
-from .unet_blocks import timestep_embedding
 from .upscale import upscale
 
 log = logging.getLogger(__name__)
@@ -138,18 +137,8 @@ class ControlNetModel(nn.Module):
         8h, 8w], `timesteps` [B] on the 0..999 scale.
         """
         dtype = self.dtype
-        batch = x.shape[0]
-        timesteps = torch.as_tensor(timesteps, device=x.device)
-        if timesteps.numel() == 1:
-            timesteps = timesteps.reshape(1).expand(batch)
-        context = context.to(dtype)
-        if context.shape[0] != batch and context.shape[0] == 1:
-            context = context.expand(batch, -1, -1)
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.unet.model_channels).to(dtype))
-        if self.label_emb is not None:
-            if y is None:
-                raise ValueError("this ControlNet needs the adm vector y [B, %d]" % self.config.unet.adm_in_channels)
-            emb = emb + self.label_emb(y.to(dtype))
+        context, emb = embed_inputs(self, self.config.unet, timesteps, context, y, x.shape[0], x.device,
+                                    "ControlNet")
         guided_hint = self.input_hint_block(hint.to(dtype))
         if guided_hint.shape[-2:] != x.shape[-2:]:
             raise ValueError(f"hint of size {list(hint.shape[-2:])} encodes to {list(guided_hint.shape[-2:])}, "
@@ -344,12 +333,6 @@ def load_controlnet_state_dict(sd: dict[str, torch.Tensor], unet: nn.Module | No
     weights = {k: _cast(v, device, dtype) for k, v in weights.items() if k in expected}
     model = materialize(lambda: ControlNetModel(config), weights, source, "ControlNet")
     return ControlNet(model, global_average_pooling)
-
-
-def _cast(t: torch.Tensor, device, dtype) -> torch.Tensor:
-    if dtype is not None and t.is_floating_point():
-        return t.to(device=device, dtype=dtype)
-    return t.to(device=device)
 
 
 def is_shuffle_file(path: str | os.PathLike) -> bool:

@@ -21,6 +21,7 @@ Our UNet keeps the original LDM module names, so diffusers names go through
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -90,7 +91,7 @@ class LoraAdapter:
         if not shape or shape[0] != self.out_features:
             return False
         inner = self.down.shape[1:] if self.mid is None else (self.down.shape[1], *self.mid.shape[2:])
-        return self.out_features * _numel(inner) == _numel(shape)
+        return self.out_features * math.prod(inner) == math.prod(shape)
 
     def describe(self) -> str:
         mid = "" if self.mid is None else f" mid {list(self.mid.shape)}"
@@ -102,13 +103,6 @@ class LoraAdapter:
             raise ValueError(f"LoRA {self.describe()} does not fit a weight of shape {list(weight.shape)}")
         delta = self.product(weight.device).reshape(weight.shape)
         return weight.add_(delta, alpha=strength * self.scale)
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
 
 
 # ---------------------------------------------------------------------------------------------

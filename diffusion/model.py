@@ -11,11 +11,10 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .latent_formats import LatentFormat, latent_format_for
 from .model_sampling import ModelSamplingDiscrete
-from .upscale import center_crop_to_aspect
+from .upscale import upscale
 
 INPAINT_CONCAT_KEYS = ("mask", "masked_image")
 
@@ -127,7 +126,7 @@ def _resize(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Bilinear to h x w after a centre crop to that aspect (ComfyUI's common_upscale "center")."""
     if t.shape[-2:] == (h, w):
         return t
-    return F.interpolate(center_crop_to_aspect(t, w, h), size=(h, w), mode="bilinear", align_corners=False)
+    return upscale(t, w, h, "bilinear", "center")
 
 
 class DiffusionModel:

@@ -73,14 +73,11 @@ def applied(module: nn.Module, patches: Sequence[WeightPatch]) -> Iterator[nn.Mo
     patches = tuple(patches)
     by_key = grouped(patches)
     active = getattr(module, _ACTIVE, None)
-    if active is not None:
-        if active == patches or not by_key:
-            yield module
-            return
-        raise RuntimeError("the model's weights are already patched by another LoRA set in this call")
-    if not by_key:
+    if not by_key or active == patches:
         yield module
         return
+    if active is not None:
+        raise RuntimeError("the model's weights are already patched by another LoRA set in this call")
     originals: list[tuple[nn.Module, str, nn.Parameter]] = []
     try:
         # Normal (not inference-mode) tensors: the UNet re-lays conv weights out in place later.

@@ -357,6 +357,25 @@ def middle_block(c: UNetConfig, channels: int) -> TimestepSequential:
                               ResBlock(channels, emb_dim))
 
 
+def embed_inputs(net: nn.Module, c: UNetConfig, timesteps, context: torch.Tensor, y: torch.Tensor | None,
+                 batch: int, device: torch.device, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(context in `net`'s dtype broadcast to `batch`, timestep + adm embedding) for a forward of
+    the UNet or the ControlNet, which share these embedding layers (`time_embed`, `label_emb`)."""
+    dtype = net.dtype
+    timesteps = torch.as_tensor(timesteps, device=device)
+    if timesteps.numel() == 1:
+        timesteps = timesteps.reshape(1).expand(batch)
+    context = context.to(dtype)
+    if context.shape[0] != batch and context.shape[0] == 1:
+        context = context.expand(batch, -1, -1)
+    emb = net.time_embed(timestep_embedding(timesteps, c.model_channels).to(dtype))
+    if net.label_emb is not None:
+        if y is None:
+            raise ValueError("this %s needs the adm vector y [B, %d]" % (what, c.adm_in_channels))
+        emb = emb + net.label_emb(y.to(dtype))
+    return context, emb
+
+
 class UNetModel(nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -418,20 +437,9 @@ class UNetModel(nn.Module):
         modified. `transformer_options` is handed to every transformer block with "block" set to
         ("input" | "middle" | "output", stage index). The result has `x`'s dtype.
         """
-        out_dtype, dtype = x.dtype, self.dtype
-        batch = x.shape[0]
-        x, context = x.to(dtype), context.to(dtype)
-        timesteps = torch.as_tensor(timesteps, device=x.device)
-        if timesteps.numel() == 1:
-            timesteps = timesteps.reshape(1).expand(batch)
-        if context.shape[0] != batch and context.shape[0] == 1:
-            context = context.expand(batch, -1, -1)
-
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
-        if self.label_emb is not None:
-            if y is None:
-                raise ValueError("this UNet needs the adm vector y [B, %d]" % self.config.adm_in_channels)
-            emb = emb + self.label_emb(y.to(dtype))
+        out_dtype = x.dtype
+        x = x.to(self.dtype)
+        context, emb = embed_inputs(self, self.config, timesteps, context, y, x.shape[0], x.device, "UNet")
 
         feed = _ControlFeed(control)
         options = dict(transformer_options or {})
