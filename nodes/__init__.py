@@ -6,7 +6,7 @@ import pkgutil
 
 
 def builtin_modules() -> list[str]:
-    """Every module in nodes/ that declares NODES, in name order (so registration is stable)."""
+    """Every module in nodes/, in name order (so registration is stable); only those with NODES register."""
     return sorted(f"{__name__}.{info.name}" for info in pkgutil.iter_modules(__path__) if not info.ispkg)
 
 
