@@ -5,6 +5,7 @@ import argparse
 import logging
 from dataclasses import dataclass, field
 
+from app import compat
 from app.args import REPO_ROOT
 from app.env import Environment
 from app.folders import FolderPaths
@@ -37,10 +38,11 @@ def create_runtime(args: argparse.Namespace, log=print) -> Runtime:
     env = Environment(folders, {"disable_metadata": args.disable_metadata}, ModelServices(policy))
     registry = NodeRegistry(env)
     register_builtin_nodes(registry)
-    packs: list[PackResult] = []
+    executor = Executor(registry, make_cache(args.cache), call_context=inference_mode)
+    runtime = Runtime(env, registry, executor)
+    compat.bind(runtime)  # before packs import: they call folder_paths & co. at import time
     if not args.disable_all_custom_nodes:
         dirs = [REPO_ROOT / "custom_nodes"] + [d for d in folders.custom_nodes_dirs
                                                if d.resolve() != (REPO_ROOT / "custom_nodes").resolve()]
-        packs = load_custom_nodes(registry, dirs, log=log)
-    executor = Executor(registry, make_cache(args.cache), call_context=inference_mode)
-    return Runtime(env, registry, executor, packs)
+        runtime.packs = load_custom_nodes(registry, dirs, log=log)
+    return runtime
