@@ -95,20 +95,31 @@ class Input:
         return (self.type, dict(self.options)) if self.options else (self.type,)
 
 
-def Int(name: str, default: int = 0, min: int = -(2**63), max: int = 2**63 - 1, step: int = 1, **opts) -> Input:
-    return Input(name, "INT", opts.pop("optional", False), options=dict(default=default, min=min, max=max, step=step, **opts))
+def _present(**options) -> dict:
+    """Options as declared: one given as None is left out, as ComfyUI leaves out what a node
+    does not declare (an INT without a step, a primitive without a default)."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
-def Float(name: str, default: float = 0.0, min: float = -1e300, max: float = 1e300, step: float = 0.01, **opts) -> Input:
-    return Input(name, "FLOAT", opts.pop("optional", False), options=dict(default=default, min=min, max=max, step=step, **opts))
+def Int(name: str, default: int | None = 0, min: int | None = -(2**63), max: int | None = 2**63 - 1,
+        step: int | None = None, **opts) -> Input:
+    return Input(name, "INT", opts.pop("optional", False),
+                 options=_present(default=default, min=min, max=max, step=step, **opts))
 
 
-def String(name: str, default: str = "", multiline: bool = False, **opts) -> Input:
-    return Input(name, "STRING", opts.pop("optional", False), options=dict(default=default, multiline=multiline, **opts))
+def Float(name: str, default: float | None = 0.0, min: float | None = -1e300, max: float | None = 1e300,
+          step: float | None = 0.01, **opts) -> Input:
+    return Input(name, "FLOAT", opts.pop("optional", False),
+                 options=_present(default=default, min=min, max=max, step=step, **opts))
 
 
-def Boolean(name: str, default: bool = False, **opts) -> Input:
-    return Input(name, "BOOLEAN", opts.pop("optional", False), options=dict(default=default, **opts))
+def String(name: str, default: str | None = "", multiline: bool | None = False, **opts) -> Input:
+    return Input(name, "STRING", opts.pop("optional", False),
+                 options=_present(default=default, multiline=multiline, **opts))
+
+
+def Boolean(name: str, default: bool | None = False, **opts) -> Input:
+    return Input(name, "BOOLEAN", opts.pop("optional", False), options=_present(default=default, **opts))
 
 
 def Combo(name: str, choices: Sequence | Callable[[Any], Sequence], **opts) -> Input:
@@ -141,7 +152,7 @@ class Node:
     outputs: ClassVar[Sequence[Output]] = ()
     hidden: ClassVar[Mapping[str, str]] = {}
     category: ClassVar[str] = "utils"
-    display_name: ClassVar[str | None] = None
+    display_name: ClassVar[str | None] = ""  # "": the class name; None: null, as ComfyUI's V3 nodes without one
     output_node: ClassVar[bool] = False
     input_is_list: ClassVar[bool] = False
     not_idempotent: ClassVar[bool] = False
@@ -183,7 +194,10 @@ class NodeType:
     def __init__(self, name: str, cls: type, display_name: str | None, python_module: str, env: Any = None):
         self.name = name
         self.cls = cls
-        self.display_name = display_name or getattr(cls, "display_name", None) or name
+        # A declarative node sets display_name = None where ComfyUI's node has none (V3 nodes
+        # without one are listed with a null display name); "" or no attribute means the class name.
+        declared = getattr(cls, "display_name", "")
+        self.display_name = display_name or (name if declared == "" else declared)
         self.python_module = python_module
         self.env = env
         self.declarative = isinstance(cls, type) and issubclass(cls, Node)

@@ -11,9 +11,9 @@ def builtin_modules() -> list[str]:
 
 
 def register_builtin_nodes(registry) -> None:
-    """Register every built-in node; they all report python_module "nodes", as ComfyUI's core does."""
+    """Register every built-in node under the python_module ComfyUI reports for it: "nodes" for
+    its core file, "comfy_extras.nodes_..." for the rest (a node class sets `comfy_module`)."""
     for module_name in builtin_modules():
         module = importlib.import_module(module_name)
-        nodes = getattr(module, "NODES", None)
-        if nodes is not None:
-            registry.register_nodes(nodes, python_module="nodes")
+        for cls in getattr(module, "NODES", None) or ():
+            registry.register_nodes([cls], python_module=vars(cls).get("comfy_module", "nodes"))

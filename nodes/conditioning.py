@@ -48,6 +48,8 @@ class CLIPTextEncodeSDXL(Node):
     size and crop conditioning SDXL was trained with."""
 
     category = "advanced/conditioning"
+    comfy_module = "comfy_extras.nodes_clip_sdxl"
+    display_name = None
     inputs = (Socket("clip", "CLIP"), _size("width", 1024), _size("height", 1024), _size("crop_w", 0),
               _size("crop_h", 0), _size("target_width", 1024), _size("target_height", 1024),
               Prompt("text_g"), Prompt("text_l"))
@@ -71,6 +73,8 @@ class CLIPTextEncodeSDXL(Node):
 
 class CLIPTextEncodeSDXLRefiner(Node):
     category = "advanced/conditioning"
+    comfy_module = "comfy_extras.nodes_clip_sdxl"
+    display_name = None
     inputs = (Float("ascore", 6.0, min=0.0, max=1000.0, step=0.01), _size("width", 1024), _size("height", 1024),
               Prompt(), Socket("clip", "CLIP"))
     outputs = (Output("CONDITIONING"),)

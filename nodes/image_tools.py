@@ -84,6 +84,7 @@ class ImageBatch(Node):
 class ImageCrop(Node):
     display_name = "Image Crop"
     category = "image/transform"
+    comfy_module = "comfy_extras.nodes_images"
     inputs = (
         Socket("image", "IMAGE"),
         Int("width", 512, min=1, max=MAX_RESOLUTION, step=1),
@@ -102,8 +103,9 @@ class ImageCrop(Node):
 
 
 class ImageBlur(Node):
-    display_name = "Image Blur"
     category = "image/postprocessing"
+    comfy_module = "comfy_extras.nodes_post_processing"
+    display_name = None
     inputs = (
         Socket("image", "IMAGE"),
         Int("blur_radius", 1, min=1, max=31, step=1),
@@ -128,8 +130,9 @@ def sharpen_kernel(radius: int, sigma: float, alpha: float, device=None) -> torc
 
 
 class ImageSharpen(Node):
-    display_name = "Image Sharpen"
     category = "image/postprocessing"
+    comfy_module = "comfy_extras.nodes_post_processing"
+    display_name = None
     inputs = (
         Socket("image", "IMAGE"),
         Int("sharpen_radius", 1, min=1, max=31, step=1),
@@ -150,6 +153,8 @@ class Canny(Node):
     """Canny edges (kornia's, as ComfyUI uses) of the image's grey level, as a white-on-black image."""
 
     category = "image/preprocessors"
+    comfy_module = "comfy_extras.nodes_canny"
+    display_name = None
     inputs = (
         Socket("image", "IMAGE"),
         Float("low_threshold", 0.4, min=0.01, max=0.99, step=0.01),

@@ -161,12 +161,12 @@ class ImagePadForOutpaint(Node):
     over `feathering` pixels from the padded edges."""
 
     display_name = "Pad Image for Outpainting"
-    category = "image/transform"
+    category = "image"
     inputs = (Socket("image", "IMAGE"),
               Int("left", 0, min=0, max=MAX_RESOLUTION, step=8), Int("top", 0, min=0, max=MAX_RESOLUTION, step=8),
               Int("right", 0, min=0, max=MAX_RESOLUTION, step=8),
               Int("bottom", 0, min=0, max=MAX_RESOLUTION, step=8),
-              Int("feathering", 40, min=0, max=MAX_RESOLUTION, step=1, advanced=True))
+              Int("feathering", 40, min=0, max=MAX_RESOLUTION, step=1))
     outputs = (Output("IMAGE"), Output("MASK"))
 
     def run(self, ctx, image, left, top, right, bottom, feathering):

@@ -169,6 +169,8 @@ class LatentBatch(Node):
     differs). Batch indices are concatenated, defaulting to 0..B-1 for each side."""
 
     category = "latent/batch"
+    comfy_module = "comfy_extras.nodes_latent"
+    display_name = None
     inputs = (Socket("samples1", "LATENT"), Socket("samples2", "LATENT"))
     outputs = (Output("LATENT"),)
 

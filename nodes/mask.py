@@ -103,6 +103,7 @@ class ImageCompositeMasked(Node):
     """Pastes `source` onto `destination` at (x, y), weighted by the optional mask."""
 
     category = "image"
+    comfy_module = "comfy_extras.nodes_mask"
     inputs = (
         Socket("destination", "IMAGE"),
         Socket("source", "IMAGE"),
@@ -124,6 +125,7 @@ class LatentCompositeMasked(Node):
     """Pastes the source latent onto the destination at (x, y) pixels (x / 8 in the latent)."""
 
     category = "latent"
+    comfy_module = "comfy_extras.nodes_mask"
     inputs = (
         Socket("destination", "LATENT"),
         Socket("source", "LATENT"),
@@ -166,6 +168,7 @@ class LoadImageMask(LoadImage):
 class MaskToImage(Node):
     display_name = "Convert Mask to Image"
     category = MASK_CATEGORY
+    comfy_module = "comfy_extras.nodes_mask"
     inputs = (Socket("mask", "MASK"),)
     outputs = (Output("IMAGE"),)
 
@@ -176,6 +179,7 @@ class MaskToImage(Node):
 class ImageToMask(Node):
     display_name = "Convert Image to Mask"
     category = MASK_CATEGORY
+    comfy_module = "comfy_extras.nodes_mask"
     inputs = (Socket("image", "IMAGE"), Combo("channel", IMAGE_CHANNELS))
     outputs = (Output("MASK"),)
 
@@ -189,6 +193,7 @@ class ImageToMask(Node):
 
 class SolidMask(Node):
     category = MASK_CATEGORY
+    comfy_module = "comfy_extras.nodes_mask"
     inputs = (
         Float("value", 1.0, min=0.0, max=1.0, step=0.01),
         Int("width", 512, min=1, max=MAX_RESOLUTION, step=1),
@@ -202,6 +207,7 @@ class SolidMask(Node):
 
 class InvertMask(Node):
     category = MASK_CATEGORY
+    comfy_module = "comfy_extras.nodes_mask"
     inputs = (Socket("mask", "MASK"),)
     outputs = (Output("MASK"),)
 
@@ -211,6 +217,7 @@ class InvertMask(Node):
 
 class CropMask(Node):
     category = MASK_CATEGORY
+    comfy_module = "comfy_extras.nodes_mask"
     inputs = (
         Socket("mask", "MASK"),
         Int("x", 0, min=0, max=MAX_RESOLUTION, step=1),
@@ -230,6 +237,7 @@ class CropMask(Node):
 
 class ThresholdMask(Node):
     category = MASK_CATEGORY
+    comfy_module = "comfy_extras.nodes_mask"
     inputs = (Socket("mask", "MASK"), Float("value", 0.5, min=0.0, max=1.0, step=0.01))
     outputs = (Output("MASK"),)
 
@@ -271,6 +279,7 @@ class MaskComposite(Node):
     """Combines `source` into `destination` at (x, y); the result is clamped to 0..1."""
 
     category = MASK_CATEGORY
+    comfy_module = "comfy_extras.nodes_mask"
     inputs = (
         Socket("destination", "MASK"),
         Socket("source", "MASK"),
@@ -308,6 +317,7 @@ class FeatherMask(Node):
     """Fades the mask linearly to 1/n at each edge over the given number of pixels."""
 
     category = MASK_CATEGORY
+    comfy_module = "comfy_extras.nodes_mask"
     inputs = (
         Socket("mask", "MASK"),
         Int("left", 0, min=0, max=MAX_RESOLUTION, step=1),
@@ -331,6 +341,7 @@ class GrowMask(Node):
     """Dilates (expand > 0) or erodes (expand < 0) the mask by one pixel per step."""
 
     category = MASK_CATEGORY
+    comfy_module = "comfy_extras.nodes_mask"
     inputs = (
         Socket("mask", "MASK"),
         Int("expand", 0, min=-MAX_RESOLUTION, max=MAX_RESOLUTION, step=1),

@@ -19,7 +19,8 @@ class PrimitiveInt(Node):
 
     display_name = "Int"
     category = "utils/primitive"
-    inputs = (Int("value", 0, min=_WORD_MIN, max=_WORD_MAX, control_after_generate=True),)
+    comfy_module = "comfy_extras.nodes_primitive"
+    inputs = (Int("value", None, min=_WORD_MIN, max=_WORD_MAX, control_after_generate=True),)
     outputs = (Output("INT"),)
 
     def run(self, ctx, value: int):
@@ -31,7 +32,8 @@ class PrimitiveFloat(Node):
 
     display_name = "Float"
     category = "utils/primitive"
-    inputs = (Float("value", 0.0, min=float(_WORD_MIN), max=float(_WORD_MAX)),)
+    comfy_module = "comfy_extras.nodes_primitive"
+    inputs = (Float("value", None, min=_WORD_MIN, max=_WORD_MAX, step=None),)
     outputs = (Output("FLOAT"),)
 
     def run(self, ctx, value: float):
@@ -43,7 +45,8 @@ class PrimitiveString(Node):
 
     display_name = "String"
     category = "utils/primitive"
-    inputs = (String("value"),)
+    comfy_module = "comfy_extras.nodes_primitive"
+    inputs = (String("value", None),)
     outputs = (Output("STRING"),)
 
     def run(self, ctx, value: str):
@@ -55,7 +58,8 @@ class PrimitiveStringMultiline(Node):
 
     display_name = "String (Multiline)"
     category = "utils/primitive"
-    inputs = (String("value", multiline=True),)
+    comfy_module = "comfy_extras.nodes_primitive"
+    inputs = (String("value", None, multiline=True),)
     outputs = (Output("STRING"),)
 
     def run(self, ctx, value: str):
@@ -67,7 +71,8 @@ class PrimitiveBoolean(Node):
 
     display_name = "Boolean"
     category = "utils/primitive"
-    inputs = (Boolean("value"),)
+    comfy_module = "comfy_extras.nodes_primitive"
+    inputs = (Boolean("value", None),)
     outputs = (Output("BOOLEAN"),)
 
     def run(self, ctx, value: bool):
@@ -79,9 +84,10 @@ class StringConcatenate(Node):
 
     display_name = "Concatenate"
     category = "utils/string"
+    comfy_module = "comfy_extras.nodes_string"
     inputs = (
-        String("string_a", multiline=True),
-        String("string_b", multiline=True),
+        String("string_a", None, multiline=True),
+        String("string_b", None, multiline=True),
         String("delimiter", ""),
     )
     outputs = (Output("STRING"),)
@@ -95,6 +101,7 @@ class PreviewAny(Node):
 
     display_name = "Preview Any"
     category = "utils"
+    comfy_module = "comfy_extras.nodes_preview_any"
     output_node = True
     inputs = (Socket("source", "*"),)
     outputs = ()

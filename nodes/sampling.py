@@ -52,9 +52,7 @@ class KSamplerAdvanced(Node):
     display_name = "KSampler (Advanced)"
     category = "sampling"
     inputs = (Socket("model", "MODEL"), Combo("add_noise", ["enable", "disable"]),
-              # ComfyUI gives this seed no control_after_generate option (its editor adds the widget
-              # by name), and /object_info must say the same.
-              Int("noise_seed", 0, min=0, max=SEED_MAX), Steps(),
+              Int("noise_seed", 0, min=0, max=SEED_MAX, control_after_generate=True), Steps(),
               Cfg(), Combo("sampler_name", SAMPLER_NAMES), Combo("scheduler", SCHEDULER_NAMES),
               Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"),
               Socket("latent_image", "LATENT"), Int("start_at_step", 0, min=0, max=MAX_STEPS),
@@ -74,6 +72,7 @@ class ModelSamplingDiscrete(Node):
     """Overrides what the model predicts (eps or v), e.g. for a v-prediction SD1.x fine-tune."""
 
     category = "advanced/model"
+    comfy_module = "comfy_extras.nodes_model_advanced"
     inputs = (Socket("model", "MODEL"), Combo("sampling", ["eps", "v_prediction", "x0"]),
               Boolean("zsnr", False))
     outputs = (Output("MODEL"),)
@@ -84,6 +83,7 @@ class ModelSamplingDiscrete(Node):
 
 class KSamplerSelect(Node):
     category = "sampling/custom_sampling/samplers"
+    comfy_module = "comfy_extras.nodes_custom_sampler"
     inputs = (Combo("sampler_name", SAMPLER_NAMES),)
     outputs = (Output("SAMPLER"),)
 
@@ -93,6 +93,7 @@ class KSamplerSelect(Node):
 
 class BasicScheduler(Node):
     category = "sampling/custom_sampling/schedulers"
+    comfy_module = "comfy_extras.nodes_custom_sampler"
     inputs = (Socket("model", "MODEL"), Combo("scheduler", SCHEDULER_NAMES), Steps(),
               Float("denoise", 1.0, min=0.0, max=1.0, step=0.01))
     outputs = (Output("SIGMAS"),)
@@ -103,6 +104,7 @@ class BasicScheduler(Node):
 
 class KarrasScheduler(Node):
     category = "sampling/custom_sampling/schedulers"
+    comfy_module = "comfy_extras.nodes_custom_sampler"
     inputs = (Steps(), Float("sigma_max", 14.614642, min=0.0, max=5000.0, step=0.01, round=False),
               Float("sigma_min", 0.0291675, min=0.0, max=5000.0, step=0.01, round=False),
               Float("rho", 7.0, min=0.0, max=100.0, step=0.01, round=False))
@@ -114,6 +116,7 @@ class KarrasScheduler(Node):
 
 class SDTurboScheduler(Node):
     category = "sampling/custom_sampling/schedulers"
+    comfy_module = "comfy_extras.nodes_custom_sampler"
     inputs = (Socket("model", "MODEL"), Int("steps", 1, min=1, max=10),
               Float("denoise", 1.0, min=0.0, max=1.0, step=0.01))
     outputs = (Output("SIGMAS"),)
@@ -124,6 +127,7 @@ class SDTurboScheduler(Node):
 
 class SplitSigmas(Node):
     category = "sampling/custom_sampling/sigmas"
+    comfy_module = "comfy_extras.nodes_custom_sampler"
     inputs = (Socket("sigmas", "SIGMAS"), Int("step", 0, min=0, max=MAX_STEPS))
     outputs = (Output("SIGMAS", name="high_sigmas"), Output("SIGMAS", name="low_sigmas"))
 
@@ -133,6 +137,7 @@ class SplitSigmas(Node):
 
 class SamplerCustom(Node):
     category = "sampling/custom_sampling"
+    comfy_module = "comfy_extras.nodes_custom_sampler"
     inputs = (Socket("model", "MODEL"), Boolean("add_noise", True), Seed("noise_seed"), Cfg(),
               Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"),
               Socket("sampler", "SAMPLER"), Socket("sigmas", "SIGMAS"), Socket("latent_image", "LATENT"))

@@ -20,28 +20,6 @@ def ramp(b=1, c=4, h=4, w=4):
     return torch.arange(float(b * c * h * w)).reshape(b, c, h, w)
 
 
-def test_declared_widgets_match_comfyui(registry):
-    req = lambda name: registry.get(name).describe()["input"]["required"]  # noqa: E731
-    assert req("LatentComposite")["x"] == ("INT", {"default": 0, "min": 0, "max": 16384, "step": 8})
-    assert req("LatentComposite")["feather"] == ("INT", {"default": 0, "min": 0, "max": 16384, "step": 8})
-    assert req("LatentBlend")["blend_factor"] == ("FLOAT", {"default": 0.5, "min": 0, "max": 1, "step": 0.01})
-    assert list(req("LatentBlend")) == ["samples1", "samples2", "blend_factor"]
-    assert req("LatentFromBatch")["batch_index"][1] == {"default": 0, "min": 0, "max": 63, "step": 1}
-    assert req("LatentFromBatch")["length"][1] == {"default": 1, "min": 1, "max": 64, "step": 1}
-    assert req("RepeatLatentBatch")["amount"][1] == {"default": 1, "min": 1, "max": 64, "step": 1}
-    assert req("LatentFlip")["flip_method"] == (["x-axis: vertically", "y-axis: horizontally"],)
-    assert req("LatentRotate")["rotation"] == (["none", "90 degrees", "180 degrees", "270 degrees"],)
-    assert req("LatentCrop")["width"][1] == {"default": 512, "min": 64, "max": 16384, "step": 8}
-    assert list(req("LatentCrop")) == ["samples", "width", "height", "x", "y"]
-    names = {n: registry.get(n).describe()["display_name"] for n in ("LatentComposite", "LatentFlip", "LatentCrop",
-                                                              "LatentRotate", "LatentFromBatch", "LatentBatch")}
-    assert names == {"LatentComposite": "Latent Composite", "LatentFlip": "Flip Latent", "LatentCrop": "Crop Latent",
-                     "LatentRotate": "Rotate Latent", "LatentFromBatch": "Latent From Batch",
-                     "LatentBatch": "LatentBatch"}
-    assert registry.get("LatentBlend").describe()["category"] == "_for_testing"
-    assert registry.get("LatentBatch").describe()["category"] == "latent/batch"
-
-
 def test_composite_pastes_in_latent_cells_and_cuts_at_the_edge(node):
     to = {"samples": torch.zeros(1, 4, 6, 6), "noise_mask": torch.ones(1, 1, 48, 48)}
     frm = {"samples": torch.ones(1, 4, 4, 4), "batch_index": [7]}

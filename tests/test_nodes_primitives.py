@@ -61,7 +61,7 @@ def test_primitives_carry_comfyui_names_categories_and_output_types(registry):
     for name, (display, kind) in expected.items():
         info = registry.describe(name)[name]
         assert (info["display_name"], info["output"], info["category"]) == (display, [kind], "utils/primitive")
-        assert info["python_module"] == "nodes"
+        assert info["python_module"] == "comfy_extras.nodes_primitive"
     multiline = registry.describe("PrimitiveStringMultiline")["PrimitiveStringMultiline"]
     assert multiline["input"]["required"]["value"][1]["multiline"] is True
     assert registry.describe("PrimitiveInt")["PrimitiveInt"]["input"]["required"]["value"][1]["control_after_generate"]
