@@ -21,16 +21,18 @@ class CLIPTextEncode(Node):
     """Encodes a prompt (with (emphasis:1.2) and embedding:name syntax) into conditioning."""
 
     display_name = "CLIP Text Encode (Prompt)"
+    comfy_function = "encode"
     category = "conditioning"
     inputs = (Prompt(), Socket("clip", "CLIP"))
     outputs = (Output("CONDITIONING"),)
 
-    def run(self, ctx, text, clip):
+    def run(self, ctx, clip, text):
         return (require_clip(clip).encode(text),)
 
 
 class CLIPSetLastLayer(Node):
     display_name = "CLIP Set Last Layer"
+    comfy_function = "set_last_layer"
     category = "conditioning"
     inputs = (Socket("clip", "CLIP"), Int("stop_at_clip_layer", -1, min=-24, max=-1, step=1))
     outputs = (Output("CLIP"),)
@@ -47,6 +49,7 @@ class CLIPTextEncodeSDXL(Node):
     """SDXL base: separate prompts for the bigG (text_g) and CLIP-L (text_l) encoders, plus the
     size and crop conditioning SDXL was trained with."""
 
+    comfy_function = "execute"
     category = "advanced/conditioning"
     comfy_module = "comfy_extras.nodes_clip_sdxl"
     display_name = None
@@ -72,6 +75,7 @@ class CLIPTextEncodeSDXL(Node):
 
 
 class CLIPTextEncodeSDXLRefiner(Node):
+    comfy_function = "execute"
     category = "advanced/conditioning"
     comfy_module = "comfy_extras.nodes_clip_sdxl"
     display_name = None
@@ -79,7 +83,7 @@ class CLIPTextEncodeSDXLRefiner(Node):
               Prompt(), Socket("clip", "CLIP"))
     outputs = (Output("CONDITIONING"),)
 
-    def run(self, ctx, ascore, width, height, text, clip):
+    def run(self, ctx, clip, ascore, width, height, text):
         [[cond, extras]] = require_clip(clip).encode(text)
         return ([[cond, {**extras, "aesthetic_score": ascore, "width": width, "height": height}]],)
 

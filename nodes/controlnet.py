@@ -43,6 +43,7 @@ def _load(ctx, control_net_name: str, model=None) -> ControlNet:
 
 class ControlNetLoader(Node):
     display_name = "Load ControlNet Model"
+    comfy_function = "load_controlnet"
     category = "loaders"
     inputs = (Combo("control_net_name", _controlnet_names),)
     outputs = (Output("CONTROL_NET"),)
@@ -55,6 +56,7 @@ class DiffControlNetLoader(Node):
     """Loads a "diff" ControlNet, whose file stores differences to the model's UNet weights."""
 
     display_name = "Load ControlNet Model (diff)"
+    comfy_function = "load_controlnet"
     category = "loaders"
     inputs = (Socket("model", "MODEL"), Combo("control_net_name", _controlnet_names))
     outputs = (Output("CONTROL_NET"),)
@@ -74,6 +76,7 @@ class ControlNetApply(Node):
     sampler also applies it to the negative prompt when that has no ControlNet of its own."""
 
     display_name = "Apply ControlNet (OLD)"
+    comfy_function = "apply_controlnet"
     category = "conditioning/controlnet"
     DEPRECATED = True
     inputs = (Socket("conditioning", "CONDITIONING"), Socket("control_net", "CONTROL_NET"),
@@ -99,6 +102,7 @@ class ControlNetApplyAdvanced(Node):
     end_percent, on top of any ControlNet already attached."""
 
     display_name = "Apply ControlNet"
+    comfy_function = "apply_controlnet"
     category = "conditioning/controlnet"
     inputs = (Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"),
               Socket("control_net", "CONTROL_NET"), Socket("image", "IMAGE"), Strength(),
@@ -106,9 +110,12 @@ class ControlNetApplyAdvanced(Node):
               Socket("vae", "VAE", optional=True))
     outputs = (Output("CONDITIONING", name="positive"), Output("CONDITIONING", name="negative"))
 
-    def run(self, ctx, positive, negative, control_net, image, strength, start_percent, end_percent, vae=None):
+    def run(self, ctx, positive, negative, control_net, image, strength, start_percent, end_percent, vae=None,
+            extra_concat=[]):  # noqa: B006 - ComfyUI's signature; never mutated
         # `vae` is only used by ControlNets that take latent hints (SD3, Flux); SD1.x/SDXL ones
         # take pixel hints, so it is accepted and ignored as in ComfyUI.
+        if extra_concat:
+            raise ValueError("extra_concat (extra hint channels for SD3/Flux ControlNets) is not supported")
         if strength == 0:
             return (positive, negative)
         net = _require_net(control_net)

@@ -19,6 +19,7 @@ class CheckpointLoaderSimple(Node):
     """Loads a single-file SD1.x, SD2.x or SDXL checkpoint; the family is read from its weights."""
 
     display_name = "Load Checkpoint"
+    comfy_function = "load_checkpoint"
     category = "loaders"
     inputs = (Combo("ckpt_name", lambda env: env.folders.filenames("checkpoints"),
                     tooltip="The checkpoint (model) to load."),)
@@ -36,6 +37,7 @@ class CheckpointLoaderSimple(Node):
 
 class VAELoader(Node):
     display_name = "Load VAE"
+    comfy_function = "load_vae"
     category = "loaders"
     inputs = (Combo("vae_name", lambda env: env.folders.filenames("vae")),)
     outputs = (Output("VAE"),)

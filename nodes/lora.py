@@ -42,6 +42,7 @@ class LoraLoader(Node):
     denoised such as applying styles. Multiple LoRA nodes can be linked together."""
 
     display_name = "Load LoRA"
+    comfy_function = "load_lora"
     category = "loaders"
     inputs = (Socket("model", "MODEL", tooltip="The diffusion model the LoRA will be applied to."),
               Socket("clip", "CLIP", tooltip="The CLIP model the LoRA will be applied to."),
@@ -56,6 +57,7 @@ class LoraLoader(Node):
 class LoraLoaderModelOnly(Node):
     """Applies a LoRA to the diffusion model only (the text encoder is left as it is)."""
 
+    comfy_function = "load_lora_model_only"
     category = "loaders"
     inputs = (Socket("model", "MODEL"), LoraName(), Float("strength_model", 1.0, min=-100.0, max=100.0, step=0.01))
     outputs = (Output("MODEL"),)
