@@ -356,7 +356,8 @@ def _fitting(patches: dict, shapes: Mapping[str, tuple]) -> tuple[dict, list[str
         if patch_fits(value, shapes[key]):
             ok[key] = value
         else:
-            misfit.append(f"{key} ({value!r} vs weight {list(shapes[key])})")
+            source = min(getattr(value, "loaded_keys", ()) or [key])
+            misfit.append(f"{source} ({value!r} vs weight {key} {list(shapes[key])})")
     return ok, misfit
 
 

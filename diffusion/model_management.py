@@ -431,10 +431,12 @@ class ModelManagement:
             for i in range(len(self.current_loaded_models) - 1, -1, -1):
                 lm = self.current_loaded_models[i]
                 if lm.device == device and lm not in keep_loaded and not lm.is_dead():
-                    candidates.append((-lm.model_offloaded_memory(), i))
+                    # Partly offloaded ones first (cheapest to finish), then least recently used
+                    # (the list is most recent first, so a larger index is older).
+                    candidates.append((-lm.model_offloaded_memory(), -i, i))
                     lm.currently_used = False
             chosen = []
-            for _, i in sorted(candidates):
+            for _, _, i in sorted(candidates):
                 to_free = None
                 if self.options.smart_memory:
                     free = self.get_free_memory(device)

@@ -210,6 +210,17 @@ class TowerSpec:
     projected: bool  # has a text projection (pooled output goes through it)
 
 
+class _TextModel(nn.Module):
+    """Holds a bare CLIP text transformer as `.text_model`, so every tower's weights sit under
+    "transformer.text_model." as in ComfyUI (transformers 5 flattened CLIPTextModel)."""
+
+    def __init__(self, config: CLIPTextConfig):
+        super().__init__()
+        model = CLIPTextModel(config)
+        self.text_model = model.text_model if hasattr(model, "text_model") else model
+        self.config = config
+
+
 class ClipTextTower(nn.Module):
     """One CLIP text transformer in transformers' classes, read the way ComfyUI reads it.
 
@@ -222,7 +233,7 @@ class ClipTextTower(nn.Module):
     def __init__(self, spec: TowerSpec, config: CLIPTextConfig):
         super().__init__()
         self.spec = spec
-        self.transformer = CLIPTextModelWithProjection(config) if spec.projected else CLIPTextModel(config)
+        self.transformer = CLIPTextModelWithProjection(config) if spec.projected else _TextModel(config)
         if spec.layout == "openclip":
             self.logit_scale = nn.Parameter(torch.tensor(DEFAULT_LOGIT_SCALE), requires_grad=False)
         self.special_tokens = {"start": START_TOKEN, "end": END_TOKEN, "pad": spec.pad_token}
@@ -233,7 +244,7 @@ class ClipTextTower(nn.Module):
     @property
     def text(self) -> nn.Module:
         """transformers' bare text transformer (embeddings, encoder, final_layer_norm)."""
-        return self.transformer.text_model if hasattr(self.transformer, "text_model") else self.transformer
+        return self.transformer.text_model
 
     # ComfyUI's layer options ------------------------------------------------------------------
     def set_clip_options(self, options: dict) -> None:
@@ -268,7 +279,7 @@ class ClipTextTower(nn.Module):
 
     # weights ---------------------------------------------------------------------------------
     def _inner_prefix(self) -> str:
-        return "transformer.text_model." if hasattr(self.transformer, "text_model") else "transformer."
+        return "transformer.text_model."
 
     def load_original(self, sd: StateDict, dtype: torch.dtype | None = None,
                       device: torch.device | str | None = None) -> list[str]:
