@@ -13,6 +13,8 @@ def resize_image(image, width: int, height: int, method: str, crop: str = "disab
 class ImageScale(Node):
     display_name = "Upscale Image"
     comfy_function = "upscale"
+    upscale_methods = IMAGE_METHODS  # ComfyUI's class attributes, read by plugins
+    crop_methods = CROP_METHODS
     category = "image/upscaling"
     inputs = (
         Socket("image", "IMAGE"),
@@ -37,6 +39,7 @@ class ImageScale(Node):
 class ImageScaleBy(Node):
     display_name = "Upscale Image By"
     comfy_function = "upscale"
+    upscale_methods = IMAGE_METHODS  # ComfyUI's class attributes, read by plugins
     category = "image/upscaling"
     inputs = (
         Socket("image", "IMAGE"),

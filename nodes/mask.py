@@ -156,6 +156,7 @@ class LoadImageMask(LoadImage):
     display_name = "Load Image (as Mask)"
     comfy_function = "load_image"
     category = MASK_CATEGORY
+    _color_channels = LOAD_CHANNELS
     inputs = LoadImage.inputs + (Combo("channel", LOAD_CHANNELS),)
     outputs = (Output("MASK"),)
 

@@ -1,0 +1,19 @@
+"""ComfyUI's `comfy` package for plugins: its modules, over LatentGraph's engine.
+
+`import comfy` then `comfy.samplers` works as in ComfyUI (where nodes.py has imported the
+submodules already): a submodule is imported on first attribute access.
+"""
+from __future__ import annotations
+
+import importlib
+
+
+def __getattr__(name: str):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module 'comfy' has no attribute {name!r}") from None
