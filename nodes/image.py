@@ -62,7 +62,9 @@ def tensor_to_pil(image: torch.Tensor) -> Image.Image:
     if image.dim() != 3 or image.shape[-1] not in _MODES_BY_CHANNELS:
         raise ValueError(f"expected an image [H, W, C] with 1 to 4 channels, got shape {list(image.shape)}")
     height, width, channels = image.shape
-    pixels = (image.detach().to("cpu", torch.float32).clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+    # 8 bits by truncation, not rounding: ComfyUI writes uint8(clip(255 * x)), and the same image
+    # must give the same file.
+    pixels = (image.detach().to("cpu", torch.float32).clamp(0.0, 1.0) * 255.0).to(torch.uint8)
     # A fresh clone owns exactly these bytes; a view's storage may hold a whole batch.
     data = bytes(pixels.clone(memory_format=torch.contiguous_format).untyped_storage())
     return Image.frombytes(_MODES_BY_CHANNELS[channels], (width, height), data)
