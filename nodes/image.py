@@ -317,6 +317,7 @@ class PreviewImage(SaveImage):
     """Shows images in the editor; they are written to the temp folder, which is wiped."""
 
     display_name = "Preview Image"
+    comfy_function = "save_images"
     category = "image"
     output_node = True
     inputs = (Socket("images", "IMAGE"),)

@@ -219,6 +219,7 @@ class ImageBlend(Node):
     """image1 mixed with blend_mode(image1, image2) by blend_factor, clamped to 0..1; image2 is
     first resized (bicubic, centre crop) to image1's size when they differ."""
 
+    comfy_function = "execute"
     category = "image/postprocessing"
     comfy_module = POSTPROCESSING
     display_name = None
@@ -271,6 +272,7 @@ class ImageQuantize(Node):
     """Reduces each image to a palette of at most `colors` colours (Pillow's median cut), mapped
     with no dithering, Floyd-Steinberg error diffusion or a Bayer ordered dither."""
 
+    comfy_function = "execute"
     category = "image/postprocessing"
     comfy_module = POSTPROCESSING
     display_name = None
@@ -313,6 +315,7 @@ class Morphology(Node):
     """Grey-level morphology (kornia's, as ComfyUI uses) with a kernel_size x kernel_size square."""
 
     display_name = "ImageMorphology"
+    comfy_function = "execute"
     category = "image/postprocessing"
     comfy_module = "comfy_extras.nodes_morphology"
     inputs = (
@@ -339,6 +342,7 @@ IMAGES_MODULE = "comfy_extras.nodes_images"
 class ImageAddNoise(Node):
     """Adds strength x standard normal noise (drawn on the CPU from `seed`), clamped to 0..1."""
 
+    comfy_function = "repeat"
     category = "image"
     comfy_module = IMAGES_MODULE
     inputs = (
@@ -359,6 +363,7 @@ class GetImageSize(Node):
     """Returns width and height of the image, and passes it through unchanged."""
 
     display_name = "Get Image Size"
+    comfy_function = "get_size"
     category = "image"
     comfy_module = IMAGES_MODULE
     inputs = (Socket("image", "IMAGE"),)
@@ -373,6 +378,7 @@ class GetImageSize(Node):
 class ImageFromBatch(Node):
     """`length` images from `batch_index` on, both clamped to the batch."""
 
+    comfy_function = "frombatch"
     category = "image/batch"
     comfy_module = IMAGES_MODULE
     inputs = (Socket("image", "IMAGE"), Int("batch_index", 0, min=0, max=4095), Int("length", 1, min=1, max=4096))
@@ -386,6 +392,7 @@ class ImageFromBatch(Node):
 
 
 class RepeatImageBatch(Node):
+    comfy_function = "repeat"
     category = "image/batch"
     comfy_module = IMAGES_MODULE
     inputs = (Socket("image", "IMAGE"), Int("amount", 1, min=1, max=4096))

@@ -251,6 +251,7 @@ class ThresholdMask(Node):
 class ImageColorToMask(Node):
     """1 where a pixel's 8-bit colour (rounded) is exactly `color` (0xRRGGBB), else 0."""
 
+    comfy_function = "image_to_mask"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (Socket("image", "IMAGE"), Int("color", 0, min=0, max=0xFFFFFF, step=1, display="color"))
@@ -268,6 +269,7 @@ class ImageColorToMask(Node):
 class MaskPreview(Node):
     """Shows masks in the editor as grey images (written to the temp folder, which is wiped)."""
 
+    comfy_function = "execute"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     output_node = True
@@ -278,12 +280,12 @@ class MaskPreview(Node):
 
     def __init__(self):
         # Per instance, so two previews never number into the same file series.
-        self.prefix = "ComfyUI_temp_" + "".join(random.choice(string.ascii_lowercase) for _ in range(5))
+        self.prefix_append = "_temp_" + "".join(random.choice(string.ascii_lowercase) for _ in range(5))
 
-    def run(self, ctx, mask, prompt=None, extra_pnginfo=None):
+    def run(self, ctx, mask, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
         grey = as_mask_batch(mask).unsqueeze(-1).expand(-1, -1, -1, 3)
-        return save_images(ctx, grey, ctx.env.folders.temp_dir, self.prefix, "temp", self.COMPRESS_LEVEL,
-                           prompt, extra_pnginfo)
+        return save_images(ctx, grey, ctx.env.folders.temp_dir, filename_prefix + self.prefix_append, "temp",
+                           self.COMPRESS_LEVEL, prompt, extra_pnginfo)
 
 
 # ---------------------------------------------------------------------------------------------
