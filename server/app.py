@@ -63,8 +63,8 @@ def build_app(state: ServerState) -> web.Application:
     # middlewares are already on it); ours go first.
     plugin_server = state.runtime.plugin_server
     app = plugin_server.app
-    for index, middleware in enumerate(middlewares):
-        app.middlewares.insert(index, middleware)
+    for position, middleware in enumerate(middlewares):
+        app.middlewares.insert(position, middleware)
     app[STATE] = state
     plugin_server.attach(state)
     for module in (routes_prompt, routes_files, routes_info):

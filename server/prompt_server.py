@@ -77,8 +77,9 @@ class PromptServer:
             if match.http_exception is None:
                 match.add_app(request.app)
                 match.freeze()
-                request._match_info = match  # as aiohttp's own dispatch does before calling a handler
-                return await match.handler(request)
+                routed = request.clone()  # match_info is read-once on a request; a clone has none yet
+                routed._match_info = match  # what aiohttp's own dispatch sets before calling a handler
+                return await match.handler(routed)
         return await handler(request)
 
     def _register_new_routes(self) -> None:
