@@ -15,8 +15,6 @@ from typing import Any
 COMPAT_DIR = Path(__file__).resolve().parent.parent / "compat"
 
 _runtime: Any = None
-# Process-wide switches that ComfyUI's API lets plugins flip (comfy.utils.set_progress_bar_enabled...).
-_settings: dict[str, Any] = {}
 
 
 def ensure_importable() -> None:
@@ -41,12 +39,3 @@ def bound() -> Any:
 
 def is_bound() -> bool:
     return _runtime is not None
-
-
-def setting(name: str, default: Any = None) -> Any:
-    """A plugin-set process-wide switch (see _settings), or default when never set."""
-    return _settings.get(name, default)
-
-
-def set_setting(name: str, value: Any) -> None:
-    _settings[name] = value

@@ -1,4 +1,5 @@
-"""ComfyUI's `comfy` package for plugins: its modules, over LatentGraph's engine.
+"""ComfyUI's `comfy` package, for plugins: the parts of its Python API that LatentGraph provides,
+each a real implementation over the running engine (see docs/plugins.md).
 
 `import comfy` then `comfy.samplers` works as in ComfyUI (where nodes.py has imported the
 submodules already): a submodule is imported on first attribute access.

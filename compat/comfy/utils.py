@@ -3,22 +3,24 @@
 The resizes are the engine's own (diffusion/upscale.py), so a plugin's common_upscale gives what
 our ImageScale and LatentUpscale nodes give. Model files are always read safely: pickles only
 through torch's weights-only loader.
+
+`ProgressBar(total, node_id=None)` reports to the node that is running in this task or thread
+(or to `node_id`): a `progress` event, the node's `progress_state`, and a live preview when one
+is passed. Like ComfyUI it goes through the module's PROGRESS_BAR_HOOK, read when the bar is
+made, so a plugin that installs its own hook with set_progress_bar_global_hook sees every update.
 """
 from __future__ import annotations
 
 import logging
-import math
 import struct
 from typing import Any, Callable
 
 import torch
 
-from app import compat
 from diffusion import upscale as _upscale
 from diffusion.model import repeat_to_batch_size as _repeat_batch
 from diffusion.model import resize_to_batch_size
-from graph.context import ProgressBar as _EngineProgressBar
-from graph.context import current_context
+from graph.context import NodeContext, current_context
 
 log = logging.getLogger(__name__)
 
@@ -199,38 +201,51 @@ def common_upscale(samples: torch.Tensor, width: int, height: int, upscale_metho
 # progress
 
 
-def set_progress_bar_enabled(enabled: bool) -> None:
-    compat.set_setting("progress_bar_enabled", bool(enabled))
-
-
-def set_progress_bar_global_hook(function: Callable | None) -> None:
-    """Replace where ProgressBar updates go: function(value, total, preview, node_id=...). The
-    engine's own hook reports to the running node (progress events, previews, interrupts)."""
-    compat.set_setting("progress_bar_hook", function)
-
-
-def _engine_hook(value, total, preview=None, node_id=None) -> None:
+def _running_context() -> NodeContext | None:
+    """The context of the node that called us; from a thread a node started (which does not
+    inherit it), the node that started last, as ComfyUI falls back to its last node id."""
     ctx = current_context.get()
     if ctx is not None:
-        ctx.progress(value, total, preview)
+        return ctx
+    from app import compat
+
+    return compat.bound().executor.active if compat.is_bound() else None
 
 
-def __getattr__(name: str) -> Any:
-    if name == "PROGRESS_BAR_ENABLED":
-        return compat.setting("progress_bar_enabled", True)
-    if name == "PROGRESS_BAR_HOOK":
-        return compat.setting("progress_bar_hook", _engine_hook)
-    raise AttributeError(f"module 'comfy.utils' has no attribute {name!r}")
+def _report_progress(value: float, total: float, preview_image: Any = None, prompt_id: str | None = None,
+                     node_id: str | None = None) -> None:
+    ctx = _running_context()
+    if ctx is not None:  # outside any prompt there is nobody to tell
+        ctx.progress(value, total, preview_image, node_id=node_id)
 
 
-class ProgressBar(_EngineProgressBar):
-    """Reports to the running node, or to a hook a plugin set with set_progress_bar_global_hook."""
+PROGRESS_BAR_ENABLED = True
+PROGRESS_BAR_HOOK: Callable[..., None] | None = _report_progress
 
-    def update_absolute(self, value: int, total: int | None = None, preview: Any = None) -> None:
-        hook = compat.setting("progress_bar_hook")
-        if hook is None:
-            return super().update_absolute(value, total, preview)
+
+def set_progress_bar_enabled(enabled: bool) -> None:
+    global PROGRESS_BAR_ENABLED
+    PROGRESS_BAR_ENABLED = enabled
+
+
+def set_progress_bar_global_hook(function: Callable[..., None] | None) -> None:
+    global PROGRESS_BAR_HOOK
+    PROGRESS_BAR_HOOK = function
+
+
+class ProgressBar:
+    def __init__(self, total: float, node_id: str | None = None):
+        self.total = total
+        self.current = 0
+        self.hook = PROGRESS_BAR_HOOK
+        self.node_id = node_id
+
+    def update_absolute(self, value: float, total: float | None = None, preview: Any = None) -> None:
         if total is not None:
             self.total = total
         self.current = min(value, self.total)
-        hook(self.current, self.total, preview, node_id=self.ctx.node_id if self.ctx else None)
+        if self.hook is not None:
+            self.hook(self.current, self.total, preview, node_id=self.node_id)
+
+    def update(self, value: float) -> None:
+        self.update_absolute(self.current + value)
