@@ -71,6 +71,26 @@ def test_batch_helpers():
     assert comfy.utils.reshape_mask(mask, (3, 4, 8, 8)).shape == (3, 4, 8, 8)
 
 
+def test_tiled_scale_reassembles_what_the_function_does_to_the_whole():
+    x = torch.rand(2, 3, 40, 52)
+    upscale2 = lambda t: torch.nn.functional.interpolate(t, scale_factor=2, mode="nearest")  # noqa: E731
+    ticks = []
+
+    class Bar:
+        def update(self, n):
+            ticks.append(n)
+
+    out = comfy.utils.tiled_scale(x, upscale2, tile_x=16, tile_y=16, overlap=4, upscale_amount=2,
+                                  out_channels=3, pbar=Bar())
+    assert torch.allclose(out, upscale2(x), atol=1e-6)
+    # ComfyUI's estimate for one 52x40 image: ceil((40-4)/12) rows * ceil((52-4)/12) cols = 3 * 4
+    assert comfy.utils.get_tiled_scale_steps(52, 40, 16, 16, 4) == 12
+    assert len(ticks) == 2 * 12
+    down = comfy.utils.tiled_scale_multidim(x, lambda t: t[..., ::2, ::2], tile=(16, 16), overlap=4,
+                                            upscale_amount=2, downscale=True)
+    assert down.shape == (2, 3, 20, 26)
+
+
 def test_model_file_helpers(tmp_path):
     sd = {"a.weight": torch.ones(2, 3), "b.bias": torch.zeros(4, dtype=torch.bfloat16)}
     path = str(tmp_path / "m.safetensors")

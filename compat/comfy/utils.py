@@ -12,11 +12,13 @@ made, so a plugin that installs its own hook with set_progress_bar_global_hook s
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from typing import Any, Callable
 
 import torch
 
+from diffusion import tiling as _tiling
 from diffusion import upscale as _upscale
 from diffusion.model import repeat_to_batch_size as _repeat_batch
 from diffusion.model import resize_to_batch_size
@@ -33,7 +35,7 @@ __all__ = [
     "copy_to_param", "get_attr", "lanczos", "load_torch_file", "repeat_to_batch_size", "reshape_mask",
     "resize_list_to_batch_size", "resize_to_batch_size", "safetensors_header", "save_torch_file", "set_attr",
     "set_attr_param", "set_progress_bar_enabled", "set_progress_bar_global_hook", "state_dict_key_replace",
-    "state_dict_prefix_replace", "weight_dtype",
+    "state_dict_prefix_replace", "weight_dtype", "get_tiled_scale_steps", "tiled_scale", "tiled_scale_multidim",
 ]
 
 
@@ -195,6 +197,33 @@ def common_upscale(samples: torch.Tensor, width: int, height: int, upscale_metho
     out = _upscale.upscale(frames.reshape(-1, shape[1], shape[-2], shape[-1]), width, height, upscale_method, crop)
     out = out.reshape((shape[0], -1, shape[1], height, width)).movedim(2, 1)
     return out.reshape(shape[:-2] + (height, width))
+
+
+def get_tiled_scale_steps(width: int, height: int, tile_x: int, tile_y: int, overlap: int) -> int:
+    """ComfyUI's estimate of the tiles tiled_scale runs over one image (to size a ProgressBar)."""
+    rows = 1 if height <= tile_y else math.ceil((height - overlap) / (tile_y - overlap))
+    cols = 1 if width <= tile_x else math.ceil((width - overlap) / (tile_x - overlap))
+    return rows * cols
+
+
+def tiled_scale_multidim(samples: torch.Tensor, function: Callable, tile=(64, 64), overlap: int = 8,
+                         upscale_amount=4, out_channels: int = 3, output_device="cpu", downscale: bool = False,
+                         index_formulas=None, pbar=None) -> torch.Tensor:
+    """function over overlapping tiles of samples [B, C, *spatial], blended as ComfyUI blends them
+    (diffusion/tiling.py); pbar.update(1) after each tile. One scale for every dimension."""
+    amounts = set(upscale_amount) if isinstance(upscale_amount, (tuple, list)) else {upscale_amount}
+    if len(amounts) != 1 or index_formulas is not None:
+        raise ValueError("tiled_scale_multidim: per-dimension scales and index_formulas are not supported")
+    scale = amounts.pop()
+    progress = (lambda done, total: pbar.update(1)) if pbar is not None else None
+    return _tiling.tiled_scale(samples, function, tuple(tile), overlap, 1 / scale if downscale else scale,
+                               out_channels, progress=progress, output_device=output_device)
+
+
+def tiled_scale(samples: torch.Tensor, function: Callable, tile_x: int = 64, tile_y: int = 64, overlap: int = 8,
+                upscale_amount=4, out_channels: int = 3, output_device="cpu", pbar=None) -> torch.Tensor:
+    return tiled_scale_multidim(samples, function, (tile_y, tile_x), overlap=overlap, upscale_amount=upscale_amount,
+                                out_channels=out_channels, output_device=output_device, pbar=pbar)
 
 
 # ---------------------------------------------------------------------------------------------
