@@ -268,6 +268,27 @@ def test_k_diffusion_names():
     assert "sample_dpmpp_2m" in dir(sampling)
 
 
+def test_diffusers_vae_weights_convert_to_the_layout_our_vae_loads():
+    from diffusers import AutoencoderKL as DiffusersVAE
+
+    from comfy.diffusers_convert import convert_vae_state_dict
+    from diffusion.checkpoint import load_vae
+    torch.manual_seed(0)
+    reference = DiffusersVAE(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+                             up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=32,
+                             layers_per_block=1).eval()
+    ours = load_vae(convert_vae_state_dict(reference.state_dict()))
+    z = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(ours.decode_raw(z), reference.decode(z).sample, atol=1e-5)
+
+
+def test_clip_vision_imports_and_refuses_clearly():
+    import comfy.clip_vision
+    with pytest.raises(NotImplementedError, match="CLIP vision"):
+        comfy.clip_vision.load("model.safetensors")
+
+
 # -- comfy_extras and execution ----------------------------------------------------------------
 
 def test_comfy_extras_modules_hold_our_nodes_under_comfyuis_module_names():
