@@ -289,6 +289,31 @@ def test_clip_vision_imports_and_refuses_clearly():
         comfy.clip_vision.load("model.safetensors")
 
 
+def test_chainner_model_loading_builds_the_upscaler_its_weights_describe(tmp_path):
+    """Run where torchvision (which spandrel imports) is available: the packs' test site."""
+    import subprocess
+    import sys
+
+    from tests.pack_env import pack_site
+    from tests.paths import REPO
+    script = """
+import app, diffusion, torch
+from spandrel.architectures.ESRGAN import ESRGAN
+from comfy_extras.chainner_models import model_loading
+torch.manual_seed(0)
+net = ESRGAN(num_filters=8, num_blocks=1, scale=2).eval()
+model = model_loading.load_state_dict(net.state_dict())
+x = torch.rand(1, 3, 8, 8)
+with torch.no_grad():
+    assert model.scale == 2 and torch.allclose(model(x), net(x).clamp(0, 1), atol=1e-6)
+print("ok")
+"""
+    env = {**__import__("os").environ, "PYTHONPATH": f"{REPO}{__import__('os').pathsep}{pack_site()}"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
 # -- comfy_extras and execution ----------------------------------------------------------------
 
 def test_comfy_extras_modules_hold_our_nodes_under_comfyuis_module_names():
