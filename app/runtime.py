@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from app import compat
 from app.args import REPO_ROOT
@@ -16,6 +17,8 @@ from graph.cache import make_cache
 from graph.executor import Executor
 from graph.registry import NodeRegistry
 from nodes import register_builtin_nodes
+from server.config import ServerConfig
+from server.prompt_server import PromptServer
 
 
 @dataclass
@@ -24,6 +27,8 @@ class Runtime:
     registry: NodeRegistry
     executor: Executor
     packs: list[PackResult] = field(default_factory=list)
+    args: argparse.Namespace | None = None
+    plugin_server: Any = None  # server.PromptServer for plugins; served only by `main.py` (server mode)
 
 
 def create_runtime(args: argparse.Namespace, log=print) -> Runtime:
@@ -40,7 +45,8 @@ def create_runtime(args: argparse.Namespace, log=print) -> Runtime:
     registry = NodeRegistry(env)
     register_builtin_nodes(registry)
     executor = Executor(registry, make_cache(args.cache), call_context=inference_mode)
-    runtime = Runtime(env, registry, executor)
+    runtime = Runtime(env, registry, executor, args=args,
+                      plugin_server=PromptServer(client_max_size=ServerConfig.from_args(args).max_upload_bytes))
     compat.bind(runtime)  # before packs import: they call folder_paths & co. at import time
     if not args.disable_all_custom_nodes:
         dirs = [REPO_ROOT / "custom_nodes"] + [d for d in folders.custom_nodes_dirs

@@ -38,6 +38,8 @@ def with_samples(latent: dict, samples: torch.Tensor) -> dict:
 class LatentUpscale(Node):
     display_name = "Upscale Latent"
     comfy_function = "upscale"
+    upscale_methods = LATENT_METHODS  # ComfyUI's class attributes, read by plugins
+    crop_methods = CROP_METHODS
     category = "latent"
     inputs = (
         Socket("samples", "LATENT"),
@@ -67,6 +69,7 @@ class LatentUpscale(Node):
 class LatentUpscaleBy(Node):
     display_name = "Upscale Latent By"
     comfy_function = "upscale"
+    upscale_methods = LATENT_METHODS  # ComfyUI's class attributes, read by plugins
     category = "latent"
     inputs = (
         Socket("samples", "LATENT"),
