@@ -72,7 +72,7 @@ def upscale_image(model, image: torch.Tensor, device: torch.device | str = "cpu"
         while True:
             try:
                 out = tiled_scale(pixels, lambda part: model(part), (tile, tile), OVERLAP, model.scale,
-                                  model.output_channels, progress)
+                                  getattr(model, "output_channels", 3), progress)
                 break
             except torch.OutOfMemoryError:
                 tile //= 2
