@@ -48,7 +48,11 @@ def read_weights(path: str | Path) -> dict[str, Any]:
 def load_upscale_model(path: str | Path):
     """A spandrel ImageModelDescriptor (callable on [1, C, H, W] in 0..1; `.scale`, `.model`) in
     eval mode on the CPU."""
-    from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
+    try:
+        from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
+    except ImportError as exc:
+        raise ImportError(f"upscale models are read by spandrel, which could not be imported ({exc}); install it "
+                          "with the same torch version pinned, e.g. pip install spandrel torch==<your version>") from exc
 
     state_dict = read_weights(path)
     if DATAPARALLEL_SWIN_KEY in state_dict:
