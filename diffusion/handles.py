@@ -21,7 +21,7 @@ import torch
 
 from diffusion import tiling
 from diffusion.checkpoint import load_checkpoint, load_unet, load_vae, read_state_dict, split_components, detect
-from diffusion.model import DiffusionModel
+from diffusion.model import model_class_for
 from diffusion.model_management import ModelManagement, load_models_gpu
 from diffusion.model_patcher import ModelPatcher
 from diffusion.model_sampling import ModelSamplingDiscrete
@@ -321,16 +321,15 @@ def _component(path: Path, name: str) -> dict:
 def wrap_diffusion_model(unet, info, manager: ModelManagement, source: Path | None = None) -> ModelPatcher:
     """MODEL for a loaded UNet: a DiffusionModel under a ModelPatcher, registered with the service
     (rebuilt from `source` when released)."""
-    model = DiffusionModel(_prepare_unet(unet, manager), ModelSamplingDiscrete(info.prediction),
-                           family=family_of(info))
+    make = model_class_for(family_of(info))
+    model = make(_prepare_unet(unet, manager), ModelSamplingDiscrete(info.prediction), family=family_of(info))
     patcher = ModelPatcher(model, load_device=manager.get_torch_device(), offload_device=manager.unet_offload_device())
     patcher.manager = manager
     if source is not None:
         def rebuild():
             unet = load_unet(_component(source, "unet"), info.unet_config, manager.unet_inital_load_device(),
                              manager.unet_dtype(), source)
-            return DiffusionModel(_prepare_unet(unet, manager), ModelSamplingDiscrete(info.prediction),
-                                  family=family_of(info))
+            return make(_prepare_unet(unet, manager), ModelSamplingDiscrete(info.prediction), family=family_of(info))
         manager.register(model, rebuild, name=f"UNet of {source.name}")
     else:
         manager.register(model, name="UNet")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -263,8 +264,7 @@ class ModelManagement:
             total = torch.cuda.mem_get_info(dev)[1]
             reserved = torch.cuda.memory_reserved(dev)
             return (total, reserved) if torch_total_too else total
-        import psutil
-        total = psutil.virtual_memory().total
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         return (total, total) if torch_total_too else total
 
     def get_free_memory(self, dev=None, torch_free_too=False):
