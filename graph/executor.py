@@ -225,6 +225,7 @@ class _Run:
         finally:
             await self._cancel_tasks()
             self.ex._end_instances(self._used_instances)
+            self.ex.active = None
         return self.result
 
     async def _cancel_tasks(self) -> None:
