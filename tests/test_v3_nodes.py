@@ -203,3 +203,28 @@ def test_use_everywhere_nodes_run_through_the_server(tmp_path):
     assert entry["outputs"]["6"] == {"text": ["euler"]}
     assert any(url.startswith("/extensions/cg-use-everywhere/") for url in extensions)
     assert info == {"Seed Everywhere": COMFY["Seed Everywhere"]}
+
+
+def test_broken_v3_packs_are_reported_and_skipped(tmp_path):
+    from app.plugins import load_custom_nodes
+    from graph.registry import NodeRegistry
+
+    custom = tmp_path / "custom_nodes"
+    custom.mkdir()
+    (custom / "not_an_extension.py").write_text("async def comfy_entrypoint():\n    return 42\n")
+    (custom / "no_execute.py").write_text(
+        "from comfy_api.latest import ComfyExtension, io\n"
+        "class Half(io.ComfyNode):\n"
+        "    @classmethod\n"
+        "    def define_schema(cls):\n"
+        "        return io.Schema(node_id='LGHalf')\n"
+        "class Ext(ComfyExtension):\n"
+        "    async def get_node_list(self):\n"
+        "        return [Half]\n"
+        "def comfy_entrypoint():\n"
+        "    return Ext()\n")
+    registry = NodeRegistry()
+    results = {r.name: r for r in load_custom_nodes(registry, [custom], log=lambda _msg: None)}
+    assert "not a ComfyExtension" in results["not_an_extension"].error
+    assert "No execute function" in results["no_execute"].error
+    assert "LGHalf" not in registry
