@@ -85,7 +85,8 @@ class ExecutionList:
     def make_input_strong_link(self, node_id: str, name: str) -> None:
         inputs = self.node_of(node_id)["inputs"]
         if name not in inputs:
-            raise NodeInputError(f"Node {node_id} says it needs input {name}, but there is no input to that node at all")
+            raise NodeInputError(f"Node {node_id} says it needs input {name}, "
+                                 "but there is no input to that node at all")
         value = inputs[name]
         if not is_link(value):
             raise NodeInputError(f"Node {node_id} says it needs input {name}, but that value is a constant")

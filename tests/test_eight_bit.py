@@ -7,6 +7,7 @@ from PIL import Image
 from graph.context import LatentPreview
 from nodes.image import tensor_to_pil
 from server.preview import Previewer
+from tests.node_helpers import register_constant
 
 # value -> ComfyUI's byte: 255 * 0.25 = 63.75 -> 63 and 255 * 0.5 = 127.5 -> 127 (rounding: 64, 128)
 CASES = [(0.0, 0), (0.25, 63), (0.5, 127), (0.999, 254), (1.0, 255), (1.5, 255), (-0.5, 0), (float("nan"), 0)]
@@ -25,18 +26,7 @@ def test_conversion_truncates_and_clips_like_comfyui():
 
 def test_save_image_preview_image_and_masks_write_comfyuis_bytes(runtime):
     values = [v for v, _ in CASES]
-
-    class Fixed:
-        @classmethod
-        def INPUT_TYPES(cls):
-            return {"required": {}}
-        RETURN_TYPES = ("IMAGE", "MASK")
-        FUNCTION = "go"
-
-        def go(self):
-            return (pixels(values), pixels(values, 1)[..., 0])
-
-    runtime.registry.register("LGFixedPixels", Fixed)
+    register_constant(runtime.registry, "LGFixedPixels", ("IMAGE", "MASK"), (pixels(values), pixels(values, 1)[..., 0]))
     prompt = {"1": {"class_type": "LGFixedPixels", "inputs": {}},
               "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bytes"}},
               "3": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},

@@ -2,7 +2,6 @@
 progress reporting (comfy.utils.ProgressBar, comfy_api's set_progress, progress_state), the type
 names of comfy.comfy_types, GraphBuilder's live node dicts, literals for plugin types, rawLink
 inputs, dependency cycles made by expansion, IS_CHANGED failures, and node instances."""
-import asyncio
 import logging
 
 import pytest
@@ -65,8 +64,8 @@ def test_a_replaced_progress_bar_hook_sees_every_update(runtime):
 
     comfy.utils.set_progress_bar_global_hook(hook)
     try:
-        result, events = run_with_events(runtime, {"1": {"class_type": "TestSlow", "inputs": {"steps": 2, "delay": 0.0}},
-                                                   **output("2", "1")})
+        prompt = {"1": {"class_type": "TestSlow", "inputs": {"steps": 2, "delay": 0.0}}, **output("2", "1")}
+        result, events = run_with_events(runtime, prompt)
     finally:
         comfy.utils.set_progress_bar_global_hook(original)
     assert result.ok and seen == [(1, 2, None), (2, 2, None)]

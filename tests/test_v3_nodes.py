@@ -20,6 +20,7 @@ from app.args import parse_args
 from app.runtime import create_runtime
 from graph.errors import PromptError
 from tests.conftest import PACK
+from tests.node_helpers import register_constant
 from tests.paths import SHARED
 from tests.server_helpers import LiveServer, get_json, queue, run, wait_history
 
@@ -127,17 +128,7 @@ def test_ui_preview_image_and_mask_are_8_bit_as_comfyui(rt):
     image = torch.full((1, 2, 3, 3), 0.5)
     mask = torch.full((1, 2, 3), 0.25)
 
-    class Source:  # a classic node handing over fixed tensors
-        @classmethod
-        def INPUT_TYPES(cls):
-            return {"required": {}}
-        RETURN_TYPES = ("IMAGE", "MASK")
-        FUNCTION = "go"
-
-        def go(self):
-            return (image, mask)
-
-    rt.registry.register("LGFixedTensors", Source)
+    register_constant(rt.registry, "LGFixedTensors", ("IMAGE", "MASK"), (image, mask))
     prompt = {"1": {"class_type": "LGFixedTensors", "inputs": {}},
               "2": {"class_type": "LGV3Picture", "inputs": {"images": ["1", 0]}},
               "3": {"class_type": "LGV3Picture", "inputs": {"images": ["1", 0], "mask": ["1", 1]}}}
