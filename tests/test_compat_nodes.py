@@ -190,8 +190,9 @@ def test_plugin_subclasses_of_core_nodes_run_through_the_engine(runtime, tmp_pat
 
 
 def test_comfyui_methods_on_a_real_checkpoint_match_the_engine(tiny_checkpoint, tmp_path):
-    from tests.conftest import make_runtime
     import shutil
+
+    from tests.conftest import make_runtime
     runtime = make_runtime(tmp_path)
     shutil.copy(tiny_checkpoint("sd15"), tmp_path / "models" / "checkpoints" / "tiny.safetensors")
     with torch.inference_mode():
