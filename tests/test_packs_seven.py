@@ -23,7 +23,7 @@ from tests.server_helpers import get_json, queue, run, wait_history
 
 NEEDS_MODEL_MODULES = {
     "ComfyUI_essentials": "imports comfy.samplers and comfy.sample at import time",
-    "was-node-suite-comfyui": "imports comfy.sd, comfy.samplers, comfy.clip_vision, comfy.diffusers_convert",
+    "was-node-suite-comfyui": "imports comfy.sd, comfy.samplers and comfy.model_management at import time",
     "ComfyUI_ADV_CLIP_emb": "imports comfy.model_management and comfy.sdxl_clip at import time",
     "ComfyUI_Comfyroll_CustomNodes": "imports comfy.sd and comfy.controlnet at import time",
     "ComfyUI_UltimateSDUpscale": "lists comfy.samplers.KSampler.SAMPLERS in its INPUT_TYPES",
