@@ -39,8 +39,7 @@ def upscale(samples: torch.Tensor, width: int, height: int, method: str, crop: s
 
 
 def lanczos(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Pillow's Lanczos filter, image by image, through 8-bit as Pillow requires (truncated, as
-    ComfyUI converts)."""
+    """Pillow's Lanczos filter, image by image, through 8-bit as Pillow requires."""
     out = []
     # 8-bit as ComfyUI makes it: uint8(clip(255 * x)), truncating (nodes.image.to_uint8)
     for image in samples.movedim(1, -1).float().mul(255).nan_to_num(0.0).clamp(0, 255).to(torch.uint8).cpu():

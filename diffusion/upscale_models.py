@@ -48,7 +48,11 @@ def read_weights(path: str | Path) -> dict[str, Any]:
 def load_upscale_model(path: str | Path):
     """A spandrel ImageModelDescriptor (callable on [1, C, H, W] in 0..1; `.scale`, `.model`) in
     eval mode on the CPU."""
-    from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
+    try:
+        from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError
+    except ImportError as exc:
+        raise ImportError(f"upscale models are read by spandrel, which could not be imported ({exc}); install it "
+                          "with the same torch version pinned, e.g. pip install spandrel torch==<your version>") from exc
 
     state_dict = read_weights(path)
     if DATAPARALLEL_SWIN_KEY in state_dict:
@@ -72,7 +76,7 @@ def upscale_image(model, image: torch.Tensor, device: torch.device | str = "cpu"
         while True:
             try:
                 out = tiled_scale(pixels, lambda part: model(part), (tile, tile), OVERLAP, model.scale,
-                                  model.output_channels, progress)
+                                  getattr(model, "output_channels", 3), progress)
                 break
             except torch.OutOfMemoryError:
                 tile //= 2

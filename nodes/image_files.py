@@ -31,6 +31,11 @@ class LoadImageOutput(LoadImage):
         remote={"route": "/internal/files/output", "refresh_button": True, "control_after_refresh": "first"})),)
 
 
+def animation_inputs() -> tuple:
+    return (Socket("images", "IMAGE"), Input("filename_prefix", "STRING", options=dict(default="ComfyUI")),
+            Float("fps", 6.0, min=0.01, max=1000.0, step=0.01))
+
+
 def animation_frames(images: Any) -> list:
     return [tensor_to_pil(image) for image in image_batch(images, "images")]
 
@@ -54,12 +59,7 @@ class SaveAnimatedPNG(Node):
     category = ANIMATION
     comfy_module = IMAGES_MODULE
     output_node = True
-    inputs = (
-        Socket("images", "IMAGE"),
-        Input("filename_prefix", "STRING", options=dict(default="ComfyUI")),
-        Float("fps", 6.0, min=0.01, max=1000.0, step=0.01),
-        Int("compress_level", 4, min=0, max=9, step=None),
-    )
+    inputs = (*animation_inputs(), Int("compress_level", 4, min=0, max=9, step=None))
     hidden = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
     outputs = ()
 
@@ -94,9 +94,7 @@ class SaveAnimatedWEBP(Node):
     comfy_module = IMAGES_MODULE
     output_node = True
     inputs = (
-        Socket("images", "IMAGE"),
-        Input("filename_prefix", "STRING", options=dict(default="ComfyUI")),
-        Float("fps", 6.0, min=0.01, max=1000.0, step=0.01),
+        *animation_inputs(),
         Boolean("lossless", True),
         Int("quality", 80, min=0, max=100, step=None),
         Combo("method", list(WEBP_METHODS)),

@@ -16,7 +16,7 @@ from kornia.filters import canny
 from PIL import Image
 
 from graph.contract import Choice, Float, Int, Node, Output, Socket
-from nodes.image import MAX_RESOLUTION
+from nodes.image import MAX_RESOLUTION, to_uint8
 from nodes.image_transform import resize_image
 
 ALPHA_CHANNELS = 4  # an RGBA image keeps its alpha out of colour operations
@@ -291,8 +291,7 @@ class ImageQuantize(Node):
             raise ValueError(f"dither must be one of {DITHERS}, got {dither!r}")
         result = torch.zeros_like(image)
         for index, single in enumerate(image):
-            # 8 bits by truncation, as ComfyUI converts images for Pillow
-            pil = Image.fromarray((single.clamp(0, 1) * 255).to(torch.uint8).cpu().numpy())
+            pil = Image.fromarray(to_uint8(single))
             palette = pil.quantize(colors=colors)  # a palette image for quantize(palette=...)
             if dither.startswith("bayer"):
                 mapped = _bayer_dither(pil, palette, int(dither.split("-")[-1]))

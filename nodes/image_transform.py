@@ -18,6 +18,12 @@ def resize_image(image, width: int, height: int, method: str, crop: str = "disab
     return upscale(image.movedim(-1, 1), width, height, method, crop).movedim(1, -1)
 
 
+def scale_image(image, factor: float, method: str):
+    """Both sides times `factor`, rounded to whole pixels."""
+    h, w = image.shape[1:3]
+    return resize_image(image, round(w * factor), round(h * factor), method)
+
+
 class ImageScale(Node):
     display_name = "Upscale Image"
     comfy_function = "upscale"
@@ -57,9 +63,7 @@ class ImageScaleBy(Node):
     outputs = (Output("IMAGE"),)
 
     def run(self, ctx, image, upscale_method, scale_by):
-        h, w = image.shape[1:3]
-        return (resize_image(image, round(w * scale_by), round(h * scale_by), upscale_method),)
-
+        return (scale_image(image, scale_by, upscale_method),)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,8 +86,7 @@ class ImageScaleToTotalPixels(Node):
 
     def run(self, ctx, image, upscale_method, megapixels):
         h, w = image.shape[1:3]
-        scale_by = math.sqrt(int(megapixels * 1024 * 1024) / (w * h))
-        return (resize_image(image, round(w * scale_by), round(h * scale_by), upscale_method),)
+        return (scale_image(image, math.sqrt(int(megapixels * 1024 * 1024) / (w * h)), upscale_method),)
 
 
 class ImageScaleToMaxDimension(Node):

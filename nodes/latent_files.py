@@ -8,7 +8,6 @@ the prompt and the workflow as JSON text, like a saved PNG's.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from graph.contract import Combo, Input, Node, Output, Socket
-from nodes.image import file_sha256, save_target
+from nodes.image import check_input_file, input_file_fingerprint, save_target
 from nodes.latent_tools import latent_samples
 
 LATENT_SUFFIX = ".latent"
@@ -60,10 +59,6 @@ def latent_files(env: Any) -> list[str]:
     return sorted(entry.name for entry in folder.iterdir() if entry.is_file() and entry.name.endswith(LATENT_SUFFIX))
 
 
-def _latent_path(env: Any, name: str) -> Path:
-    return env.folders.annotated_path(name, default_type="input")
-
-
 class LoadLatent(Node):
     """Reads a .latent file from the input folder ("name [output]" reads from the output folder)."""
 
@@ -73,7 +68,7 @@ class LoadLatent(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, latent):
-        path = _latent_path(ctx.env, latent)
+        path = ctx.env.folders.annotated_path(latent, default_type="input")
         try:
             tensors = load_file(str(path), device="cpu")
         except (SafetensorError, OSError) as exc:
@@ -85,20 +80,10 @@ class LoadLatent(Node):
 
     @classmethod
     def fingerprint(cls, env: Any, latent: Any = None, **_: Any) -> Any:
-        try:
-            return file_sha256(_latent_path(env, latent))
-        except (OSError, ValueError, TypeError):
-            return float("nan")  # unreadable: never reuse a cached result
+        return input_file_fingerprint(env, latent)
 
     @classmethod
     def check(cls, env: Any, latent: Any) -> bool | str:
-        if not isinstance(latent, str) or not latent:
-            return f"Invalid latent file: {latent!r}"
-        try:
-            path = _latent_path(env, latent)
-        except ValueError as exc:
-            return f"Invalid latent file: {latent} ({exc})"
-        return True if path.is_file() else f"Invalid latent file: {latent}"
-
+        return check_input_file(env, latent, "latent")
 
 NODES = [SaveLatent, LoadLatent]

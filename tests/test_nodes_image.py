@@ -5,7 +5,6 @@ import threading
 from datetime import datetime
 
 import pytest
-import numpy as np
 import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
