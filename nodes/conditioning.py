@@ -27,7 +27,8 @@ class CLIPTextEncode(Node):
     outputs = (Output("CONDITIONING"),)
 
     def run(self, ctx, clip, text):
-        return (require_clip(clip).encode(text),)
+        clip = require_clip(clip)
+        return (clip.encode_from_tokens_scheduled(clip.tokenize(text)),)
 
 
 class CLIPSetLastLayer(Node):
@@ -38,7 +39,9 @@ class CLIPSetLastLayer(Node):
     outputs = (Output("CLIP"),)
 
     def run(self, ctx, clip, stop_at_clip_layer):
-        return (require_clip(clip).with_last_layer(stop_at_clip_layer),)
+        clip = require_clip(clip).clone()
+        clip.clip_layer(stop_at_clip_layer)
+        return (clip,)
 
 
 def _size(name: str, default: int) -> Int:
@@ -68,10 +71,9 @@ class CLIPTextEncodeSDXL(Node):
                 tokens["l"] += empty["l"]
             while len(tokens["l"]) > len(tokens["g"]):
                 tokens["g"] += empty["g"]
-        cond, pooled = clip.encode_tokens(tokens)
-        extras = {"pooled_output": pooled, "width": width, "height": height, "crop_w": crop_w, "crop_h": crop_h,
-                  "target_width": target_width, "target_height": target_height}
-        return ([[cond, extras]],)
+        return (clip.encode_from_tokens_scheduled(tokens, add_dict={
+            "width": width, "height": height, "crop_w": crop_w, "crop_h": crop_h, "target_width": target_width,
+            "target_height": target_height}),)
 
 
 class CLIPTextEncodeSDXLRefiner(Node):
@@ -84,8 +86,9 @@ class CLIPTextEncodeSDXLRefiner(Node):
     outputs = (Output("CONDITIONING"),)
 
     def run(self, ctx, clip, ascore, width, height, text):
-        [[cond, extras]] = require_clip(clip).encode(text)
-        return ([[cond, {**extras, "aesthetic_score": ascore, "width": width, "height": height}]],)
+        clip = require_clip(clip)
+        return (clip.encode_from_tokens_scheduled(clip.tokenize(text), add_dict={
+            "aesthetic_score": ascore, "width": width, "height": height}),)
 
 
 NODES = [CLIPTextEncode, CLIPSetLastLayer, CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner]

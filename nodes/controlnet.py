@@ -1,14 +1,13 @@
 """ControlNet nodes with ComfyUI's names and widgets: loaders and the two Apply nodes.
 
-CONTROL_NET is a `diffusion.controlnet.ControlNet`; the Apply nodes put a `Control` (the network,
-the hint image, strength, step range, and the control applied before it, if any) in each
-conditioning entry's extras under "control".
+CONTROL_NET is a `diffusion.controlnet.ControlNet` (ComfyUI's object); the Apply nodes put a copy
+of it with the hint image, strength and step range, chained after the control the entry had, in
+each conditioning entry's extras under "control".
 """
 from __future__ import annotations
 
-import contextlib
-
-from diffusion.controlnet import ControlNet, load_controlnet
+from diffusion.controlnet import ControlBase, load_controlnet
+from diffusion.model_management import load_models_gpu
 from graph.contract import Combo, Node, Output, Socket
 from nodes.conditioning_tools import Fraction, Strength
 from nodes.loaders import model_file
@@ -18,27 +17,17 @@ def _controlnet_names(env):
     return env.folders.filenames("controlnet")
 
 
-def _weights_for_diff(model):
-    """The UNet with the model's weight patches (LoRA) applied, as ComfyUI's patched model gives
-    when a diff ControlNet reads it; a plain model needs no patching."""
-    patches = tuple(getattr(model, "weight_patches", ()) or ())
-    if not patches:
-        return contextlib.nullcontext()
-    from diffusion.patches import applied
-
-    return applied(model.unet, patches)
-
-
-def _load(ctx, control_net_name: str, model=None) -> ControlNet:
+def _load(ctx, control_net_name: str, model=None) -> ControlBase:
     models = ctx.env.models
     path = model_file(ctx, "controlnet", control_net_name)
-    policy = models.policy
+    options = dict(device=models.unet_offload_device(), dtype=models.unet_dtype(),
+                   load_device=models.get_torch_device(), manager=models)
     if model is None:
-        return models.cache.get("controlnet", path,
-                                lambda p: load_controlnet(p, None, policy.load_device, policy.unet_dtype))
-    # A diff ControlNet's weights depend on the model, so it is not shared through the file cache.
-    with _weights_for_diff(model):
-        return load_controlnet(path, model.unet, policy.load_device, policy.unet_dtype)
+        return models.cached("controlnet", path, lambda p: load_controlnet(p, None, **options))
+    # A diff ControlNet's weights are added to the model's as this MODEL has them (LoRA patches
+    # applied), so it is not shared through the file cache.
+    load_models_gpu([model])
+    return load_controlnet(path, model.model.diffusion_model, **options)
 
 
 class ControlNetLoader(Node):
@@ -66,7 +55,7 @@ class DiffControlNetLoader(Node):
 
 
 def _require_net(control_net):
-    if not isinstance(control_net, ControlNet):
+    if not isinstance(control_net, ControlBase):
         raise TypeError(f"control_net must be a loaded ControlNet, got {type(control_net).__name__}")
     return control_net
 

@@ -30,8 +30,8 @@ class CheckpointLoaderSimple(Node):
     def run(self, ctx, ckpt_name):
         models = ctx.env.models
         embeddings = ctx.env.folders.model_dirs("embeddings")
-        loaded = models.cache.get("checkpoint", model_file(ctx, "checkpoints", ckpt_name),
-                                  lambda path: open_checkpoint(path, models.policy, embeddings))
+        loaded = models.cached("checkpoint", model_file(ctx, "checkpoints", ckpt_name),
+                               lambda path: open_checkpoint(path, models, embeddings))
         return (loaded.model, loaded.clip, loaded.vae)
 
 
@@ -44,8 +44,7 @@ class VAELoader(Node):
 
     def run(self, ctx, vae_name):
         models = ctx.env.models
-        return (models.cache.get("vae", model_file(ctx, "vae", vae_name),
-                                 lambda path: open_vae(path, models.policy)),)
+        return (models.cached("vae", model_file(ctx, "vae", vae_name), lambda path: open_vae(path, models)),)
 
 
 NODES = [CheckpointLoaderSimple, VAELoader]

@@ -3,8 +3,8 @@ building blocks, and the model-sampling override."""
 from __future__ import annotations
 
 from diffusion import ksampler as ks
-from diffusion.handles import with_model_sampling
 from diffusion.noise import prepare_noise
+from diffusion.overrides import comfy_function
 from diffusion.samplers import SAMPLER_NAMES
 from diffusion.schedules import SCHEDULER_NAMES
 from graph.context import LatentPreview, current_context
@@ -29,7 +29,7 @@ def Cfg() -> Float:
 
 def step_reporter(ctx, model):
     """The sampler's per-step hook: progress (which also raises on interrupt) and a live preview."""
-    family = getattr(model, "family", "sd1")
+    family = getattr(getattr(model, "model", model), "family", "sd1")
     return lambda step, total, x0: ctx.progress(step, total, LatentPreview(x0, family))
 
 
@@ -40,9 +40,9 @@ def common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, 
     if ctx is None:
         ctx = current_context.get()
     callback = step_reporter(ctx, model) if ctx is not None else None
-    return (ks.ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
-                        denoise=denoise, disable_noise=disable_noise, start_step=start_step, last_step=last_step,
-                        force_full_denoise=force_full_denoise, callback=callback),)
+    return (ks.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
+                               denoise=denoise, disable_noise=disable_noise, start_step=start_step,
+                               last_step=last_step, force_full_denoise=force_full_denoise, callback=callback),)
 
 
 class KSampler(Node):
@@ -94,7 +94,9 @@ class ModelSamplingDiscrete(Node):
     outputs = (Output("MODEL"),)
 
     def run(self, ctx, model, sampling, zsnr):
-        return (with_model_sampling(model, lambda ms: ms.with_prediction(sampling, zsnr)),)
+        patched = model.clone()
+        patched.add_object_patch("model_sampling", model.get_model_object("model_sampling").with_prediction(sampling, zsnr))
+        return (patched,)
 
 
 class KSamplerSelect(Node):
@@ -166,9 +168,11 @@ class SamplerCustom(Node):
     outputs = (Output("LATENT", name="output"), Output("LATENT", name="denoised_output"))
 
     def run(self, ctx, model, add_noise, noise_seed, cfg, positive, negative, sampler, sigmas, latent_image):
-        samples = ks.fix_empty_latent_channels(model, latent_image["samples"])
-        noise = (prepare_noise(samples, noise_seed, latent_image.get("batch_index")) if add_noise
-                 else samples.new_zeros(samples.shape, device="cpu"))
+        samples = comfy_function("comfy.sample", "fix_empty_latent_channels", ks.fix_empty_latent_channels)(
+            model, latent_image["samples"])
+        noise = (comfy_function("comfy.sample", "prepare_noise", prepare_noise)(
+            samples, noise_seed, latent_image.get("batch_index")) if add_noise
+            else samples.new_zeros(samples.shape, device="cpu"))
         return ks.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent_image,
                                 seed=noise_seed, callback=step_reporter(ctx, model))
 
