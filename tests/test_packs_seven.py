@@ -137,7 +137,8 @@ def test_essentials_simple_math_evaluates_the_expression(server):
               "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
               "3": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}}
     entry = run_prompt(server, prompt)
-    assert (shown(entry, "2"), float(shown(entry, "3"))) == ("15", 15.5)  # INT output rounds 15.5 down
+    # the pack's INT output is Python's round(): 15.5 rounds half to even, 16
+    assert (shown(entry, "2"), float(shown(entry, "3"))) == ("16", 15.5)
 
 
 def test_was_number_operation(server):

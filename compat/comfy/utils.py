@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -35,11 +36,32 @@ MMAP_TORCH_FILES = False
 DISABLE_MMAP = False
 
 __all__ = [
-    "ALWAYS_SAFE_LOAD", "ProgressBar", "bislerp", "calculate_parameters", "common_upscale", "convert_sd_to",
-    "copy_to_param", "get_attr", "lanczos", "load_torch_file", "repeat_to_batch_size", "reshape_mask",
-    "resize_list_to_batch_size", "resize_to_batch_size", "safetensors_header", "save_torch_file", "set_attr",
-    "set_attr_param", "set_progress_bar_enabled", "set_progress_bar_global_hook", "state_dict_key_replace",
-    "state_dict_prefix_replace", "weight_dtype", "get_tiled_scale_steps", "tiled_scale", "tiled_scale_multidim",
+    "ALWAYS_SAFE_LOAD",
+    "ProgressBar",
+    "bislerp",
+    "calculate_parameters",
+    "common_upscale",
+    "convert_sd_to",
+    "copy_to_param",
+    "get_attr",
+    "get_tiled_scale_steps",
+    "lanczos",
+    "load_torch_file",
+    "repeat_to_batch_size",
+    "reshape_mask",
+    "resize_list_to_batch_size",
+    "resize_to_batch_size",
+    "safetensors_header",
+    "save_torch_file",
+    "set_attr",
+    "set_attr_param",
+    "set_progress_bar_enabled",
+    "set_progress_bar_global_hook",
+    "state_dict_key_replace",
+    "state_dict_prefix_replace",
+    "tiled_scale",
+    "tiled_scale_multidim",
+    "weight_dtype",
 ]
 
 
