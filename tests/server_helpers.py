@@ -25,10 +25,12 @@ _URL = re.compile(r"To see the GUI go to: (http://[^\s]+)")
 
 
 class LiveServer:
-    def __init__(self, base: Path, *flags: str, packs: tuple[str, ...] = ("lg_test_nodes.py",)):
+    def __init__(self, base: Path, *flags: str, packs: tuple[str, ...] = ("lg_test_nodes.py",),
+                 env: dict[str, str] | None = None):
         self.base = Path(base)
         self.flags = list(flags)
         self.packs = packs
+        self.env = env or {}
         self.proc: subprocess.Popen | None = None
         self.url = ""
         self.log_path = self.base / "server.log"
@@ -44,7 +46,7 @@ class LiveServer:
             shutil.copy(PACKS / pack, self.base / "custom_nodes" / pack)
         self._log = open(self.log_path, "ab")
         offset = self.log_path.stat().st_size
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "main.py"), "--base-directory", str(self.base), "--port", "0", *self.flags],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO), env=env)
