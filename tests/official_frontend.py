@@ -8,6 +8,7 @@ a cache folder once and unpacked, never downloaded by other means.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -84,6 +85,13 @@ class PageLog:
         local, text = self._describe(request, request.failure)
         (self.failed if local else self.external).append(text)
 
+    def kinds(self) -> set[str]:
+        """Console errors without what varies between runs and servers: addresses, stack traces."""
+        return {re.sub(r"https?://[^/\s]+", "", message.split("\n", 1)[0]).strip() for message in self.console}
+
+    def external_hosts(self) -> set[str]:
+        return {urlsplit(line.rsplit(" ", 1)[-1]).netloc for line in self.external}
+
     def counts(self) -> dict[str, int]:
         return {"failed requests": len(self.failed), "failed external requests": len(self.external),
                 "console errors": len(self.console)}
@@ -97,3 +105,100 @@ def open_frontend(page, url: str, settle_ms: int = 3000, timeout_ms: int = 90000
     page.wait_for_load_state("networkidle", timeout=timeout_ms)
     page.wait_for_timeout(settle_ms)
     page.wait_for_load_state("networkidle", timeout=timeout_ms)
+
+
+# -- the steps a user takes, shared by the test and bench/frontend_check.py --------------------
+
+SAVED_NAME = "lg saved txt2img"
+SEED = 424242  # marks the saved workflow, to know it is the one that comes back
+
+
+def txt2img_workflow(checkpoint: str = "v1-5-pruned-emaonly-fp16.safetensors") -> dict:
+    """ComfyUI's default text-to-image graph (UI format), at 64x64 and 2 steps."""
+    from tests.editor_helpers import ui_node, ui_workflow
+
+    def out(name, kind):
+        return {"name": name, "type": kind, "links": []}
+
+    def inp(name, kind):
+        return {"name": name, "type": kind, "link": None}
+
+    nodes = [
+        ui_node(4, "CheckpointLoaderSimple", (20, 300), [checkpoint],
+                outputs=[out("MODEL", "MODEL"), out("CLIP", "CLIP"), out("VAE", "VAE")]),
+        ui_node(5, "EmptyLatentImage", (420, 560), [64, 64, 1], outputs=[out("LATENT", "LATENT")]),
+        ui_node(6, "CLIPTextEncode", (420, 80), ["a glass bottle"], inputs=[inp("clip", "CLIP")],
+                outputs=[out("CONDITIONING", "CONDITIONING")]),
+        ui_node(7, "CLIPTextEncode", (420, 320), ["text, watermark"], inputs=[inp("clip", "CLIP")],
+                outputs=[out("CONDITIONING", "CONDITIONING")]),
+        ui_node(3, "KSampler", (820, 80), [SEED, "fixed", 2, 8, "euler", "normal", 1],
+                inputs=[inp("model", "MODEL"), inp("positive", "CONDITIONING"), inp("negative", "CONDITIONING"),
+                        inp("latent_image", "LATENT")], outputs=[out("LATENT", "LATENT")]),
+        ui_node(8, "VAEDecode", (1160, 80), [], inputs=[inp("samples", "LATENT"), inp("vae", "VAE")],
+                outputs=[out("IMAGE", "IMAGE")]),
+        ui_node(9, "SaveImage", (1160, 240), ["ComfyUI"], inputs=[inp("images", "IMAGE")]),
+    ]
+    links = [[1, 4, 0, 3, 0, "MODEL"], [2, 5, 0, 3, 3, "LATENT"], [3, 4, 1, 6, 0, "CLIP"],
+             [4, 6, 0, 3, 1, "CONDITIONING"], [5, 4, 1, 7, 0, "CLIP"], [6, 7, 0, 3, 2, "CONDITIONING"],
+             [7, 3, 0, 8, 0, "LATENT"], [8, 4, 2, 8, 1, "VAE"], [9, 8, 0, 9, 0, "IMAGE"]]
+    return ui_workflow(nodes, links)
+
+
+def load_workflow(page, workflow: dict) -> None:
+    """Close the first-visit dialog and open `workflow`, as a user opening a file does."""
+    page.keyboard.press("Escape")
+    page.evaluate("wf => app.loadGraphData(wf)", workflow)
+    page.wait_for_function("app.graph._nodes.some(n => n.type === 'KSampler')")
+
+
+def widget_values(page, node_id: int) -> list:
+    return page.evaluate("id => app.graph.getNodeById(id).widgets.map(w => w.value)", node_id)
+
+
+def set_widget(page, node_id: int, name: str, value) -> None:
+    """What the frontend does when a user picks a value: set it and call the widget's callback."""
+    page.evaluate("""([id, name, value]) => {
+        const w = app.graph.getNodeById(id).widgets.find(w => w.name === name);
+        w.value = value;
+        w.callback?.(value, app.canvas, app.graph.getNodeById(id));
+        app.graph.setDirtyCanvas(true, true);
+    }""", [node_id, name, value])
+
+
+def press_run_and_watch(page, timeout_ms: int = 120000) -> list:
+    """Press Run; returns what the frontend showed while the prompt ran: distinct
+    [running node id, progress {value, max, node}] pairs, until Save Image has its image."""
+    page.evaluate("""() => {
+        window.__lgSeen = [];
+        const look = () => {
+            const p = app.progress;
+            window.__lgSeen.push(JSON.stringify([app.runningNodeId ?? null, p ? {value: p.value, max: p.max,
+                                                 node: String(p.node)} : null]));
+            if (!window.__lgStop) requestAnimationFrame(look);
+        };
+        look();
+    }""")
+    page.locator("button:has-text('Run')").first.click()
+    page.wait_for_function("(app.nodeOutputs['9']?.images?.length ?? 0) > 0", timeout=timeout_ms)
+    return page.evaluate("() => { window.__lgStop = true; return [...new Set(window.__lgSeen)].map(JSON.parse); }")
+
+
+def save_to_server(page, name: str = SAVED_NAME) -> None:
+    """Ctrl+S, type the name into the frontend's prompt, Enter; returns once the server stored it."""
+    with page.expect_response(lambda r: "/api/userdata/workflows%2F" in r.url and r.request.method == "POST") as saved:
+        page.keyboard.press("Control+s")
+        page.locator("input:focus").wait_for()
+        page.keyboard.type(name)
+        page.keyboard.press("Enter")
+    assert saved.value.status == 200, saved.value.status
+
+
+def open_from_sidebar(page, name: str = SAVED_NAME) -> None:
+    """Open the Workflows sidebar (its 'w' key) and click the saved workflow."""
+    page.keyboard.press("Escape")
+    page.keyboard.press("w")
+    item = page.locator("[role=treeitem]", has_text=name).first
+    item.click()
+    page.wait_for_function("name => app.extensionManager.workflow.activeWorkflow?.path === `workflows/${name}.json`",
+                           arg=name)
+    page.wait_for_function("app.graph._nodes.some(n => n.type === 'KSampler')")
