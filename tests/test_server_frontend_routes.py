@@ -21,8 +21,7 @@ from PIL import Image
 
 from app.args import parse_args
 from server import frontend
-from tests.server_helpers import LiveServer, next_json, run
-from tests.test_server_userdata import call, error_message
+from tests.server_helpers import LiveServer, call, error_message, next_json, run
 
 PACK_INIT = textwrap.dedent('''\
     class RoutePrint:

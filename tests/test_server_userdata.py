@@ -6,37 +6,11 @@ from __future__ import annotations
 import json
 import os
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.server_helpers import LiveServer
-
-
-def call(url: str, method: str = "GET", body: bytes | dict | list | None = None,
-         headers: dict | None = None) -> tuple[int, object]:
-    """(status, JSON body or raw bytes or None when empty)."""
-    headers = dict(headers or {})
-    data = body
-    if isinstance(body, (dict, list)):
-        data = json.dumps(body).encode()
-        headers.setdefault("Content-Type", "application/json")
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            status, raw, ctype = response.status, response.read(), response.headers.get("Content-Type", "")
-    except urllib.error.HTTPError as exc:
-        status, raw, ctype = exc.code, exc.read(), exc.headers.get("Content-Type", "")
-    if not raw:
-        return status, None
-    return status, json.loads(raw) if "json" in ctype else raw
-
-
-def error_message(doc) -> str:
-    assert isinstance(doc, dict) and isinstance(doc["error"]["message"], str) and doc["error"]["message"], doc
-    return doc["error"]["message"]
+from tests.server_helpers import LiveServer, call, error_message
 
 
 @pytest.fixture(scope="module")
