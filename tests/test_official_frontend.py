@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.editor_helpers import VIEWPORT, needs_browser, sync_playwright, launch
+from tests.editor_helpers import VIEWPORT, launch, needs_browser, sync_playwright
+from tests.node_helpers import builtin_registry
 from tests.official_frontend import (NEWEST, PINNED, SEED, PageLog, frontend_root, load_workflow, open_frontend,
                                      open_from_sidebar, press_run_and_watch, save_to_server, set_widget,
                                      txt2img_workflow, widget_values)
@@ -27,6 +28,11 @@ from tests.server_helpers import LiveServer
 
 COMFYUI = json.loads((Path(__file__).parent / "data" / "official_frontend_comfyui.json").read_text())
 CHECKPOINT = "tiny_sd15.safetensors"
+# 1.27.10 keeps a list of model-loader nodes for its model widgets and breaks (Load Checkpoint
+# becomes a "missing" node) when one of them is not in /object_info.
+PINNED_LOADERS = ("CheckpointLoaderSimple", "VAELoader", "LoraLoader", "ImageOnlyCheckpointLoader", "UNETLoader",
+                  "UpscaleModelLoader", "StyleModelLoader", "GLIGENLoader")
+MISSING_LOADERS = sorted(set(PINNED_LOADERS) - set(builtin_registry().names()))
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +54,10 @@ def _server_base(tmp_path: Path, checkpoint: Path) -> Path:
 
 
 @needs_browser
-@pytest.mark.parametrize("version", [PINNED, NEWEST])
+@pytest.mark.parametrize("version", [
+    pytest.param(PINNED, marks=pytest.mark.xfail(bool(MISSING_LOADERS), strict=True, reason=(
+        f"frontend {PINNED} needs the loader nodes {', '.join(MISSING_LOADERS)}, which are not built in yet"))),
+    NEWEST])
 def test_official_frontend_runs_saves_and_reopens(version, tmp_path, tiny_checkpoint, playwright_browser):
     expected = COMFYUI[version]
     if version == PINNED:  # the installed package, through ComfyUI's flag
