@@ -96,7 +96,7 @@ def one_round(server_kind: str, version: str, args, playwright) -> list[PageLog]
             logs = [PageLog(host).attach(page)]
             open_frontend(page, server.url + "/", settle_ms=args.settle_ms)
             load_workflow(page, txt2img_workflow())
-            if server_kind == "ours":
+            if server_kind == "ours" and not args.no_run:
                 set_widget(page, 4, "ckpt_name", CHECKPOINT)
                 press_run_and_watch(page)
             save_to_server(page)
@@ -120,6 +120,7 @@ def main() -> int:
     p.add_argument("--versions", nargs="+", default=[PINNED, NEWEST])
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--settle-ms", type=int, default=3000)
+    p.add_argument("--no-run", action="store_true", help="ours: skip the run too, to compare with ComfyUI step for step")
     p.add_argument("--record", type=Path, help="write the distinct failures per version to this JSON file")
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI", "/work/ref/ComfyUI"))
     p.add_argument("--comfyui-python", default=os.environ.get("COMFYUI_PYTHON", "/work/ref/venv/bin/python"))
