@@ -32,7 +32,8 @@ def put(server, name: str, doc: dict) -> None:
 @pytest.fixture
 def clean_store(editor_server):
     """The shared server's saved workflows and these settings as a new user has them, after the test too."""
-    defaults = {"Comfy.PromptFilename": True, "Comfy.Workflow.ConfirmDelete": True, "LatentGraph.BatchCount": 1}
+    defaults = {"Comfy.PromptFilename": True, "Comfy.Workflow.ConfirmDelete": True, "Comfy.Graph.ZoomSpeed": 1.1,
+                "Comfy.QueueButton.BatchCountLimit": 100}
 
     def reset():
         for name in user_files(editor_server):
@@ -123,19 +124,26 @@ def test_settings_are_kept_on_the_server_for_the_next_browser(editor, browser, c
     page, server = editor.page, editor.server
     page.click("#settings-button")
     page.uncheck("#setting-Comfy\\.Workflow\\.ConfirmDelete")
-    page.fill("#batch-count", "3")
-    page.locator("#batch-count").dispatch_event("change")
-    page.wait_for_function("lgApp.settings.get('LatentGraph.BatchCount') === 3")
+    page.fill("#setting-Comfy\\.Graph\\.ZoomSpeed", "2")
+    page.locator("#setting-Comfy\\.Graph\\.ZoomSpeed").dispatch_event("change")
+    page.fill("#setting-Comfy\\.Graph\\.ZoomSpeed", "9")  # out of range: refused, not stored
+    page.locator("#setting-Comfy\\.Graph\\.ZoomSpeed").dispatch_event("change")
+    page.wait_for_function("lgApp.notifier.history.some(t => t.message.includes('1.01 to 2.5'))")
     page.wait_for_timeout(300)
     settings = call(server.url + "/api/settings")[1]
-    assert settings["Comfy.Workflow.ConfirmDelete"] is False and settings["LatentGraph.BatchCount"] == 3
+    assert settings["Comfy.Workflow.ConfirmDelete"] is False and settings["Comfy.Graph.ZoomSpeed"] == 2
 
     # another browser (nothing in its storage) gets the same settings from the server
     context = browser.new_context(viewport=VIEWPORT)
     other = EditorPage(context.new_page(), server.url + "/").open()
-    assert other.page.input_value("#batch-count") == "3"
     other.page.click("#settings-button")
     assert not other.page.is_checked("#setting-Comfy\\.Workflow\\.ConfirmDelete")
+    assert other.page.input_value("#setting-Comfy\\.Graph\\.ZoomSpeed") == "2"
+    scale = other.js("lgApp.canvas.scale")
+    other.page.mouse.move(400, 400)
+    other.page.mouse.wheel(0, -100)  # one notch in: twice as large
+    other.page.wait_for_function("s => lgApp.canvas.scale > s * 1.5", arg=scale)
+    assert other.js("lgApp.canvas.scale") == pytest.approx(scale * 2, rel=1e-6)
     # without the confirmation, Delete removes at once
     put(server, "gone.json", {"nodes": [], "links": [], "version": 0.4})
     other.page.click("#workflows-button")

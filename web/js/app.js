@@ -66,9 +66,7 @@ class App {
       restore: (text) => this.restoreSnapshot(text),
     });
     this.toolbar = new Toolbar(this, document.getElementById("toolbar"));
-    this.settings.addEventListener("change", (e) => {
-      if (e.detail.id === "LatentGraph.BatchCount") this.toolbar.batch.value = this.settings.get(e.detail.id);
-    });
+    this.settings.addEventListener("change", () => this.applySettings());
     this.queuePanel = new QueuePanel(this, document.getElementById("side-panel"));
     this.library = new WorkflowLibrary(this);
     this.queuePanel.addTab("workflows", "Workflows", this.library);
@@ -83,7 +81,7 @@ class App {
     this.objectInfo = await this.fetchObjectInfo();
     this.defs = buildDefs(this.objectInfo);
     await settingsRead;
-    this.toolbar.batch.value = this.settings.get("LatentGraph.BatchCount");
+    this.applySettings();
     await this.extensions.load();
     this.openInitialWorkflow();
     this.undoStack.reset();
@@ -123,6 +121,10 @@ class App {
       }
     }
     this.loadWorkflowData(defaultWorkflow(), "default", { quiet: true, record: false });
+  }
+
+  applySettings() {
+    this.toolbar.batch.max = this.settings.get("Comfy.QueueButton.BatchCountLimit");
   }
 
   /** The graph now holds another document than the saved workflow that was open. */

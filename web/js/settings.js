@@ -5,8 +5,10 @@
 export const SETTINGS = [
   { id: "Comfy.PromptFilename", label: "Ask for a name when saving a new workflow", type: "boolean", default: true },
   { id: "Comfy.Workflow.ConfirmDelete", label: "Ask before deleting a saved workflow", type: "boolean", default: true },
-  { id: "LatentGraph.BatchCount", label: "Batch count (the number beside Queue)", type: "number", default: 1,
-    min: 1, max: 100 },
+  { id: "Comfy.Graph.ZoomSpeed", label: "Zoom per mouse-wheel step (1.01–2.5)", type: "number", default: 1.1,
+    min: 1.01, max: 2.5, step: 0.01 },
+  { id: "Comfy.QueueButton.BatchCountLimit", label: "Most prompts one click of Queue may add", type: "number",
+    default: 100, min: 1, max: 1000 },
 ];
 
 export class Settings extends EventTarget {

@@ -6,9 +6,7 @@ import { MODE_ALWAYS } from "./graph.js";
 export class Toolbar {
   constructor(app, root) {
     this.app = app;
-    this.batch = el("input", { type: "number", id: "batch-count", min: 1, max: 100, value: 1, title: "Batch count",
-      onchange: () => app.settings.set("LatentGraph.BatchCount", this.batchCount)
-        .catch((e) => app.notify(`Cannot save the setting: ${e.message}`, "error")) });
+    this.batch = el("input", { type: "number", id: "batch-count", min: 1, max: 100, value: 1, title: "Batch count" });
     this.workflowName = el("span", { class: "status workflow-name", id: "workflow-name", title: "The saved workflow that is open" });
     this.queueButton = el("button", { class: "btn primary", id: "queue-button", title: "Queue (Ctrl+Enter)",
       text: "Queue", onclick: () => app.queue(this.batchCount) });
@@ -61,7 +59,7 @@ export class Toolbar {
 
   get batchCount() {
     const n = Math.round(Number(this.batch.value));
-    return Number.isFinite(n) && n > 0 ? Math.min(n, 100) : 1;
+    return Number.isFinite(n) && n > 0 ? Math.min(n, this.app.settings.get("Comfy.QueueButton.BatchCountLimit")) : 1;
   }
 
   open() {

@@ -178,9 +178,16 @@ export class SettingsView {
     const rows = SETTINGS.map((spec) => {
       const input = spec.type === "boolean"
         ? el("input", { type: "checkbox", checked: settings.get(spec.id), id: `setting-${spec.id}` })
-        : el("input", { type: "number", min: spec.min, max: spec.max, value: settings.get(spec.id), id: `setting-${spec.id}` });
+        : el("input", { type: "number", min: spec.min, max: spec.max, step: spec.step ?? 1, value: settings.get(spec.id),
+          id: `setting-${spec.id}` });
       input.addEventListener("change", async () => {
-        const value = spec.type === "boolean" ? input.checked : Number(input.value);
+        const number = Number(input.value);
+        if (spec.type !== "boolean" && (!Number.isFinite(number) || number < spec.min || number > spec.max)) {
+          this.app.notify(`${spec.label}: a number from ${spec.min} to ${spec.max}`, "warn");
+          input.value = settings.get(spec.id);
+          return;
+        }
+        const value = spec.type === "boolean" ? input.checked : number;
         try {
           await settings.set(spec.id, value);
         } catch (err) {
