@@ -176,6 +176,26 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def input_file_fingerprint(env: Any, name: Any) -> Any:
+    """The content hash of the file an input name ("x.png", "x.png [output]") points to: the
+    content, not the name or mtime, decides whether downstream results are stale."""
+    try:
+        return file_sha256(_input_image_path(env, name))
+    except (OSError, ValueError, TypeError):
+        return float("nan")  # unreadable: never reuse a cached result
+
+
+def check_input_file(env: Any, name: Any, kind: str) -> bool | str:
+    """True when an input name points to a file inside its folder, else the error to show."""
+    if not isinstance(name, str) or not name:
+        return f"Invalid {kind} file: {name!r}"
+    try:
+        path = _input_image_path(env, name)
+    except ValueError as exc:
+        return f"Invalid {kind} file: {name} ({exc})"
+    return True if path.is_file() else f"Invalid {kind} file: {name}"
+
+
 class LoadImage(Node):
     """Loads an image from the input folder; the mask is the inverted alpha channel."""
 
@@ -189,23 +209,13 @@ class LoadImage(Node):
 
     @classmethod
     def fingerprint(cls, env: Any, image: Any = None, **_: Any) -> Any:
-        # The content, not the name or mtime, decides whether downstream results are stale.
-        try:
-            return file_sha256(_input_image_path(env, image))
-        except (OSError, ValueError, TypeError):
-            return float("nan")  # unreadable: never reuse a cached result
+        return input_file_fingerprint(env, image)
 
     @classmethod
     def check(cls, env: Any, image: Any) -> bool | str:
         # Naming `image` here also waives the combo-membership check, so annotated names and
         # files uploaded after the editor loaded its list are accepted.
-        if not isinstance(image, str) or not image:
-            return f"Invalid image file: {image!r}"
-        try:
-            path = _input_image_path(env, image)
-        except ValueError as exc:
-            return f"Invalid image file: {image} ({exc})"
-        return True if path.is_file() else f"Invalid image file: {image}"
+        return check_input_file(env, image, "image")
 
 
 # ---------------------------------------------------------------------------------------------

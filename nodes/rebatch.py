@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from graph.contract import Int, Node, Output, Socket
-from nodes.latent_tools import _samples
+from nodes.latent_tools import latent_samples
 
 MAX_BATCH = 4096
 LATENT_CELL = 8  # pixels per latent cell: the size of a default (all-ones) noise mask
@@ -37,7 +37,7 @@ class RebatchImages(Node):
 def _parts(latent: dict, offset: int) -> list:
     """[samples, noise mask, batch indices] of one latent; a latent without a mask gets an
     all-ones one (dropped again at the end) and indices counting on from `offset`."""
-    samples = _samples(latent, "RebatchLatents")
+    samples = latent_samples(latent, "RebatchLatents")
     count, _, height, width = samples.shape
     mask = latent.get("noise_mask")
     if mask is None:
