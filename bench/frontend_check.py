@@ -42,7 +42,7 @@ class ComfyUIServer:
         self.proc = None
         self.url = ""
 
-    def start(self, timeout: float = 180) -> "ComfyUIServer":
+    def start(self, timeout: float = 180) -> ComfyUIServer:
         (self.base / "custom_nodes").mkdir(parents=True, exist_ok=True)
         with socket.socket() as s:  # ComfyUI cannot report a port it picked itself
             s.bind(("127.0.0.1", 0))

@@ -21,7 +21,7 @@ CAPACITY = 300  # entries kept, as ComfyUI
 class _Tee:
     """A text stream that writes through to the real one and records what was written."""
 
-    def __init__(self, stream, buffer: "LogBuffer"):
+    def __init__(self, stream, buffer: LogBuffer):
         self._stream = stream
         self._buffer = buffer
 
@@ -54,7 +54,7 @@ class LogBuffer:
         self._size: dict[str, int] | None = None
 
     # -- capture ---------------------------------------------------------------------------
-    def capture(self) -> "LogBuffer":
+    def capture(self) -> LogBuffer:
         if self._streams is None:
             self._streams = (sys.stdout, sys.stderr)
             sys.stdout, sys.stderr = _Tee(sys.stdout, self), _Tee(sys.stderr, self)

@@ -23,7 +23,7 @@ from aiohttp import web
 from server import frontend
 from server.jsonio import BadRequest, json_response
 from server.routes_static import serve_file
-from server.state import ServerState, state_of
+from server.state import ServerState
 
 log = logging.getLogger(__name__)
 

@@ -59,7 +59,7 @@ class PageLog:
     console: list[str] = field(default_factory=list)
     _answered: set = field(default_factory=set)
 
-    def attach(self, page) -> "PageLog":
+    def attach(self, page) -> PageLog:
         page.on("response", self._on_response)
         page.on("requestfailed", self._on_failed)
         page.on("console", lambda m: self.console.append(m.text[:300]) if m.type == "error" else None)

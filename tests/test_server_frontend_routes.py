@@ -6,7 +6,6 @@ The frontend's pip packages are stood in for by small packages of the same layou
 server's PYTHONPATH, so the discovery of installed packages is what is tested."""
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -88,8 +87,8 @@ def make_packs(base: Path) -> None:
 
 
 def make_models(base: Path) -> None:
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     checkpoints = base / "models" / "checkpoints"
     (checkpoints / "sub").mkdir(parents=True)
