@@ -87,10 +87,16 @@ class Input:
     optional: bool = False
     choices: Sequence | Callable[[Any], Sequence] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    # A combo declared as ("COMBO", {..., "options": [...]}) rather than ([...], {...}), as
+    # ComfyUI's V3 nodes (and a few classic ones) describe theirs.
+    typed_combo: bool = False
 
     def entry(self, env: Any) -> tuple:
         if self.type == "COMBO":
             values = self.choices(env) if callable(self.choices) else self.choices
+            if self.typed_combo:
+                listed = {} if self.choices is None else {"options": list(values or [])}
+                return ("COMBO", {**self.options, **listed})
             return (list(values or []), dict(self.options)) if self.options else (list(values or []),)
         return (self.type, dict(self.options)) if self.options else (self.type,)
 
@@ -124,6 +130,12 @@ def Boolean(name: str, default: bool | None = False, **opts) -> Input:
 
 def Combo(name: str, choices: Sequence | Callable[[Any], Sequence], **opts) -> Input:
     return Input(name, "COMBO", opts.pop("optional", False), choices=choices, options=opts)
+
+
+def Choice(name: str, choices: Sequence | Callable[[Any], Sequence], **opts) -> Input:
+    """A combo of one of ComfyUI's V3 nodes: ("COMBO", {"multiselect": False, "options": [...]})."""
+    return Input(name, "COMBO", opts.pop("optional", False), choices=choices,
+                 options={**opts, "multiselect": False}, typed_combo=True)
 
 
 def Socket(name: str, type: str, optional: bool = False, **opts) -> Input:
