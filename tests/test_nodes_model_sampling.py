@@ -86,3 +86,27 @@ def test_continuous_v_time_is_the_arctangent():
     assert float(ms.timestep(torch.tensor(1.0))) == pytest.approx(0.5)
     assert float(ms.sigma(torch.tensor(0.5))) == pytest.approx(1.0, rel=1e-6)
     assert (float(ms.sigma_min), float(ms.sigma_max)) == (pytest.approx(0.03, rel=1e-5), pytest.approx(500.0, rel=1e-5))
+
+
+@pytest.mark.parametrize("node,inputs,sigma,want_t,want_scale", [
+    ("ModelSamplingDiscrete", {"sampling": "lcm", "zsnr": False}, 14.614642, 999.0, 1 / math.sqrt(14.614642 ** 2 + 1)),
+    ("ModelSamplingDiscrete", {"sampling": "img_to_img", "zsnr": False}, 1.0, None, 1.0),
+    ("ModelSamplingContinuousEDM", {"sampling": "edm", "sigma_max": 80.0, "sigma_min": 0.002}, 2.0,
+     0.25 * math.log(2.0), 1 / math.sqrt(4.25)),
+    ("ModelSamplingContinuousV", {"sampling": "v_prediction", "sigma_max": 500.0, "sigma_min": 0.03}, 1.0, 0.5,
+     1 / math.sqrt(2.0)),
+])
+def test_the_network_sees_the_patched_time_and_input(node, inputs, sigma, want_t, want_scale):
+    seen = {}
+
+    def unet(x, timesteps, context=None, control=None, transformer_options=None):
+        seen.update(x=x, t=timesteps)
+        return torch.zeros_like(x)
+
+    from diffusion.model import DiffusionModel
+    patched, = call_node(REGISTRY, node, {**inputs, "model": DiffusionModel(unet, family="sd1")})
+    x = torch.full((1, 4, 2, 2), 3.0)
+    patched.denoise(x, torch.tensor([sigma]), {"c_crossattn": torch.zeros(1, 77, 768)})
+    assert torch.allclose(seen["x"], x * want_scale, rtol=1e-5)
+    if want_t is not None:
+        assert float(seen["t"]) == pytest.approx(want_t, rel=1e-5)
