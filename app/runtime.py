@@ -11,7 +11,7 @@ from app.env import Environment
 from app.folders import FolderPaths
 from app.plugins import PackResult, load_custom_nodes
 from diffusion.device import DevicePolicy, inference_mode
-from diffusion.handles import ModelServices
+from diffusion.model_management import MemoryOptions, ModelManagement
 from graph.cache import make_cache
 from graph.executor import Executor
 from graph.registry import NodeRegistry
@@ -35,7 +35,8 @@ def create_runtime(args: argparse.Namespace, log=print) -> Runtime:
     for config in args.extra_model_paths_config:
         folders.load_extra_model_paths(config)
     policy = DevicePolicy.from_args(args)
-    env = Environment(folders, {"disable_metadata": args.disable_metadata}, ModelServices(policy))
+    models = ModelManagement(policy, MemoryOptions.from_args(args, policy.load_device))
+    env = Environment(folders, {"disable_metadata": args.disable_metadata}, models)
     registry = NodeRegistry(env)
     register_builtin_nodes(registry)
     executor = Executor(registry, make_cache(args.cache), call_context=inference_mode)

@@ -62,8 +62,9 @@ def add_noise(model, noise, sigmas: torch.Tensor, latent: dict) -> dict:
     noisy = noise.generate_noise(latent)
     scale = torch.abs(sigmas[0] - sigmas[-1]) if len(sigmas) > 1 else sigmas[0]
     if torch.count_nonzero(samples) > 0:  # an empty latent stays 0: formats with a shift would move it
-        samples = model.process_latent_in(samples)
-    noisy = model.process_latent_out(model.model_sampling.noise_scaling(scale, noisy, samples))
+        samples = model.get_model_object("process_latent_in")(samples)
+    noisy = model.get_model_object("model_sampling").noise_scaling(scale, noisy, samples)
+    noisy = model.get_model_object("process_latent_out")(noisy)
     return {**latent, "samples": torch.nan_to_num(noisy, nan=0.0, posinf=0.0, neginf=0.0)}
 
 

@@ -1,6 +1,6 @@
 """Custom sampling building blocks: SAMPLER objects with their options, and NOISE sources.
 
-A SAMPLER is a `diffusion.ksampler.Sampler`: a sampling function from `diffusion.samplers` plus
+A SAMPLER is a `diffusion.ksampler.KSAMPLER`: a sampling function from `diffusion.samplers` plus
 the options it is called with. The nodes below mirror ComfyUI's comfy_extras custom-sampling
 nodes widget for widget."""
 from __future__ import annotations
@@ -34,6 +34,7 @@ def _on_device(name: str, noise_device: str) -> str:
 
 
 class KSamplerSelect(Node):
+    comfy_function = "get_sampler"
     category = SAMPLERS
     comfy_module = CUSTOM_SAMPLER
     inputs = (Combo("sampler_name", SAMPLER_NAMES),)
@@ -44,6 +45,7 @@ class KSamplerSelect(Node):
 
 
 class SamplerEulerAncestral(Node):
+    comfy_function = "get_sampler"
     category = SAMPLERS
     comfy_module = CUSTOM_SAMPLER
     inputs = (Option("eta", 1.0), Option("s_noise", 1.0))
@@ -55,6 +57,7 @@ class SamplerEulerAncestral(Node):
 
 class SamplerEulerAncestralCFGPP(Node):
     display_name = "SamplerEulerAncestralCFG++"
+    comfy_function = "get_sampler"
     category = SAMPLERS
     comfy_module = CUSTOM_SAMPLER
     inputs = (Option("eta", 1.0, max=1.0), Option("s_noise", 1.0, max=10.0))
@@ -68,6 +71,7 @@ class SamplerEulerCFGpp(Node):
     """Euler with CFG++; "alternative" takes the slope from x shifted by the guidance instead."""
 
     display_name = "SamplerEulerCFG++"
+    comfy_function = "execute"
     category = "_for_testing"
     comfy_module = ADVANCED_SAMPLERS
     inputs = (Choice("version", ["regular", "alternative"]),)
@@ -75,11 +79,12 @@ class SamplerEulerCFGpp(Node):
 
     def run(self, ctx, version):
         if version == "alternative":
-            return (ks.Sampler("euler_pp", S.sample_euler_pp),)
+            return (ks.KSAMPLER(S.sample_euler_pp),)
         return (ks.ksampler_select("euler_cfg_pp"),)
 
 
 class SamplerDPMPP_2S_Ancestral(Node):
+    comfy_function = "get_sampler"
     category = SAMPLERS
     comfy_module = CUSTOM_SAMPLER
     inputs = (Option("eta", 1.0), Option("s_noise", 1.0))
@@ -90,6 +95,7 @@ class SamplerDPMPP_2S_Ancestral(Node):
 
 
 class SamplerDPMPP_SDE(Node):
+    comfy_function = "get_sampler"
     category = SAMPLERS
     comfy_module = CUSTOM_SAMPLER
     inputs = (Option("eta", 1.0), Option("s_noise", 1.0), Option("r", 0.5), NoiseDevice())
@@ -100,6 +106,7 @@ class SamplerDPMPP_SDE(Node):
 
 
 class SamplerDPMPP_2M_SDE(Node):
+    comfy_function = "get_sampler"
     category = SAMPLERS
     comfy_module = CUSTOM_SAMPLER
     inputs = (Combo("solver_type", ["midpoint", "heun"]), Option("eta", 1.0), Option("s_noise", 1.0), NoiseDevice())
@@ -111,6 +118,7 @@ class SamplerDPMPP_2M_SDE(Node):
 
 
 class SamplerDPMPP_3M_SDE(Node):
+    comfy_function = "get_sampler"
     category = SAMPLERS
     comfy_module = CUSTOM_SAMPLER
     inputs = (Option("eta", 1.0), Option("s_noise", 1.0), NoiseDevice())
@@ -121,6 +129,7 @@ class SamplerDPMPP_3M_SDE(Node):
 
 
 class SamplerLMS(Node):
+    comfy_function = "get_sampler"
     category = SAMPLERS
     comfy_module = CUSTOM_SAMPLER
     inputs = (Int("order", 4, min=1, max=100),)
@@ -133,6 +142,7 @@ class SamplerLMS(Node):
 class SamplerDPMAdaptative(Node):
     """DPM-Solver-12/23 with a PID step-size controller (the name is ComfyUI's spelling)."""
 
+    comfy_function = "get_sampler"
     category = SAMPLERS
     comfy_module = CUSTOM_SAMPLER
     inputs = (Int("order", 3, min=2, max=3), Option("rtol", 0.05), Option("atol", 0.0078), Option("h_init", 0.05),
@@ -140,14 +150,17 @@ class SamplerDPMAdaptative(Node):
               Option("eta", 0.0), Option("s_noise", 1.0))
     outputs = SAMPLER
 
-    def run(self, ctx, **options):
-        return (ks.ksampler_select("dpm_adaptive", **options),)
+    def run(self, ctx, order, rtol, atol, h_init, pcoeff, icoeff, dcoeff, accept_safety, eta, s_noise):
+        return (ks.ksampler_select("dpm_adaptive", order=order, rtol=rtol, atol=atol, h_init=h_init, pcoeff=pcoeff,
+                                   icoeff=icoeff, dcoeff=dcoeff, accept_safety=accept_safety, eta=eta,
+                                   s_noise=s_noise),)
 
 
 class SamplerER_SDE(Node):
     """ER-SDE-Solver. "ER-SDE" uses the paper's noise scaler; "Reverse-time SDE" the scaler
     x^(eta + 1), which is the plain reverse-time SDE of strength eta; "ODE" (or eta 0) no noise."""
 
+    comfy_function = "get_sampler"
     category = SAMPLERS
     comfy_module = CUSTOM_SAMPLER
     inputs = (Input("solver_type", "COMBO", choices=["ER-SDE", "Reverse-time SDE", "ODE"], typed_combo=True),
@@ -168,6 +181,7 @@ class SamplerER_SDE(Node):
 class SamplerSASolver(Node):
     """SA-Solver with noise of strength eta between two points of the model's schedule."""
 
+    comfy_function = "get_sampler"
     category = SAMPLERS
     comfy_module = CUSTOM_SAMPLER
     inputs = (Socket("model", "MODEL"), Option("eta", 1.0, max=10.0),
@@ -179,7 +193,7 @@ class SamplerSASolver(Node):
 
     def run(self, ctx, model, eta, sde_start_percent, sde_end_percent, s_noise, predictor_order, corrector_order,
             use_pece, simple_order_2):
-        ms = model.model_sampling
+        ms = model.get_model_object("model_sampling")
         tau = S.tau_interval(ms.percent_to_sigma(sde_start_percent), ms.percent_to_sigma(sde_end_percent), eta)
         return (ks.ksampler_select("sa_solver", tau_func=tau, s_noise=s_noise, predictor_order=predictor_order,
                                    corrector_order=corrector_order, use_pece=use_pece,
@@ -191,6 +205,7 @@ class SamplerLCMUpscale(Node):
     (-1: about half of them)."""
 
     display_name = None
+    comfy_function = "execute"
     category = SAMPLERS
     comfy_module = ADVANCED_SAMPLERS
     inputs = (Float("scale_ratio", 1.0, min=0.1, max=20.0, step=0.01), Int("scale_steps", -1, min=-1, max=1000, step=1),
@@ -200,7 +215,7 @@ class SamplerLCMUpscale(Node):
     def run(self, ctx, scale_ratio, scale_steps, upscale_method):
         options = {"total_upscale": scale_ratio, "upscale_steps": None if scale_steps < 0 else scale_steps,
                    "upscale_method": upscale_method}
-        return (ks.Sampler("lcm_upscale", S.sample_lcm_upscale, options),)
+        return (ks.KSAMPLER(S.sample_lcm_upscale, options),)
 
 
 # -- noise ----------------------------------------------------------------------------------------
@@ -211,6 +226,7 @@ NOISE = (Output("NOISE"),)
 class RandomNoise(Node):
     """Seeded initial noise, drawn as KSampler draws it."""
 
+    comfy_function = "get_noise"
     category = "sampling/custom_sampling/noise"
     comfy_module = CUSTOM_SAMPLER
     inputs = (Int("noise_seed", 0, min=0, max=SEED_MAX, control_after_generate=True),)
@@ -223,6 +239,7 @@ class RandomNoise(Node):
 class DisableNoise(Node):
     """No initial noise (for a latent that is already noisy)."""
 
+    comfy_function = "get_noise"
     category = "sampling/custom_sampling/noise"
     comfy_module = CUSTOM_SAMPLER
     outputs = NOISE
@@ -234,6 +251,7 @@ class DisableNoise(Node):
 class AddNoise(Node):
     """Noises a latent to the schedule's span |sigmas[0] - sigmas[-1]| (or sigmas[0] alone)."""
 
+    comfy_function = "add_noise"
     category = "_for_testing/custom_sampling/noise"
     comfy_module = CUSTOM_SAMPLER
     inputs = (Socket("model", "MODEL"), Socket("noise", "NOISE"), Socket("sigmas", "SIGMAS"),

@@ -47,6 +47,7 @@ def filter_image(image: torch.Tensor, kernel: torch.Tensor, radius: int) -> torc
 
 class ImageInvert(Node):
     display_name = "Invert Image"
+    comfy_function = "invert"
     category = "image"
     inputs = (Socket("image", "IMAGE"),)
     outputs = (Output("IMAGE"),)
@@ -62,6 +63,7 @@ class ImageBatch(Node):
     """Joins two batches; the second is resized (bilinear, centre crop) to the first's size."""
 
     display_name = "Batch Images"
+    comfy_function = "batch"
     category = "image"
     inputs = (Socket("image1", "IMAGE"), Socket("image2", "IMAGE"))
     outputs = (Output("IMAGE"),)
@@ -83,6 +85,7 @@ class ImageBatch(Node):
 
 class ImageCrop(Node):
     display_name = "Image Crop"
+    comfy_function = "crop"
     category = "image/transform"
     comfy_module = "comfy_extras.nodes_images"
     inputs = (
@@ -103,6 +106,7 @@ class ImageCrop(Node):
 
 
 class ImageBlur(Node):
+    comfy_function = "execute"
     category = "image/postprocessing"
     comfy_module = "comfy_extras.nodes_post_processing"
     display_name = None
@@ -130,6 +134,7 @@ def sharpen_kernel(radius: int, sigma: float, alpha: float, device=None) -> torc
 
 
 class ImageSharpen(Node):
+    comfy_function = "execute"
     category = "image/postprocessing"
     comfy_module = "comfy_extras.nodes_post_processing"
     display_name = None
@@ -152,6 +157,7 @@ class ImageSharpen(Node):
 class Canny(Node):
     """Canny edges (kornia's, as ComfyUI uses) of the image's grey level, as a white-on-black image."""
 
+    comfy_function = "execute"
     category = "image/preprocessors"
     comfy_module = "comfy_extras.nodes_canny"
     display_name = None

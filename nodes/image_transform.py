@@ -12,6 +12,7 @@ def resize_image(image, width: int, height: int, method: str, crop: str = "disab
 
 class ImageScale(Node):
     display_name = "Upscale Image"
+    comfy_function = "upscale"
     category = "image/upscaling"
     inputs = (
         Socket("image", "IMAGE"),
@@ -35,6 +36,7 @@ class ImageScale(Node):
 
 class ImageScaleBy(Node):
     display_name = "Upscale Image By"
+    comfy_function = "upscale"
     category = "image/upscaling"
     inputs = (
         Socket("image", "IMAGE"),

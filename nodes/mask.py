@@ -102,6 +102,7 @@ def match_channels(destination: torch.Tensor, source: torch.Tensor) -> tuple[tor
 class ImageCompositeMasked(Node):
     """Pastes `source` onto `destination` at (x, y), weighted by the optional mask."""
 
+    comfy_function = "composite"
     category = "image"
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (
@@ -124,6 +125,7 @@ class ImageCompositeMasked(Node):
 class LatentCompositeMasked(Node):
     """Pastes the source latent onto the destination at (x, y) pixels (x / 8 in the latent)."""
 
+    comfy_function = "composite"
     category = "latent"
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (
@@ -152,6 +154,7 @@ class LoadImageMask(LoadImage):
     """Loads one channel of an input image as a mask; "alpha" is inverted (1 = transparent)."""
 
     display_name = "Load Image (as Mask)"
+    comfy_function = "load_image"
     category = MASK_CATEGORY
     inputs = LoadImage.inputs + (Combo("channel", LOAD_CHANNELS),)
     outputs = (Output("MASK"),)
@@ -167,6 +170,7 @@ class LoadImageMask(LoadImage):
 
 class MaskToImage(Node):
     display_name = "Convert Mask to Image"
+    comfy_function = "mask_to_image"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (Socket("mask", "MASK"),)
@@ -178,6 +182,7 @@ class MaskToImage(Node):
 
 class ImageToMask(Node):
     display_name = "Convert Image to Mask"
+    comfy_function = "image_to_mask"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (Socket("image", "IMAGE"), Combo("channel", IMAGE_CHANNELS))
@@ -192,6 +197,7 @@ class ImageToMask(Node):
 
 
 class SolidMask(Node):
+    comfy_function = "solid"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (
@@ -206,6 +212,7 @@ class SolidMask(Node):
 
 
 class InvertMask(Node):
+    comfy_function = "invert"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (Socket("mask", "MASK"),)
@@ -216,6 +223,7 @@ class InvertMask(Node):
 
 
 class CropMask(Node):
+    comfy_function = "crop"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (
@@ -236,6 +244,7 @@ class CropMask(Node):
 
 
 class ThresholdMask(Node):
+    comfy_function = "image_to_mask"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (Socket("mask", "MASK"), Float("value", 0.5, min=0.0, max=1.0, step=0.01))
@@ -278,6 +287,7 @@ def _pair_batches(output: torch.Tensor, source: torch.Tensor) -> tuple[torch.Ten
 class MaskComposite(Node):
     """Combines `source` into `destination` at (x, y); the result is clamped to 0..1."""
 
+    comfy_function = "combine"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (
@@ -316,6 +326,7 @@ def _ramp(length: int, size: int) -> torch.Tensor:
 class FeatherMask(Node):
     """Fades the mask linearly to 1/n at each edge over the given number of pixels."""
 
+    comfy_function = "feather"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (
@@ -340,6 +351,7 @@ class FeatherMask(Node):
 class GrowMask(Node):
     """Dilates (expand > 0) or erodes (expand < 0) the mask by one pixel per step."""
 
+    comfy_function = "expand_mask"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (

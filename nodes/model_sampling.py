@@ -2,11 +2,23 @@
 time axis or prediction type, sharing the network."""
 from __future__ import annotations
 
-from diffusion.handles import with_model_sampling
 from diffusion.latent_formats import SDXLPlayground25
 from graph.contract import Boolean, Combo, Float, Node, Output, Socket
 
 ADVANCED = "comfy_extras.nodes_model_advanced"
+
+
+def with_model_sampling(model, model_sampling, **other_objects):
+    """A clone of MODEL whose model sampling (and any other named object) is patched in; the
+    network is shared, and the input MODEL is left as it was."""
+    patched = model.clone()
+    for name, obj in {"model_sampling": model_sampling, **other_objects}.items():
+        patched.add_object_patch(name, obj)
+    return patched
+
+
+def model_sampling_of(model):
+    return model.get_model_object("model_sampling")
 
 
 def SigmaLimit(name: str, default: float) -> Float:
@@ -19,6 +31,7 @@ class ModelSamplingDiscrete(Node):
     boundary condition), x0, or img_to_img (x0 from the unscaled input); zsnr rescales the
     table to zero terminal SNR."""
 
+    comfy_function = "patch"
     category = "advanced/model"
     comfy_module = ADVANCED
     inputs = (Socket("model", "MODEL"), Combo("sampling", ["eps", "v_prediction", "lcm", "x0", "img_to_img"]),
@@ -26,13 +39,14 @@ class ModelSamplingDiscrete(Node):
     outputs = (Output("MODEL"),)
 
     def run(self, ctx, model, sampling, zsnr):
-        return (with_model_sampling(model, lambda ms: ms.with_prediction(sampling, zsnr)),)
+        return (with_model_sampling(model, model_sampling_of(model).with_prediction(sampling, zsnr)),)
 
 
 class ModelSamplingContinuousEDM(Node):
     """A continuous log-sigma time axis over [sigma_min, sigma_max] (EDM-trained models such as
     Playground v2.5, whose latent scaling it also sets, or CosXL with v_prediction)."""
 
+    comfy_function = "patch"
     category = "advanced/model"
     comfy_module = ADVANCED
     inputs = (Socket("model", "MODEL"),
@@ -46,17 +60,17 @@ class ModelSamplingContinuousEDM(Node):
             prediction, sigma_data = "edm", 0.5
         elif sampling == "cosmos_rflow":
             kind = "cosmos_rflow"
-        patched = with_model_sampling(
-            model, lambda ms: ms.with_continuous(kind, prediction, sigma_min, sigma_max, sigma_data))
+        ms = model_sampling_of(model).with_continuous(kind, prediction, sigma_min, sigma_max, sigma_data)
         if sampling == "edm_playground_v2.5":
-            patched.latent_format = SDXLPlayground25()  # a fresh clone: the input MODEL is untouched
-        return (patched,)
+            return (with_model_sampling(model, ms, latent_format=SDXLPlayground25()),)
+        return (with_model_sampling(model, ms),)
 
 
 class ModelSamplingContinuousV(Node):
     """A continuous arctan time axis (t = 2 atan(sigma) / pi) over [sigma_min, sigma_max] for
     v-prediction models trained on continuous time."""
 
+    comfy_function = "patch"
     category = "advanced/model"
     comfy_module = ADVANCED
     inputs = (Socket("model", "MODEL"), Combo("sampling", ["v_prediction"]), SigmaLimit("sigma_max", 500.0),
@@ -64,7 +78,8 @@ class ModelSamplingContinuousV(Node):
     outputs = (Output("MODEL"),)
 
     def run(self, ctx, model, sampling, sigma_max, sigma_min):
-        return (with_model_sampling(model, lambda ms: ms.with_continuous("v", sampling, sigma_min, sigma_max)),)
+        return (with_model_sampling(model, model_sampling_of(model).with_continuous("v", sampling, sigma_min,
+                                                                                        sigma_max)),)
 
 
 NODES = [ModelSamplingDiscrete, ModelSamplingContinuousEDM, ModelSamplingContinuousV]

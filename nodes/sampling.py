@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from diffusion import ksampler as ks
 from diffusion.noise import prepare_noise
+from diffusion.overrides import comfy_function
 from diffusion.samplers import SAMPLER_NAMES
 from diffusion.schedules import SCHEDULER_NAMES
-from graph.context import LatentPreview
+from graph.context import LatentPreview, current_context
 from graph.contract import Boolean, Combo, Float, Int, Node, Output, Socket
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
@@ -29,13 +30,26 @@ def Cfg() -> Float:
 
 def step_reporter(ctx, model):
     """The sampler's per-step hook: progress (which also raises on interrupt) and a live preview."""
-    family = getattr(model, "family", "sd1")
+    family = getattr(getattr(model, "model", model), "family", "sd1")
     return lambda step, total, x0: ctx.progress(step, total, LatentPreview(x0, family))
+
+
+def common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent, denoise=1.0,
+                    disable_noise=False, start_step=None, last_step=None, force_full_denoise=False, ctx=None):
+    """KSampler's work under ComfyUI's name and signature (plugins call it): returns (latent,).
+    Progress and previews go to `ctx`, by default the node running on this thread."""
+    if ctx is None:
+        ctx = current_context.get()
+    callback = step_reporter(ctx, model) if ctx is not None else None
+    return (ks.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
+                               denoise=denoise, disable_noise=disable_noise, start_step=start_step,
+                               last_step=last_step, force_full_denoise=force_full_denoise, callback=callback),)
 
 
 class KSampler(Node):
     """Denoises a latent with a sampler and scheduler, guided by positive and negative conditioning."""
 
+    comfy_function = "sample"
     category = "sampling"
     inputs = (Socket("model", "MODEL"), Seed("seed"), Steps(), Cfg(), Combo("sampler_name", SAMPLER_NAMES),
               Combo("scheduler", SCHEDULER_NAMES), Socket("positive", "CONDITIONING"),
@@ -43,13 +57,15 @@ class KSampler(Node):
               Float("denoise", 1.0, min=0.0, max=1.0, step=0.01))
     outputs = (Output("LATENT"),)
 
-    def run(self, ctx, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise):
-        return (ks.ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-                            denoise=denoise, callback=step_reporter(ctx, model)),)
+    def run(self, ctx, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+            denoise=1.0):
+        return common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                               denoise=denoise, ctx=ctx)
 
 
 class KSamplerAdvanced(Node):
     display_name = "KSampler (Advanced)"
+    comfy_function = "sample"
     category = "sampling"
     inputs = (Socket("model", "MODEL"), Combo("add_noise", ["enable", "disable"]),
               Int("noise_seed", 0, min=0, max=SEED_MAX, control_after_generate=True), Steps(),
@@ -61,14 +77,15 @@ class KSamplerAdvanced(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
-            latent_image, start_at_step, end_at_step, return_with_leftover_noise):
-        return (ks.ksampler(model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-                            denoise=1.0, disable_noise=add_noise == "disable", start_step=start_at_step,
-                            last_step=end_at_step, force_full_denoise=return_with_leftover_noise == "disable",
-                            callback=step_reporter(ctx, model)),)
+            latent_image, start_at_step, end_at_step, return_with_leftover_noise, denoise=1.0):
+        return common_ksampler(model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                               latent_image, denoise=denoise, disable_noise=add_noise == "disable",
+                               start_step=start_at_step, last_step=end_at_step,
+                               force_full_denoise=return_with_leftover_noise == "disable", ctx=ctx)
 
 
 class SamplerCustom(Node):
+    comfy_function = "sample"
     category = "sampling/custom_sampling"
     comfy_module = "comfy_extras.nodes_custom_sampler"
     inputs = (Socket("model", "MODEL"), Boolean("add_noise", True), Seed("noise_seed"), Cfg(),
@@ -77,9 +94,11 @@ class SamplerCustom(Node):
     outputs = (Output("LATENT", name="output"), Output("LATENT", name="denoised_output"))
 
     def run(self, ctx, model, add_noise, noise_seed, cfg, positive, negative, sampler, sigmas, latent_image):
-        samples = ks.fix_empty_latent_channels(model, latent_image["samples"])
-        noise = (prepare_noise(samples, noise_seed, latent_image.get("batch_index")) if add_noise
-                 else samples.new_zeros(samples.shape, device="cpu"))
+        samples = comfy_function("comfy.sample", "fix_empty_latent_channels", ks.fix_empty_latent_channels)(
+            model, latent_image["samples"])
+        noise = (comfy_function("comfy.sample", "prepare_noise", prepare_noise)(
+            samples, noise_seed, latent_image.get("batch_index")) if add_noise
+            else samples.new_zeros(samples.shape, device="cpu"))
         return ks.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent_image,
                                 seed=noise_seed, callback=step_reporter(ctx, model))
 

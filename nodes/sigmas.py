@@ -24,6 +24,7 @@ def Denoise() -> Float:
 
 
 class BasicScheduler(Node):
+    comfy_function = "get_sigmas"
     category = SCHEDULERS
     comfy_module = CUSTOM_SAMPLER
     inputs = (Socket("model", "MODEL"), Combo("scheduler", SCHEDULER_NAMES), Steps(), Denoise())
@@ -34,6 +35,7 @@ class BasicScheduler(Node):
 
 
 class KarrasScheduler(Node):
+    comfy_function = "get_sigmas"
     category = SCHEDULERS
     comfy_module = CUSTOM_SAMPLER
     inputs = (Steps(), SigmaBound("sigma_max", 14.614642), SigmaBound("sigma_min", 0.0291675),
@@ -47,6 +49,7 @@ class KarrasScheduler(Node):
 class ExponentialScheduler(Node):
     """Sigmas evenly spaced in log-sigma."""
 
+    comfy_function = "get_sigmas"
     category = SCHEDULERS
     comfy_module = CUSTOM_SAMPLER
     inputs = (Steps(), SigmaBound("sigma_max", 14.614642), SigmaBound("sigma_min", 0.0291675))
@@ -59,6 +62,7 @@ class ExponentialScheduler(Node):
 class PolyexponentialScheduler(Node):
     """Sigmas on a polynomial ramp (power rho) in log-sigma."""
 
+    comfy_function = "get_sigmas"
     category = SCHEDULERS
     comfy_module = CUSTOM_SAMPLER
     inputs = (Steps(), SigmaBound("sigma_max", 14.614642), SigmaBound("sigma_min", 0.0291675),
@@ -72,6 +76,7 @@ class PolyexponentialScheduler(Node):
 class LaplaceScheduler(Node):
     """Log-sigma at the quantiles of a Laplace(mu, beta) distribution; `steps` sigmas, no final 0."""
 
+    comfy_function = "get_sigmas"
     category = SCHEDULERS
     comfy_module = CUSTOM_SAMPLER
     inputs = (Steps(), SigmaBound("sigma_max", 14.614642), SigmaBound("sigma_min", 0.0291675),
@@ -86,6 +91,7 @@ class LaplaceScheduler(Node):
 class VPScheduler(Node):
     """The continuous variance-preserving SDE schedule of Song et al. 2021."""
 
+    comfy_function = "get_sigmas"
     category = SCHEDULERS
     comfy_module = CUSTOM_SAMPLER
     inputs = (Steps(), Float("beta_d", 19.9, min=0.0, max=5000.0, step=0.01, round=False),
@@ -100,6 +106,7 @@ class VPScheduler(Node):
 class BetaSamplingScheduler(Node):
     """Timesteps at the quantiles of a Beta(alpha, beta) distribution over the model's table."""
 
+    comfy_function = "get_sigmas"
     category = SCHEDULERS
     comfy_module = CUSTOM_SAMPLER
     inputs = (Socket("model", "MODEL"), Steps(), Float("alpha", 0.6, min=0.0, max=50.0, step=0.01, round=False),
@@ -107,10 +114,11 @@ class BetaSamplingScheduler(Node):
     outputs = SIGMAS
 
     def run(self, ctx, model, steps, alpha, beta):
-        return (sch.beta(model.model_sampling, steps, alpha, beta),)
+        return (sch.beta(model.get_model_object("model_sampling"), steps, alpha, beta),)
 
 
 class SDTurboScheduler(Node):
+    comfy_function = "get_sigmas"
     category = SCHEDULERS
     comfy_module = CUSTOM_SAMPLER
     inputs = (Socket("model", "MODEL"), Int("steps", 1, min=1, max=10), Denoise())
@@ -124,6 +132,7 @@ class AlignYourStepsScheduler(Node):
     """NVIDIA's Align Your Steps schedules for SD1.5, SDXL and SVD."""
 
     display_name = None
+    comfy_function = "execute"
     category = SCHEDULERS
     comfy_module = "comfy_extras.nodes_align_your_steps"
     inputs = (Choice("model_type", ["SD1", "SDXL", "SVD"]), Int("steps", 10, min=1, max=MAX_STEPS), Denoise())
@@ -137,6 +146,7 @@ class GITSScheduler(Node):
     """GITS schedules searched for SD1.5, per coefficient (0.80 to 1.50 by 0.05)."""
 
     display_name = None
+    comfy_function = "execute"
     category = SCHEDULERS
     comfy_module = "comfy_extras.nodes_gits"
     inputs = (Float("coeff", 1.2, min=0.8, max=1.5, step=0.05), Int("steps", 10, min=2, max=1000), Denoise())
@@ -150,6 +160,7 @@ class OptimalStepsScheduler(Node):
     """OptimalSteps schedules published for FLUX, Wan and Chroma."""
 
     display_name = None
+    comfy_function = "execute"
     category = SCHEDULERS
     comfy_module = "comfy_extras.nodes_optimalsteps"
     inputs = (Choice("model_type", ["FLUX", "Wan", "Chroma"]), Int("steps", 20, min=3, max=1000), Denoise())
@@ -165,6 +176,7 @@ SIGMAS_IN = Socket("sigmas", "SIGMAS")
 
 
 class SplitSigmas(Node):
+    comfy_function = "get_sigmas"
     category = SIGMA_TOOLS
     comfy_module = CUSTOM_SAMPLER
     inputs = (SIGMAS_IN, Int("step", 0, min=0, max=MAX_STEPS))
@@ -177,6 +189,7 @@ class SplitSigmas(Node):
 class SplitSigmasDenoise(Node):
     """Splits a schedule so the low half holds the last round(steps * denoise) steps."""
 
+    comfy_function = "get_sigmas"
     category = SIGMA_TOOLS
     comfy_module = CUSTOM_SAMPLER
     inputs = (SIGMAS_IN, Denoise())
@@ -189,6 +202,7 @@ class SplitSigmasDenoise(Node):
 class FlipSigmas(Node):
     """Reverses a schedule (for unsampling: from a clean latent up to noise)."""
 
+    comfy_function = "get_sigmas"
     category = SIGMA_TOOLS
     comfy_module = CUSTOM_SAMPLER
     inputs = (SIGMAS_IN,)
@@ -199,6 +213,7 @@ class FlipSigmas(Node):
 
 
 class SetFirstSigma(Node):
+    comfy_function = "set_first_sigma"
     category = SIGMA_TOOLS
     comfy_module = CUSTOM_SAMPLER
     inputs = (SIGMAS_IN, Float("sigma", 136.0, min=0.0, max=20000.0, step=0.001, round=False))
@@ -212,6 +227,7 @@ class ExtendIntermediateSigmas(Node):
     """Inserts `steps - 1` sigmas into every step whose start lies in [end_at_sigma, start_at_sigma]
     (start -1: no upper bound), spaced linearly, or bunched at one end (cosine / sine)."""
 
+    comfy_function = "extend"
     category = SIGMA_TOOLS
     comfy_module = CUSTOM_SAMPLER
     inputs = (SIGMAS_IN, Int("steps", 2, min=1, max=100),
@@ -229,6 +245,7 @@ class SamplingPercentToSigma(Node):
     and 1 it gives the bounds used for interval checks (a huge value and 0) unless
     return_actual_sigma asks for the model's sigma_max / sigma_min."""
 
+    comfy_function = "get_sigma"
     category = SIGMA_TOOLS
     comfy_module = CUSTOM_SAMPLER
     inputs = (Socket("model", "MODEL"), Float("sampling_percent", 0.0, min=0.0, max=1.0, step=0.0001),
@@ -236,7 +253,7 @@ class SamplingPercentToSigma(Node):
     outputs = (Output("FLOAT", name="sigma_value"),)
 
     def run(self, ctx, model, sampling_percent, return_actual_sigma):
-        ms = model.model_sampling
+        ms = model.get_model_object("model_sampling")
         sigma = ms.percent_to_sigma(sampling_percent)
         if return_actual_sigma and sampling_percent == 0.0:
             sigma = float(ms.sigma_max)

@@ -9,6 +9,7 @@ import torch
 from safetensors import safe_open
 
 from diffusion.model import DiffusionModel
+from diffusion.model_patcher import ModelPatcher
 from diffusion.model_sampling import ModelSamplingDiscrete
 from tests import golden_problem as P
 from tests.paths import REPO
@@ -29,10 +30,10 @@ def cases_of(kind: str) -> list[dict]:
     return [c for c in CASES if c["kind"] == kind]
 
 
-def sd1_model() -> DiffusionModel:
-    """A MODEL with SD1.5's model sampling and latent format (no network: the nodes under test
-    only read those)."""
-    return DiffusionModel(None, ModelSamplingDiscrete(), family="sd1")
+def sd1_model(unet=None) -> ModelPatcher:
+    """A MODEL with SD1.5's model sampling and latent format, on the CPU; by default without a
+    network (the nodes under test only read the model sampling and latent format)."""
+    return ModelPatcher(DiffusionModel(unet, ModelSamplingDiscrete(), family="sd1"), "cpu", "cpu")
 
 
 def with_model(inputs: dict) -> dict:

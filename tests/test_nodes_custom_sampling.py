@@ -27,7 +27,7 @@ def test_every_sampler_node_is_checked():
 @pytest.mark.parametrize("case", SAMPLER_NODES, ids=lambda c: c["key"].removeprefix("node/"))
 def test_sampler_node_matches_comfyui(case):
     sampler, = call_node(REGISTRY, case["node"], with_model(case["inputs"]))
-    ours = run_sampler(sampler.function, case["case"], **sampler.options)
+    ours = run_sampler(sampler.sampler_function, case["case"], **sampler.extra_options)
     assert_close(ours, TENSORS[case["key"]], f'{case["node"]} {case["inputs"]}')
 
 
@@ -35,15 +35,15 @@ def test_sampler_options_change_the_result():
     # The widgets reach the sampling function: other eta / s_noise, another image.
     a, = call_node(REGISTRY, "SamplerEulerAncestral", {"eta": 1.0, "s_noise": 1.0})
     b, = call_node(REGISTRY, "SamplerEulerAncestral", {"eta": 0.5, "s_noise": 0.8})
-    out_a = run_sampler(a.function, "karras", **a.options)
-    out_b = run_sampler(b.function, "karras", **b.options)
+    out_a = run_sampler(a.sampler_function, "karras", **a.extra_options)
+    out_b = run_sampler(b.sampler_function, "karras", **b.extra_options)
     assert float((out_a - out_b).abs().max()) > 0.05
     assert_close(out_a, TENSORS["sampler/euler_ancestral/karras"], "SamplerEulerAncestral at the defaults")
 
 
 def test_ksampler_select_gives_the_named_sampler():
     sampler, = call_node(REGISTRY, "KSamplerSelect", {"sampler_name": "dpmpp_2m"})
-    assert_close(run_sampler(sampler.function, "karras", **sampler.options), TENSORS["sampler/dpmpp_2m/karras"],
+    assert_close(run_sampler(sampler.sampler_function, "karras", **sampler.extra_options), TENSORS["sampler/dpmpp_2m/karras"],
                  "KSamplerSelect dpmpp_2m")
 
 

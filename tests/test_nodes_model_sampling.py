@@ -33,8 +33,8 @@ def test_model_sampling_node_matches_comfyui(case):
     base = case["key"].rsplit("/", 1)[0]
     model = sd1_model()
     patched, = call_node(REGISTRY, case["node"], {**with_model(case["inputs"]), "model": model})
-    assert patched is not model and patched.unet is model.unet
-    ms = patched.model_sampling
+    assert patched is not model and patched.model is model.model
+    ms = patched.get_model_object("model_sampling")
     x, out = P.start_latent(1.0), P.start_latent(0.0).flip(0)
     batch_sigma = torch.tensor([0.5, 6.0])
 
@@ -52,7 +52,7 @@ def test_model_sampling_node_matches_comfyui(case):
     check("noise_scaling", ms.noise_scaling(batch_sigma, out, x))
     check("noise_scaling_max", ms.noise_scaling(ms.sigma_max, out, x, max_denoise=True))
     check("inverse_noise_scaling", ms.inverse_noise_scaling(batch_sigma, x))
-    check("latent_in", patched.process_latent_in(x))
+    check("latent_in", patched.get_model_object("latent_format").process_in(x))
     for name in sch.SCHEDULER_NAMES:
         check(f"schedule/{name}", sch.calculate_sigmas(ms, name, 10))
 
@@ -61,16 +61,17 @@ def test_the_input_model_is_left_alone():
     model = sd1_model()
     patched, = call_node(REGISTRY, "ModelSamplingContinuousEDM", {"model": model, "sampling": "edm_playground_v2.5",
                                                                   "sigma_max": 80.0, "sigma_min": 0.002})
-    assert model.model_sampling.prediction == "eps" and len(model.model_sampling.sigmas) == 1000
-    assert type(model.latent_format).__name__ == "SD15"
-    assert type(patched.latent_format).__name__ == "SDXLPlayground25"
+    ms = model.get_model_object("model_sampling")
+    assert ms.prediction == "eps" and len(ms.sigmas) == 1000
+    assert type(model.get_model_object("latent_format")).__name__ == "SD15"
+    assert type(patched.get_model_object("latent_format")).__name__ == "SDXLPlayground25"
 
 
 def test_lcm_boundary_condition_by_hand():
     # c_skip = 0.25 / ((10 t)^2 + 0.25), c_out = 10 t / sqrt((10 t)^2 + 0.25) at the distilled
     # timestep t of the sigma; D = c_out (x - sigma eps) + c_skip x.
     patched, = call_node(REGISTRY, "ModelSamplingDiscrete", {"model": sd1_model(), "sampling": "lcm", "zsnr": False})
-    ms = patched.model_sampling
+    ms = patched.get_model_object("model_sampling")
     assert [int(ms.timestep(torch.tensor(float(s)))) for s in ms.sigmas[[0, 1, -1]]] == [19, 39, 999]
     sigma, x, eps = float(ms.sigmas[0]), torch.full((1, 1, 1, 1), 2.0), torch.full((1, 1, 1, 1), 0.5)
     t = 19 * 10.0
@@ -82,7 +83,7 @@ def test_lcm_boundary_condition_by_hand():
 def test_continuous_v_time_is_the_arctangent():
     patched, = call_node(REGISTRY, "ModelSamplingContinuousV", {"model": sd1_model(), "sampling": "v_prediction",
                                                                 "sigma_max": 500.0, "sigma_min": 0.03})
-    ms = patched.model_sampling
+    ms = patched.get_model_object("model_sampling")
     assert float(ms.timestep(torch.tensor(1.0))) == pytest.approx(0.5)
     assert float(ms.sigma(torch.tensor(0.5))) == pytest.approx(1.0, rel=1e-6)
     assert (float(ms.sigma_min), float(ms.sigma_max)) == (pytest.approx(0.03, rel=1e-5), pytest.approx(500.0, rel=1e-5))
@@ -103,10 +104,13 @@ def test_the_network_sees_the_patched_time_and_input(node, inputs, sigma, want_t
         seen.update(x=x, t=timesteps)
         return torch.zeros_like(x)
 
-    from diffusion.model import DiffusionModel
-    patched, = call_node(REGISTRY, node, {**inputs, "model": DiffusionModel(unet, family="sd1")})
+    patched, = call_node(REGISTRY, node, {**inputs, "model": sd1_model(unet)})
     x = torch.full((1, 4, 2, 2), 3.0)
-    patched.denoise(x, torch.tensor([sigma]), {"c_crossattn": torch.zeros(1, 77, 768)})
+    patched.patch_model(load_weights=False)  # what loading for sampling does with object patches
+    try:
+        patched.model.apply_model(x, torch.tensor([sigma]), c_crossattn=torch.zeros(1, 77, 768))
+    finally:
+        patched.unpatch_model()
     assert torch.allclose(seen["x"], x * want_scale, rtol=1e-5)
     if want_t is not None:
         assert float(seen["t"]) == pytest.approx(want_t, rel=1e-5)
