@@ -8,10 +8,11 @@ from __future__ import annotations
 from diffusion import ksampler as ks
 from diffusion import noise as noise_sources
 from diffusion import samplers as S
+from diffusion.overrides import comfy_function
 from diffusion.samplers import SAMPLER_NAMES
 from graph.contract import Boolean, Choice, Combo, Float, Input, Int, Node, Output, Socket
 
-from .sampling import SEED_MAX
+from .sampling import SEED_MAX, step_reporter
 
 SAMPLERS = "sampling/custom_sampling/samplers"
 CUSTOM_SAMPLER = "comfy_extras.nodes_custom_sampler"
@@ -262,6 +263,43 @@ class AddNoise(Node):
         return (noise_sources.add_noise(model, noise, sigmas, latent_image),)
 
 
+# -- the sampler ----------------------------------------------------------------------------------
+
+
+class SamplerCustomAdvanced(Node):
+    """Samples a latent with separately chosen noise, guider, sampler and sigmas. The second
+    output is the last x0 estimate (the denoised latent at the last step's start)."""
+
+    comfy_function = "sample"
+    category = "sampling/custom_sampling"
+    comfy_module = CUSTOM_SAMPLER
+    inputs = (Socket("noise", "NOISE"), Socket("guider", "GUIDER"), Socket("sampler", "SAMPLER"),
+              Socket("sigmas", "SIGMAS"), Socket("latent_image", "LATENT"))
+    outputs = (Output("LATENT", name="output"), Output("LATENT", name="denoised_output"))
+
+    def run(self, ctx, noise, guider, sampler, sigmas, latent_image):
+        model = guider.model_patcher
+        latent = dict(latent_image)
+        latent["samples"] = comfy_function("comfy.sample", "fix_empty_latent_channels", ks.fix_empty_latent_channels)(
+            model, latent["samples"])
+        report = step_reporter(ctx, model) if ctx is not None else None
+        total, last = max(sigmas.shape[-1] - 1, 0), {}
+
+        def callback(i, x0, x, n):
+            last["x0"] = x0
+            if report is not None:
+                report(i + 1, total, x0)
+
+        samples = guider.sample(noise.generate_noise(latent), latent["samples"], sampler, sigmas,
+                                denoise_mask=latent.get("noise_mask"), callback=callback, disable_pbar=True,
+                                seed=noise.seed)
+        out = {**latent, "samples": samples.cpu()}
+        if "x0" not in last:
+            return out, out
+        return out, {**latent, "samples": model.model.process_latent_out(last["x0"].cpu())}
+
+
 NODES = [KSamplerSelect, SamplerEulerAncestral, SamplerEulerAncestralCFGPP, SamplerEulerCFGpp,
          SamplerDPMPP_2S_Ancestral, SamplerDPMPP_SDE, SamplerDPMPP_2M_SDE, SamplerDPMPP_3M_SDE, SamplerLMS,
-         SamplerDPMAdaptative, SamplerER_SDE, SamplerSASolver, SamplerLCMUpscale, RandomNoise, DisableNoise, AddNoise]
+         SamplerDPMAdaptative, SamplerER_SDE, SamplerSASolver, SamplerLCMUpscale, RandomNoise, DisableNoise, AddNoise,
+         SamplerCustomAdvanced]
