@@ -9,15 +9,14 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from graph.context import NodeContext
 from tests.conftest import make_runtime
+from tests.node_helpers import call_in_context
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "custom_sampling.json"
@@ -54,9 +53,7 @@ def rt(tmp_path_factory, tiny_checkpoint):
 
 
 def node(rt, name: str, **inputs):
-    node_type = rt.registry.get(name)
-    ctx = NodeContext("test", "1", name, rt.env, {}, {}, threading.Event(), lambda _event, _data: None)
-    return node_type.call(node_type.instantiate(), ctx, inputs)
+    return call_in_context(rt.registry, name, **inputs)
 
 
 def test_custom_sampling_gives_ksamplers_latent(rt):

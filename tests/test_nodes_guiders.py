@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion import ksampler as K
 from diffusion.model import DiffusionModel
 from diffusion.model_patcher import ModelPatcher
 from diffusion.model_sampling import ModelSamplingDiscrete
