@@ -90,8 +90,8 @@ def block_ratio(unet_key: str, ratios: dict) -> float:
 
 
 class ModelMergeSubtract(_Merge):
-    """model1 - multiplier * model2 (with multiplier 1: the difference, e.g. to extract a
-    fine-tune's change from its base)."""
+    """(model1 - model2) * multiplier: the difference of a fine-tune from its base, to add to
+    another model with ModelMergeAdd (ComfyUI scales model1 too, not only model2)."""
 
     comfy_function = "merge"
     comfy_module = MODULE
@@ -133,7 +133,7 @@ class CLIPMergeSimple(_Merge):
 
 
 class CLIPMergeSubtract(_Merge):
-    """clip1 - multiplier * clip2."""
+    """(clip1 - clip2) * multiplier."""
 
     comfy_function = "merge"
     comfy_module = MODULE
