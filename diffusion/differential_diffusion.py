@@ -15,8 +15,7 @@ def differential_denoise_mask(strength: float = 1.0):
         model_sampling = extra_options["model"].inner_model.model_sampling
         step_sigmas = extra_options["sigmas"]
         sigma_to = model_sampling.sigma_min
-        if step_sigmas[-1] > sigma_to:
-            sigma_to = step_sigmas[-1]
+        sigma_to = max(sigma_to, step_sigmas[-1])
         ts_from = model_sampling.timestep(step_sigmas[0])
         ts_to = model_sampling.timestep(sigma_to)
         threshold = (model_sampling.timestep(sigma[0]) - ts_to) / (ts_from - ts_to)

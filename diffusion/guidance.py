@@ -32,7 +32,7 @@ def rescale_cfg(multiplier: float):
         x_orig, cond_scale = args["input"], args["cond_scale"]
         sigma = _per_sample(args["sigma"], args["cond"])
         x = x_orig / (sigma * sigma + 1.0)
-        to_v = lambda eps: ((x - (x_orig - eps)) * (sigma ** 2 + 1.0) ** 0.5) / sigma  # noqa: E731
+        to_v = lambda eps: ((x - (x_orig - eps)) * (sigma ** 2 + 1.0) ** 0.5) / sigma
         cond, uncond = to_v(args["cond"]), to_v(args["uncond"])
         v_cfg = uncond + cond_scale * (cond - uncond)
         std_pos = torch.std(cond, dim=(1, 2, 3), keepdim=True)
@@ -126,7 +126,7 @@ def mahiro():
         uncond_leap = args["uncond_denoised"] * scale
         guided = args["denoised"]
         merge = (leap + guided) / 2
-        signed_root = lambda t: torch.sqrt(t.abs()) * t.sign()  # noqa: E731
+        signed_root = lambda t: torch.sqrt(t.abs()) * t.sign()
         similarity = F.cosine_similarity(signed_root(uncond_leap), signed_root(merge)).mean()
         weight = 2 * (similarity + 1)
         return (weight * guided + (4 - weight) * leap) / 4

@@ -11,7 +11,7 @@ not merged.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -99,10 +99,10 @@ def merge_functions(x: torch.Tensor, ratio: float, original_shape) -> tuple[Call
     """(merge, unmerge) for the tokens x [B, N, C] of a transformer at the full latent
     resolution (`original_shape` [B, C, H, W]); identity at the lower resolutions."""
     _, _, height, width = original_shape
-    downsample = int(math.ceil(math.sqrt((height * width) // x.shape[1])))
+    downsample = math.ceil(math.sqrt((height * width) // x.shape[1]))
     if downsample > 1:
         return _identity, _identity
-    w, h = int(math.ceil(width / downsample)), int(math.ceil(height / downsample))
+    w, h = math.ceil(width / downsample), math.ceil(height / downsample)
     return bipartite_soft_matching(x, w, h, 2, 2, int(x.shape[1] * ratio))
 
 

@@ -9,7 +9,7 @@ runs with (it holds the same parameters).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -18,7 +18,7 @@ def scale_weights(patcher, factors: dict[str, float]) -> None:
     "<suffix>.weight" / "<suffix>.bias" by factors[suffix]."""
     for key in patcher.model_state_dict():
         for suffix, factor in factors.items():
-            if key.endswith(f"{suffix}.weight") or key.endswith(f"{suffix}.bias"):
+            if key.endswith((f"{suffix}.weight", f"{suffix}.bias")):
                 patcher.add_patches({key: (None,)}, 0.0, factor)
 
 

@@ -29,7 +29,7 @@ def merge_into(target, source_patches: dict, strength_patch: float, strength_mod
 def clip_patches(clip) -> dict:
     """The CLIP's key patches minus the position ids and logit scale, which merges leave alone."""
     return {k: v for k, v in clip.get_key_patches().items()
-            if not (k.endswith(".position_ids") or k.endswith(".logit_scale"))}
+            if not k.endswith((".position_ids", ".logit_scale"))}
 
 
 def Ratio(name: str) -> Float:
@@ -69,7 +69,7 @@ class ModelMergeBlocks(_Merge):
     inputs = (Socket("model1", "MODEL"), Socket("model2", "MODEL"), Ratio("input"), Ratio("middle"), Ratio("out"))
     outputs = (Output("MODEL"),)
 
-    def run(self, ctx, model1, model2, input, middle, out):  # noqa: A002 (ComfyUI's input name)
+    def run(self, ctx, model1, model2, input, middle, out):
         ratios = {"input": input, "middle": middle, "out": out}
         merged = model1.clone()
         merge_into(merged, model2.get_key_patches(UNET_PREFIX), 0.0, 0.0,

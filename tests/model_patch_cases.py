@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-UNET = dict(model_channels=32, channel_mult=(1, 2, 4), num_res_blocks=1, transformer_depth=(1, 1, 0),
-            transformer_depth_middle=1, context_dim=24, num_heads=8)
+UNET = {"model_channels": 32, "channel_mult": (1, 2, 4), "num_res_blocks": 1, "transformer_depth": (1, 1, 0),
+        "transformer_depth_middle": 1, "context_dim": 24, "num_heads": 8}
 WEIGHT_SEEDS = {"model": 7, "model2": 8}
 SEED, STEPS, SAMPLER, SCHEDULER = 5, 4, "euler", "normal"
 

@@ -151,13 +151,16 @@ def test_attention_multipliers_scale_exactly_the_named_projections(registry):
                 return factor
         return None
 
+    def scaled(weights, names):
+        return lambda k: weights[k] * factor_of(k, names) if factor_of(k, names) else weights[k]
+
     for patched, attn in ((self_attn, "attn1"), (cross, "attn2")):
         names = {f"{attn}.to_q": 1.2, f"{attn}.to_k": 0.8, f"{attn}.to_v": 1.1, f"{attn}.to_out.0": 0.9}
         got = loaded(patched)
         blocks = [k for k in wm if k.endswith(f"{attn}.to_q.weight")]
         assert len([k for k in wm if factor_of(k, names)]) == 5 * len(blocks) > 0  # q, k, v, out and out's bias
-        assert_weights(got, lambda k: wm[k] * factor_of(k, names) if factor_of(k, names) else wm[k], wm)
+        assert_weights(got, scaled(wm, names), wm)
     names = {"self_attn.q_proj": 1.2, "self_attn.k_proj": 0.8, "self_attn.v_proj": 1.1, "self_attn.out_proj": 0.9}
     got = loaded(text.patcher)
     assert len([k for k in wc if factor_of(k, names)]) == 2 * 8  # two layers, weight and bias of four projections
-    assert_weights(got, lambda k: wc[k] * factor_of(k, names) if factor_of(k, names) else wc[k], wc)
+    assert_weights(got, scaled(wc, names), wc)

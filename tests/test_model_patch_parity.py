@@ -32,7 +32,7 @@ RTOL = 1e-4
 
 def _load_reference():
     with safe_open(str(REFERENCE), framework="pt") as f:
-        return {key: f.get_tensor(key) for key in f.keys()}, json.loads(f.metadata()["json"])
+        return {key: f.get_tensor(key) for key in f.keys()}, json.loads(f.metadata()["json"])  # noqa: SIM118
 
 
 TENSORS, META = _load_reference()

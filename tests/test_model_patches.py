@@ -6,7 +6,6 @@ What the patches do to a sampled latent is checked against ComfyUI in test_model
 import logging
 
 import pytest
-import torch
 
 from diffusion.ksampler import common_ksampler
 from diffusion.model import DiffusionModel

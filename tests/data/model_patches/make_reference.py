@@ -39,20 +39,21 @@ def load_by_path(name: str, path: Path):
     return module
 
 
-import comfy.options  # noqa: E402
+import comfy.options
 
 comfy.options.enable_args_parsing()
 sys.argv = [sys.argv[0], "--cpu"]  # ComfyUI reads its flags at import
 sys.modules.setdefault("server", types.SimpleNamespace(PromptServer=None))
-import comfy.model_detection  # noqa: E402
-import comfy.model_management  # noqa: E402
-import comfy.model_patcher  # noqa: E402
-import comfy.supported_models  # noqa: E402
-import nodes  # noqa: E402
+import comfy.model_detection
+import comfy.model_management
+import comfy.model_patcher
+import comfy.supported_models
+
+import nodes
 
 cases = load_by_path("lg_model_patch_cases", REPO / "tests" / "model_patch_cases.py")
 models_tiny = load_by_path("lg_models_tiny", REPO / "tests" / "models_tiny.py")
-from diffusion.unet import UNetConfig, UNetModel  # noqa: E402  (ours: only to make the weights)
+from diffusion.unet import UNetConfig, UNetModel  # ours: only to make the weights
 
 MODULES = ["comfy_extras.nodes_freelunch", "comfy_extras.nodes_hypertile", "comfy_extras.nodes_model_downscale",
            "comfy_extras.nodes_pag", "comfy_extras.nodes_sag", "comfy_extras.nodes_tomesd", "comfy_extras.nodes_eps",
