@@ -29,40 +29,37 @@ def Factor(name: str) -> Float:
 FACTORS = (Factor("q"), Factor("k"), Factor("v"), Factor("out"))
 
 
-def _unet_attention(model, attn: str, q, k, v, out):
-    patched = model.clone()
-    scale_weights(patched, {f"{attn}.to_q": q, f"{attn}.to_k": k, f"{attn}.to_v": v, f"{attn}.to_out.0": out})
-    return (patched,)
+class _UNetAttentionMultiply(Node):
+    comfy_function = "execute"
+    comfy_module = MODULE
+    category = ATTENTION_EXPERIMENTS
+    display_name = None
+    EXPERIMENTAL = True
+    inputs = (Socket("model", "MODEL"), *FACTORS)
+    outputs = (Output("MODEL"),)
+    attention = ""
+
+    def run(self, ctx, model, q, k, v, out):
+        a = self.attention
+        patched = model.clone()
+        scale_weights(patched, {f"{a}.to_q": q, f"{a}.to_k": k, f"{a}.to_v": v, f"{a}.to_out.0": out})
+        return (patched,)
 
 
-class UNetSelfAttentionMultiply(Node):
+class UNetSelfAttentionMultiply(_UNetAttentionMultiply):
     """Scales the q, k, v and output projections of the UNet's self-attention layers."""
 
     comfy_function = "execute"
     comfy_module = MODULE
-    category = ATTENTION_EXPERIMENTS
-    display_name = None
-    EXPERIMENTAL = True
-    inputs = (Socket("model", "MODEL"), *FACTORS)
-    outputs = (Output("MODEL"),)
-
-    def run(self, ctx, model, q, k, v, out):
-        return _unet_attention(model, "attn1", q, k, v, out)
+    attention = "attn1"
 
 
-class UNetCrossAttentionMultiply(Node):
+class UNetCrossAttentionMultiply(_UNetAttentionMultiply):
     """Scales the q, k, v and output projections of the UNet's cross-attention (text) layers."""
 
     comfy_function = "execute"
     comfy_module = MODULE
-    category = ATTENTION_EXPERIMENTS
-    display_name = None
-    EXPERIMENTAL = True
-    inputs = (Socket("model", "MODEL"), *FACTORS)
-    outputs = (Output("MODEL"),)
-
-    def run(self, ctx, model, q, k, v, out):
-        return _unet_attention(model, "attn2", q, k, v, out)
+    attention = "attn2"
 
 
 class CLIPAttentionMultiply(Node):

@@ -4,8 +4,6 @@ same shape with other weights), plus the merge they ask for checked on the loade
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,19 +18,17 @@ from diffusion.model_management import load_models_gpu
 from tests.conftest import make_runtime
 from tests.node_helpers import call_in_context
 from tests.paths import REPO
+from tests.test_custom_sampling_workflow import CHECKPOINT as FIRST
+from tests.test_custom_sampling_workflow import place_checkpoint
 
 EXAMPLES = REPO / "examples"
 OUTPUTS = {"model_merging": "model_merging_00001_.png", "freeu_pag": "freeu_pag_00001_.png"}
-FIRST, SECOND = "v1-5-pruned-emaonly.safetensors", "other_sd15_model.safetensors"
+SECOND = "other_sd15_model.safetensors"
 
 
 def place_checkpoints(base: Path, tiny_checkpoint) -> None:
+    place_checkpoint(base, tiny_checkpoint)  # the tiny SD1.5 file as FIRST
     folder = base / "models" / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(tiny_checkpoint("sd15"), folder / FIRST)
-    except OSError:
-        shutil.copy(tiny_checkpoint("sd15"), folder / FIRST)
     gen = torch.Generator().manual_seed(21)
     with safe_open(str(folder / FIRST), "pt") as f:
         unet = {k: f.get_tensor(k) for k in f.keys() if k.startswith("model.diffusion_model.")}  # noqa: SIM118
