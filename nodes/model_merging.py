@@ -69,8 +69,8 @@ class ModelMergeBlocks(_Merge):
     inputs = (Socket("model1", "MODEL"), Socket("model2", "MODEL"), Ratio("input"), Ratio("middle"), Ratio("out"))
     outputs = (Output("MODEL"),)
 
-    def run(self, ctx, model1, model2, input, middle, out):
-        ratios = {"input": input, "middle": middle, "out": out}
+    def run(self, ctx, model1, model2, **kwargs):
+        ratios = kwargs  # input, middle, out, in the order given
         merged = model1.clone()
         merge_into(merged, model2.get_key_patches(UNET_PREFIX), 0.0, 0.0,
                    ratio_of=lambda key: block_ratio(key[len(UNET_PREFIX):], ratios))
@@ -80,8 +80,8 @@ class ModelMergeBlocks(_Merge):
 def block_ratio(unet_key: str, ratios: dict) -> float:
     """The ratio of the longest name in `ratios` that `unet_key` starts with, else the first
     ratio given (ComfyUI's rule: "input" matches input_blocks.*, "out" both output_blocks.* and
-    the final out.* layers; the time and label embeddings match none and take the first, the
-    input ratio when the widgets come in their declared order)."""
+    the final out.* layers; the time and label embeddings match none and take the first ratio
+    passed, which is "input" when the inputs come in their declared order, as from the editor)."""
     best, best_length = next(iter(ratios.values())), 0
     for name, ratio in ratios.items():
         if unet_key.startswith(name) and len(name) > best_length:
