@@ -13,16 +13,15 @@ the service to load it first.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from diffusion import tiling
-from diffusion.checkpoint import load_checkpoint, load_unet, load_vae, read_state_dict, split_components, detect
-from diffusion.model import DiffusionModel
-from diffusion.model_management import ModelManagement, load_models_gpu
+from diffusion.checkpoint import load_checkpoint, load_unet, load_vae, read_state_dict, split_components
+from diffusion.model import model_class_for
+from diffusion.model_management import ModelManagement, use_models
 from diffusion.model_patcher import ModelPatcher
 from diffusion.model_sampling import ModelSamplingDiscrete
 from diffusion.prompt_weights import EmbeddingDirectory
@@ -102,7 +101,7 @@ class CLIP:
         return pooled_dict
 
     def load_model(self) -> ModelPatcher:
-        load_models_gpu([self.patcher])
+        use_models([self.patcher])
         return self.patcher
 
     def encode_from_tokens(self, tokens: dict, return_pooled=False, return_dict: bool = False):
@@ -215,7 +214,7 @@ class VAE:
         return crop_to_multiple(pixels, self.downscale_ratio)
 
     def _load(self, memory_required: int) -> None:
-        load_models_gpu([self.patcher], memory_required=memory_required, force_full_load=self.disable_offload)
+        use_models([self.patcher], memory_required=memory_required, force_full_load=self.disable_offload)
 
     def decode(self, samples_in: torch.Tensor, vae_options: dict | None = None) -> torch.Tensor:
         """Latent [B, C, h, w] -> IMAGE [B, h*f, w*f, 3] in 0..1 on the CPU."""
@@ -321,16 +320,15 @@ def _component(path: Path, name: str) -> dict:
 def wrap_diffusion_model(unet, info, manager: ModelManagement, source: Path | None = None) -> ModelPatcher:
     """MODEL for a loaded UNet: a DiffusionModel under a ModelPatcher, registered with the service
     (rebuilt from `source` when released)."""
-    model = DiffusionModel(_prepare_unet(unet, manager), ModelSamplingDiscrete(info.prediction),
-                           family=family_of(info))
+    make = model_class_for(family_of(info))
+    model = make(_prepare_unet(unet, manager), ModelSamplingDiscrete(info.prediction), family=family_of(info))
     patcher = ModelPatcher(model, load_device=manager.get_torch_device(), offload_device=manager.unet_offload_device())
     patcher.manager = manager
     if source is not None:
         def rebuild():
             unet = load_unet(_component(source, "unet"), info.unet_config, manager.unet_inital_load_device(),
                              manager.unet_dtype(), source)
-            return DiffusionModel(_prepare_unet(unet, manager), ModelSamplingDiscrete(info.prediction),
-                                  family=family_of(info))
+            return make(_prepare_unet(unet, manager), ModelSamplingDiscrete(info.prediction), family=family_of(info))
         manager.register(model, rebuild, name=f"UNet of {source.name}")
     else:
         manager.register(model, name="UNet")
