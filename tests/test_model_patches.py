@@ -57,6 +57,16 @@ def test_a_patch_node_returns_a_clone_and_leaves_its_input_unchanged(registry, c
         model = patched
 
 
+def test_plugins_find_set_torch_compile_wrapper_where_comfyui_has_it():
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+    from diffusion import torch_compile
+
+    assert set_torch_compile_wrapper is torch_compile.set_torch_compile_wrapper
+    model = tiny_model(7)
+    set_torch_compile_wrapper(model=model, backend="inductor", keys=["diffusion_model"])
+    assert len(model.get_wrappers(WrappersMP.APPLY_MODEL, COMPILE_KEY)) == 1
+
+
 def test_torch_compile_model_runs_the_unet_through_torch_compile(registry, caplog):
     """The "cudagraphs" backend on CPU tensors: dynamo traces the UNet and AOT autograd builds the
     graph (no C++ code generation, so seconds rather than minutes); torch then skips the CUDA
