@@ -57,6 +57,17 @@ def test_a_patch_node_returns_a_clone_and_leaves_its_input_unchanged(registry, c
         model = patched
 
 
+def test_plugins_find_the_classes_under_comfyuis_python_names():
+    import nodes
+    from comfy_extras.nodes_eps import EpsilonScaling
+    from comfy_extras.nodes_model_merging import CLIPAdd, CLIPSubtract, ModelAdd, ModelMergeBlocks, ModelSubtract
+
+    assert EpsilonScaling is nodes.builtin_classes()["Epsilon Scaling"]
+    assert (ModelAdd, ModelSubtract, CLIPAdd, CLIPSubtract, ModelMergeBlocks) == (
+        nodes.ModelMergeAdd, nodes.ModelMergeSubtract, nodes.CLIPMergeAdd, nodes.CLIPMergeSubtract,
+        nodes.ModelMergeBlocks)
+
+
 def test_plugins_find_set_torch_compile_wrapper_where_comfyui_has_it():
     from comfy_api.torch_helpers import set_torch_compile_wrapper
     from diffusion import torch_compile
