@@ -58,9 +58,10 @@ def test_a_patch_node_returns_a_clone_and_leaves_its_input_unchanged(registry, c
 
 
 def test_plugins_find_the_classes_under_comfyuis_python_names():
-    import nodes
     from comfy_extras.nodes_eps import EpsilonScaling
     from comfy_extras.nodes_model_merging import CLIPAdd, CLIPSubtract, ModelAdd, ModelMergeBlocks, ModelSubtract
+
+    import nodes
 
     assert EpsilonScaling is nodes.builtin_classes()["Epsilon Scaling"]
     assert (ModelAdd, ModelSubtract, CLIPAdd, CLIPSubtract, ModelMergeBlocks) == (
@@ -70,6 +71,7 @@ def test_plugins_find_the_classes_under_comfyuis_python_names():
 
 def test_plugins_find_set_torch_compile_wrapper_where_comfyui_has_it():
     from comfy_api.torch_helpers import set_torch_compile_wrapper
+
     from diffusion import torch_compile
 
     assert set_torch_compile_wrapper is torch_compile.set_torch_compile_wrapper
