@@ -12,9 +12,12 @@ from torch import nn
 from .overrides import comfy_function
 
 
-def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
-    b, n, inner = t.shape
-    return t.view(b, n, heads, inner // heads).transpose(1, 2)
+def _split_heads(t: torch.Tensor, heads: int, batch: int) -> torch.Tensor:
+    """[B, N, heads * d] -> [batch, heads, N * B / batch, d]. k and v are laid out by q's batch, as
+    ComfyUI's attention functions do: a patch that splits the queries into tiles along the batch
+    (HyperTile) has each tile attend to its own contiguous band of the keys."""
+    inner = t.shape[-1]
+    return t.reshape(batch, -1, heads, inner // heads).transpose(1, 2)
 
 
 def attention_pytorch(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False,
@@ -26,7 +29,8 @@ def attention_pytorch(q, k, v, heads, mask=None, attn_precision=None, skip_resha
     [tokens x tokens] score matrix of a 64x64 latent is never materialised.
     """
     if not skip_reshape:
-        q, k, v = (_split_heads(t, heads) for t in (q, k, v))
+        b = q.shape[0]
+        q, k, v = (_split_heads(t, heads, b) for t in (q, k, v))
     if mask is not None:
         if mask.ndim == 2:
             mask = mask.unsqueeze(0)
@@ -43,7 +47,8 @@ def attention_basic(q, k, v, heads, mask=None, attn_precision=None, skip_reshape
                     **kwargs) -> torch.Tensor:
     """The same attention written out: softmax(q k^T / sqrt(d) + mask) v, scores in float32."""
     if not skip_reshape:
-        q, k, v = (_split_heads(t, heads) for t in (q, k, v))
+        b = q.shape[0]
+        q, k, v = (_split_heads(t, heads, b) for t in (q, k, v))
     scale = q.shape[-1] ** -0.5
     scores = torch.einsum("bhid,bhjd->bhij", q.float(), k.float()) * scale
     if mask is not None:

@@ -74,6 +74,35 @@ class SDXL(LatentFormat):
     taesd_decoder_name = "taesdxl_decoder"
 
 
+class SDXLPlayground25(LatentFormat):
+    """Playground v2.5 (an SDXL architecture trained in the EDM framework): each channel is
+    standardised with its own mean and std before the 0.5 scale."""
+    name = "sdxl_playground_2_5"
+    scale_factor = 0.5
+    latents_mean = (-1.6574, 1.886, -1.383, 2.5155)
+    latents_std = (8.4927, 5.9022, 6.5498, 5.2299)
+    latent_rgb_factors = [
+        [0.3920, 0.4054, 0.4549],
+        [-0.2634, -0.0196, 0.0653],
+        [0.0568, 0.1687, -0.0755],
+        [-0.3112, -0.2359, -0.2076],
+    ]
+    taesd_decoder_name = "taesdxl_decoder"
+
+    def _stats(self, latent: torch.Tensor):
+        def as_channels(values):
+            return torch.tensor(values, dtype=latent.dtype, device=latent.device).view(1, -1, 1, 1)
+        return as_channels(self.latents_mean), as_channels(self.latents_std)
+
+    def process_in(self, latent: torch.Tensor) -> torch.Tensor:
+        mean, std = self._stats(latent)
+        return (latent - mean) * self.scale_factor / std
+
+    def process_out(self, latent: torch.Tensor) -> torch.Tensor:
+        mean, std = self._stats(latent)
+        return latent * std / self.scale_factor + mean
+
+
 class SD_X4(LatentFormat):
     """The x4 upscaler's latent space."""
     name = "sd_x4"
@@ -123,7 +152,7 @@ class Flux(LatentFormat):
 _BY_FAMILY = {
     "sd1": SD15, "sd15": SD15, "sd2": SD15, "sd21": SD15, "sd15_inpaint": SD15, "sd1_inpaint": SD15,
     "sd2_inpaint": SD15, "sdxl": SDXL, "sdxl_base": SDXL, "sdxl_refiner": SDXL, "sdxl_inpaint": SDXL,
-    "sd_x4": SD_X4, "sd3": SD3, "flux": Flux,
+    "sd_x4": SD_X4, "sd3": SD3, "flux": Flux, "sdxl_playground_2_5": SDXLPlayground25,
 }
 
 

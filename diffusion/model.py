@@ -24,6 +24,7 @@ from torch import nn
 from .conds import CONDCrossAttn, CONDNoiseShape, CONDRegular, repeat_to_batch_size
 from .latent_formats import LatentFormat, latent_format_for
 from .model_sampling import ModelSamplingDiscrete
+from .patcher_extension import WrappersMP, wrapped
 from .unet_blocks import timestep_embedding
 from .upscale import upscale
 
@@ -203,7 +204,14 @@ class DiffusionModel(nn.Module):
     def apply_model(self, x: torch.Tensor, t: torch.Tensor, c_concat=None, c_crossattn=None, control=None,
                     transformer_options: dict | None = None, **kwargs) -> torch.Tensor:
         """x0 estimate for model-space latents x at noise levels t (sigmas [B]); keyword inputs
-        are the model conds of the batch ("y", ...), cast to the UNet's dtype and device."""
+        are the model conds of the batch ("y", ...), cast to the UNet's dtype and device. The
+        MODEL's "apply_model" wrappers (e.g. torch.compile's) run around it."""
+        options = transformer_options if transformer_options is not None else {}
+        run = wrapped(self._apply_model, WrappersMP.APPLY_MODEL, options, class_obj=self)
+        return run(x, t, c_concat, c_crossattn, control, options, **kwargs)
+
+    def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None,
+                     **kwargs) -> torch.Tensor:
         ms = self.model_sampling
         sigma = t
         xc = ms.calculate_input(sigma, x)

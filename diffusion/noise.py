@@ -53,6 +53,21 @@ class DisableNoise:
         return torch.zeros(samples.shape, dtype=samples.dtype, layout=samples.layout, device="cpu")
 
 
+def add_noise(model, noise, sigmas: torch.Tensor, latent: dict) -> dict:
+    """The AddNoise node: `latent` noised by `noise` (a NOISE object) to sigma |sigmas[0] -
+    sigmas[-1]| (sigmas[0] for a one-sigma schedule), in the model's latent space and back."""
+    if len(sigmas) == 0:
+        return latent
+    samples = latent["samples"]
+    noisy = noise.generate_noise(latent)
+    scale = torch.abs(sigmas[0] - sigmas[-1]) if len(sigmas) > 1 else sigmas[0]
+    if torch.count_nonzero(samples) > 0:  # an empty latent stays 0: formats with a shift would move it
+        samples = model.get_model_object("process_latent_in")(samples)
+    noisy = model.get_model_object("model_sampling").noise_scaling(scale, noisy, samples)
+    noisy = model.get_model_object("process_latent_out")(noisy)
+    return {**latent, "samples": torch.nan_to_num(noisy, nan=0.0, posinf=0.0, neginf=0.0)}
+
+
 class StepNoiseSampler:
     """Per-step Gaussian noise for ancestral samplers: `sampler(sigma, sigma_next)` returns one
     randn of x's shape from a generator on x's device seeded with `seed` (the global RNG if None).

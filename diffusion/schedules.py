@@ -1,14 +1,19 @@
-"""Sigma schedules: pure functions from a step count to a descending sigma sequence.
+"""Sigma schedules: pure functions from a step count to a descending sigma sequence, and the
+published fixed schedules (Align Your Steps, GITS, OptimalSteps) the scheduler nodes offer.
 
 Each returns a float32 tensor of length steps + 1 ending in 0 (beta and ddim_uniform may return
-fewer when timesteps coincide, as ComfyUI's do). Schedules that need the model's discrete table
-take a `ModelSamplingDiscrete`; the others take sigma_min / sigma_max. Definitions follow
-ComfyUI's so a given (scheduler, steps) pair yields the same sigmas.
+fewer when timesteps coincide, as ComfyUI's do; laplace returns `steps` points with no final 0,
+as ComfyUI's LaplaceScheduler does). Schedules that need the model's table take its model
+sampling; the others take sigma_min / sigma_max. Definitions follow ComfyUI's so a given
+(scheduler, steps) pair yields the same sigmas.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,6 +48,15 @@ def vp(n: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 1e-3)
     """The continuous VP-SDE schedule of Song et al. 2021."""
     t = torch.linspace(1, eps_s, n)
     return append_zero(torch.sqrt(torch.special.expm1(beta_d * t ** 2 / 2 + beta_min * t)))
+
+
+def laplace(n: int, sigma_min: float, sigma_max: float, mu: float = 0.0, beta: float = 0.5) -> torch.Tensor:
+    """Tiankai et al. 2024 ("Improved noise schedule for diffusion training"): log-sigma follows
+    the quantiles of a Laplace(mu, beta) distribution, so steps concentrate around sigma = e^mu;
+    clamped to [sigma_min, sigma_max]. `n` points, no final 0."""
+    x = torch.linspace(0, 1, n)
+    log_sigma = mu - beta * torch.sign(0.5 - x) * torch.log(1 - 2 * torch.abs(0.5 - x) + 1e-5)
+    return torch.clamp(torch.exp(log_sigma), min=sigma_min, max=sigma_max)
 
 
 def kl_optimal(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
@@ -141,6 +155,100 @@ def sd_turbo(ms, steps: int, denoise: float = 1.0) -> torch.Tensor:
     timesteps = torch.flip(torch.arange(1, 11) * 100 - 1, (0,))[start:start + steps]
     sigmas = ms.sigma(timesteps)
     return torch.cat([sigmas, sigmas.new_zeros([1])])
+
+
+# -- editing a schedule -----------------------------------------------------------------------
+
+
+def set_first(sigmas: torch.Tensor, sigma: float) -> torch.Tensor:
+    """A copy with the first sigma replaced (SetFirstSigma)."""
+    sigmas = sigmas.clone()
+    sigmas[0] = sigma
+    return sigmas
+
+
+_SPACINGS = {
+    "linear": lambda x: x,
+    "cosine": lambda x: torch.sin(x * math.pi / 2),  # bunched towards the step's end
+    "sine": lambda x: 1 - torch.cos(x * math.pi / 2),  # bunched towards its start
+}
+
+
+def extend_intermediate(sigmas: torch.Tensor, steps: int, start_at_sigma: float, end_at_sigma: float,
+                        spacing: str = "linear") -> torch.Tensor:
+    """Split every step that starts at a sigma in [end_at_sigma, start_at_sigma] (a negative start:
+    no upper bound) into `steps` sub-steps, placed by `spacing` (ExtendIntermediateSigmas)."""
+    if start_at_sigma < 0:
+        start_at_sigma = float("inf")
+    fractions = _SPACINGS[spacing](torch.linspace(0, 1, steps + 1)[1:-1])
+    out = []
+    for current, following in zip(sigmas[:-1], sigmas[1:]):
+        out.append(float(current))
+        if end_at_sigma <= current <= start_at_sigma:
+            out.extend((fractions * (following - current) + current).tolist())
+    if len(sigmas) > 0:
+        out.append(float(sigmas[-1]))
+    return torch.FloatTensor(out)
+
+
+# -- published schedules ----------------------------------------------------------------------
+
+
+@functools.cache
+def _tables() -> dict:
+    """Noise levels published with Align Your Steps, GITS and OptimalSteps (provenance in the file)."""
+    return json.loads((Path(__file__).parent / "data" / "sigma_tables.json").read_text())
+
+
+def loglinear_interp(levels, num_steps: int) -> np.ndarray:
+    """Resample a descending list of noise levels to `num_steps` points, linearly in log-sigma."""
+    xs = np.linspace(0, 1, len(levels))
+    ys = np.log(np.asarray(levels, dtype=np.float64)[::-1])
+    return np.exp(np.interp(np.linspace(0, 1, num_steps), xs, ys))[::-1].copy()
+
+
+def _published(levels, steps: int, denoise: float, interpolate: bool = True) -> torch.Tensor:
+    """`steps` steps over a published schedule (resampled when its length differs), the last
+    round(steps * denoise) of them kept, ending in 0."""
+    total = steps
+    if denoise < 1.0:
+        if denoise <= 0.0:
+            return torch.FloatTensor([])
+        total = round(steps * denoise)
+    if interpolate and len(levels) != steps + 1:
+        levels = loglinear_interp(levels, steps + 1)
+    levels = list(levels)[-(total + 1):]
+    levels[-1] = 0
+    return torch.FloatTensor(levels)
+
+
+def align_your_steps(model_type: str, steps: int, denoise: float = 1.0) -> torch.Tensor:
+    """Sabour et al. 2024 ("Align your steps"): the 10-step schedule optimised for the model
+    family ("SD1", "SDXL", "SVD"), resampled log-linearly to other step counts."""
+    return _published(_table("align_your_steps", model_type), steps, denoise)
+
+
+def optimal_steps(model_type: str, steps: int, denoise: float = 1.0) -> torch.Tensor:
+    """Pei et al. 2025 ("Optimal stepsize for diffusion sampling"): the published schedule for
+    "FLUX", "Wan" or "Chroma", resampled log-linearly to `steps`."""
+    return _published(_table("optimal_steps", model_type), steps, denoise)
+
+
+def gits(coeff: float, steps: int, denoise: float = 1.0) -> torch.Tensor:
+    """Chen et al. 2024 ("On the trajectory regularity of ODE-based diffusion sampling", GITS): the
+    SD1.5 timesteps searched for each coefficient (0.80 to 1.50 by 0.05) and step count up to 20;
+    longer schedules resample the 20-step one log-linearly."""
+    lists = _table("gits", repr(round(coeff, 2)))
+    if steps <= 20:
+        return _published(lists[steps - 2], steps, denoise, interpolate=False)
+    return _published(lists[-1], steps, denoise)
+
+
+def _table(section: str, key: str):
+    table = _tables()[section]
+    if key not in table:
+        raise ValueError(f"no published {section.replace('_', ' ')} schedule for {key!r}; known: {sorted(table)}")
+    return table[key]
 
 
 _USES_TABLE = {

@@ -1,5 +1,6 @@
-"""Sampling nodes with ComfyUI's names and widgets: KSampler, KSamplerAdvanced, the custom-sampling
-building blocks, and the model-sampling override."""
+"""Sampling nodes with ComfyUI's names and widgets: KSampler, KSamplerAdvanced and SamplerCustom.
+Their building blocks live beside them: SAMPLER and NOISE nodes in custom_sampling.py, schedulers
+and sigma tools in sigmas.py, model-sampling patches in model_sampling.py."""
 from __future__ import annotations
 
 from diffusion import ksampler as ks
@@ -83,84 +84,6 @@ class KSamplerAdvanced(Node):
                                force_full_denoise=return_with_leftover_noise == "disable", ctx=ctx)
 
 
-class ModelSamplingDiscrete(Node):
-    """Overrides what the model predicts (eps or v), e.g. for a v-prediction SD1.x fine-tune."""
-
-    comfy_function = "patch"
-    category = "advanced/model"
-    comfy_module = "comfy_extras.nodes_model_advanced"
-    inputs = (Socket("model", "MODEL"), Combo("sampling", ["eps", "v_prediction", "x0"]),
-              Boolean("zsnr", False))
-    outputs = (Output("MODEL"),)
-
-    def run(self, ctx, model, sampling, zsnr):
-        # From the checkpoint's own schedule (ComfyUI rebuilds it from the model config), whatever
-        # sampling another node or patcher installed.
-        base = model.object_patches_backup.get("model_sampling", model.model.model_sampling)
-        patched = model.clone()
-        patched.add_object_patch("model_sampling", base.with_prediction(sampling, zsnr))
-        return (patched,)
-
-
-class KSamplerSelect(Node):
-    comfy_function = "get_sampler"
-    category = "sampling/custom_sampling/samplers"
-    comfy_module = "comfy_extras.nodes_custom_sampler"
-    inputs = (Combo("sampler_name", SAMPLER_NAMES),)
-    outputs = (Output("SAMPLER"),)
-
-    def run(self, ctx, sampler_name):
-        return (ks.ksampler_select(sampler_name),)
-
-
-class BasicScheduler(Node):
-    comfy_function = "get_sigmas"
-    category = "sampling/custom_sampling/schedulers"
-    comfy_module = "comfy_extras.nodes_custom_sampler"
-    inputs = (Socket("model", "MODEL"), Combo("scheduler", SCHEDULER_NAMES), Steps(),
-              Float("denoise", 1.0, min=0.0, max=1.0, step=0.01))
-    outputs = (Output("SIGMAS"),)
-
-    def run(self, ctx, model, scheduler, steps, denoise):
-        return (ks.basic_scheduler(model, scheduler, steps, denoise),)
-
-
-class KarrasScheduler(Node):
-    comfy_function = "get_sigmas"
-    category = "sampling/custom_sampling/schedulers"
-    comfy_module = "comfy_extras.nodes_custom_sampler"
-    inputs = (Steps(), Float("sigma_max", 14.614642, min=0.0, max=5000.0, step=0.01, round=False),
-              Float("sigma_min", 0.0291675, min=0.0, max=5000.0, step=0.01, round=False),
-              Float("rho", 7.0, min=0.0, max=100.0, step=0.01, round=False))
-    outputs = (Output("SIGMAS"),)
-
-    def run(self, ctx, steps, sigma_max, sigma_min, rho):
-        return (ks.karras_scheduler(steps, sigma_max, sigma_min, rho),)
-
-
-class SDTurboScheduler(Node):
-    comfy_function = "get_sigmas"
-    category = "sampling/custom_sampling/schedulers"
-    comfy_module = "comfy_extras.nodes_custom_sampler"
-    inputs = (Socket("model", "MODEL"), Int("steps", 1, min=1, max=10),
-              Float("denoise", 1.0, min=0.0, max=1.0, step=0.01))
-    outputs = (Output("SIGMAS"),)
-
-    def run(self, ctx, model, steps, denoise):
-        return (ks.sd_turbo_scheduler(model, steps, denoise),)
-
-
-class SplitSigmas(Node):
-    comfy_function = "get_sigmas"
-    category = "sampling/custom_sampling/sigmas"
-    comfy_module = "comfy_extras.nodes_custom_sampler"
-    inputs = (Socket("sigmas", "SIGMAS"), Int("step", 0, min=0, max=MAX_STEPS))
-    outputs = (Output("SIGMAS", name="high_sigmas"), Output("SIGMAS", name="low_sigmas"))
-
-    def run(self, ctx, sigmas, step):
-        return ks.split_sigmas(sigmas, step)
-
-
 class SamplerCustom(Node):
     comfy_function = "sample"
     category = "sampling/custom_sampling"
@@ -180,5 +103,4 @@ class SamplerCustom(Node):
                                 seed=noise_seed, callback=step_reporter(ctx, model))
 
 
-NODES = [KSampler, KSamplerAdvanced, ModelSamplingDiscrete, KSamplerSelect, BasicScheduler, KarrasScheduler,
-         SDTurboScheduler, SplitSigmas, SamplerCustom]
+NODES = [KSampler, KSamplerAdvanced, SamplerCustom]

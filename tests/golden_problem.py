@@ -31,12 +31,12 @@ def _mean(x: torch.Tensor, offset: float) -> torch.Tensor:
     return field.to(x.dtype)
 
 
-def _spread(x: torch.Tensor, base: float) -> torch.Tensor:
+def _spread(x: torch.Tensor, base) -> torch.Tensor:
     c = x.shape[1]
-    return (base + 0.25 * torch.arange(c, dtype=x.dtype)).view(1, c, 1, 1)
+    return base + 0.25 * torch.arange(c, dtype=x.dtype).view(1, c, 1, 1)
 
 
-def _gaussian(x: torch.Tensor, sigma: torch.Tensor, offset: float, base: float) -> torch.Tensor:
+def _gaussian(x: torch.Tensor, sigma: torch.Tensor, offset, base) -> torch.Tensor:
     s2 = _spread(x, base) ** 2
     sg = sigma.reshape(-1, 1, 1, 1).to(x.dtype) ** 2
     exact = (s2 * x + sg * _mean(x, offset)) / (s2 + sg)
@@ -46,6 +46,25 @@ def _gaussian(x: torch.Tensor, sigma: torch.Tensor, offset: float, base: float) 
 def cond_uncond(x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(cond, uncond) x0 predictions at x and per-item sigma."""
     return _gaussian(x, sigma, 0.0, 0.5), _gaussian(x, sigma, 1.3, 0.8)
+
+
+# Prompts for the guider tests: cross-attention contexts [1, tokens, 8] whose mean selects the
+# data distribution; "empty" has another token count (batched by repetition, as ComfyUI does).
+CONTEXTS = {"positive": (0.2, 3), "negative": (-0.3, 3), "cond2": (0.7, 3), "empty": (0.05, 6)}
+
+
+def context(name: str) -> torch.Tensor:
+    value, tokens = CONTEXTS[name]
+    ramp = torch.linspace(-0.1, 0.1, tokens * 8).view(1, tokens, 8)
+    return value + ramp  # mean `value`, and not constant, so a dropped token would show
+
+
+def conditioned(x: torch.Tensor, sigma: torch.Tensor, c_crossattn: torch.Tensor) -> torch.Tensor:
+    """An analytic "network" for guider tests: the x0 estimate of each batch item depends on its
+    prompt's context through the context's mean (a Gaussian denoiser whose mean field and spread
+    move with it)."""
+    m = c_crossattn.reshape(c_crossattn.shape[0], -1).mean(dim=1).view(-1, 1, 1, 1).to(x.dtype)
+    return _gaussian(x, sigma, 2.0 * m, 0.5 + 0.3 * m.abs())
 
 
 def start_latent(sigma0: float) -> torch.Tensor:

@@ -29,7 +29,9 @@ def test_every_shared_node_has_comfyuis_function_name_and_signature():
         params = list(inspect.signature(method).parameters.values())
         if params and params[0].name in ("self", "cls"):
             params = params[1:]
-        ours = [[p.name, None if p.default is inspect.Parameter.empty else repr(p.default)] for p in params]
+        stars = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
+        ours = [[stars.get(p.kind, "") + p.name, None if p.default is inspect.Parameter.empty else repr(p.default)]
+                for p in params]
         assert ours == comfy["params"], name
         if comfy["v3"]:  # ComfyUI's V3 nodes are called on the class
             assert isinstance(inspect.getattr_static(cls, "execute"), classmethod), name

@@ -79,8 +79,8 @@ def described(tmp_path_factory):
     return make_runtime(tmp_path_factory.mktemp("object_info")).registry.describe_all()
 
 
-# Being brought to parity now (issue 12): ModelSamplingDiscrete's lcm and img_to_img modes.
-PENDING = {"ModelSamplingDiscrete"}
+# Nodes being brought to parity (none at present).
+PENDING: set[str] = set()
 
 
 def test_every_node_we_share_with_comfyui_is_described_as_comfyui_does(described):

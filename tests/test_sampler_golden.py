@@ -12,61 +12,16 @@ dpmpp_2s_ancestral_cfg_pp by 0.2-0.8 on outputs of scale 3.
 """
 from __future__ import annotations
 
-import json
-import warnings
-
 import pytest
 import torch
-from safetensors import safe_open
 
 from diffusion import samplers as S
 from diffusion import schedules as sch
 from diffusion.model_sampling import ModelSamplingDiscrete
 from tests import golden_problem as P
-from tests.paths import REPO
+from tests.golden import MS, TENSORS, assert_close, cases_of, run_sampler
 
-GOLDEN = REPO / "tests" / "data" / "golden" / "comfyui_reference.safetensors"
-MS = ModelSamplingDiscrete()
 MS_ZSNR = ModelSamplingDiscrete(zsnr=True)
-
-
-def _load():
-    with safe_open(str(GOLDEN), "pt") as f:
-        cases = json.loads(f.metadata()["cases"])
-        return {k: f.get_tensor(k) for k in f.keys()}, cases
-
-
-TENSORS, CASES = _load()
-
-
-def cases_of(kind: str) -> list[dict]:
-    return [c for c in CASES if c["kind"] == kind]
-
-
-class Guided:
-    """The denoiser a sampling function sees: our model sampling plus CFG over the problem."""
-
-    model_sampling = MS
-
-    def __call__(self, x, sigma, model_options=None, seed=None, **_):
-        return P.guided(x, sigma, model_options)
-
-
-def assert_close(ours: torch.Tensor, theirs: torch.Tensor, what: str, rtol: float = 2e-5) -> None:
-    assert ours.shape == theirs.shape, f"{what}: shape {tuple(ours.shape)} != ComfyUI's {tuple(theirs.shape)}"
-    scale = float(theirs.abs().max()) if theirs.numel() else 0.0
-    diff = float((ours.double() - theirs.double()).abs().max()) if theirs.numel() else 0.0
-    assert diff <= rtol * scale + 1e-6, f"{what}: max |ours - ComfyUI| = {diff:.3g} (scale {scale:.3g})"
-
-
-def run_sampler(function, case: str, callback=None, **options) -> torch.Tensor:
-    sigmas = TENSORS[f"sigmas/{case}"]
-    x = TENSORS[f"x/{case}"]
-    torch.manual_seed(P.SEED)  # samplers that draw from the global generator (lcm upscale)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torchsde's warnings about float rounding at the tree's ends
-        return function(Guided(), x.clone(), sigmas.clone(), extra_args={"model_options": {}, "seed": P.SEED},
-                        callback=callback, disable=True, **options)
 
 
 def test_the_reference_covers_every_sampler_and_scheduler():
@@ -112,6 +67,5 @@ def test_scheduler_matches_comfyui(table, name, steps):
     ours = sch.calculate_sigmas(ms, name, steps)
     theirs = TENSORS[f"schedule/{table}/{name}/{steps}"]
     assert ours.dtype == theirs.dtype == torch.float32
-    # nan where ComfyUI's formula gives nan (kl_optimal at 1 step divides by zero), equal elsewhere
-    assert torch.equal(ours.isnan(), theirs.isnan()), (ours, theirs)
-    assert_close(ours.nan_to_num(), theirs.nan_to_num(), f"{name} with {steps} steps on {table}", rtol=2e-6)
+    # (nan where ComfyUI's formula gives nan: kl_optimal at 1 step divides by zero)
+    assert_close(ours, theirs, f"{name} with {steps} steps on {table}", rtol=2e-6)

@@ -18,6 +18,10 @@ copied here; this script imports ComfyUI and calls it:
   extra_args, as in ComfyUI.
 * schedulers: `comfy.samplers.calculate_sigmas` for every scheduler and several step counts, on
   the SD1 table with and without zero-terminal-SNR.
+* guiders: ComfyUI's CFGGuider, Guider_Basic, Guider_DualCFG, Guider_PerpNeg and the APG patch
+  driving an analytic stand-in for the network (golden_problem.conditioned: the x0 estimate
+  follows each batch item's prompt context), through comfy.samplers.process_conds and a
+  sampler_object's sample(), as CFGGuider.inner_sample does once the model is loaded.
 * nodes: ComfyUI's own node classes (custom-sampling samplers, schedulers, sigma tools, noise,
   model-sampling patches) called with the inputs listed in the metadata; sampler nodes' SAMPLER
   objects are run on the "karras" case above. Nodes that take a MODEL get a stand-in holding
@@ -215,6 +219,77 @@ def main(comfy_root: str) -> None:
         for name in comfy.samplers.SCHEDULER_NAMES:
             put(f"{base}/schedule/{name}", comfy.samplers.calculate_sigmas(m, name, 10), **info)
 
+    # -- guiders -----------------------------------------------------------------------------
+    import comfy.conds
+    import comfy.sampler_helpers
+    from comfy_extras import nodes_apg, nodes_perpneg
+
+    class Analytic:
+        """What ComfyUI's guiders drive (a BaseModel): apply_model gives the x0 estimate of
+        golden_problem.conditioned for each batch item's prompt."""
+
+        def __init__(self):
+            self.model_sampling = ms
+            self.current_patcher = SimpleNamespace(prepare_state=lambda t: None, apply_hooks=lambda hooks: {},
+                                                   prepare_hook_patches_current_keyframe=lambda *a: None)
+
+        def extra_conds(self, **kwargs):
+            return {"c_crossattn": comfy.conds.CONDCrossAttn(kwargs["cross_attn"])}
+
+        def memory_required(self, input_shape, cond_shapes=None):
+            return 0
+
+        def apply_model(self, x, t, c_crossattn=None, control=None, transformer_options=None, **kwargs):
+            return P.conditioned(x, t, c_crossattn)
+
+    def prompt(name):
+        return [[P.context(name), {}]]
+
+    def model_get(name):
+        return {"model_sampling": ms}[name]
+
+    for i, (guider_node, inputs, sampler_name) in enumerate(GUIDER_CASES):
+        patcher = SimpleNamespace(model_options={}, get_model_object=model_get)
+        if guider_node == "APG":
+            apg_inputs = inputs["apg"]
+            fake = SimpleNamespace(model_options={}, get_model_object=model_get)
+            fake.clone = lambda: fake
+            fake.set_model_sampler_pre_cfg_function = lambda fn, disable_cfg1_optimization=False: (
+                fake.model_options.setdefault("sampler_pre_cfg_function", []).append(fn))
+            nodes_apg.APG.execute(fake, **apg_inputs)
+            patcher = fake
+            guider = comfy.samplers.CFGGuider(patcher)
+            guider.set_conds(prompt("positive"), prompt("negative"))
+            guider.set_cfg(inputs["cfg"])
+        elif guider_node == "CFGGuider":
+            guider = comfy.samplers.CFGGuider(patcher)
+            guider.set_conds(prompt("positive"), prompt("negative"))
+            guider.set_cfg(inputs["cfg"])
+        elif guider_node == "BasicGuider":
+            guider = nodes_custom_sampler.Guider_Basic(patcher)
+            guider.set_conds(prompt("positive"))
+        elif guider_node == "DualCFGGuider":
+            guider = nodes_custom_sampler.Guider_DualCFG(patcher)
+            guider.set_conds(prompt("positive"), prompt("cond2"), prompt("negative"))
+            guider.set_cfg(inputs["cfg_conds"], inputs["cfg_cond2_negative"], nested=inputs["style"] == "nested")
+        else:
+            guider = nodes_perpneg.Guider_PerpNeg(patcher)
+            guider.set_conds(prompt("positive"), prompt("negative"), prompt("empty"))
+            guider.set_cfg(inputs["cfg"], inputs["neg_scale"])
+        # CFGGuider.inner_sample, short of loading a model: conds prepared, then the sampler runs
+        guider.inner_model = Analytic()
+        sigmas = sigma_cases["karras"]
+        x = P.start_latent(float(sigmas[0]))
+        conds = {k: [dict(a) for a in v] for k, v in guider.original_conds.items()}
+        guider.conds = comfy.samplers.process_conds(guider.inner_model, x, conds, "cpu", torch.zeros_like(x), None,
+                                                    P.SEED)
+        extra_args = {"model_options": comfy.model_patcher.create_model_options_clone(patcher.model_options),
+                      "seed": P.SEED}
+        sampler = comfy.samplers.sampler_object(sampler_name)
+        noise = P.start_latent(1.0) - P.start_latent(0.0)  # the seeded unit noise of start_latent
+        out = sampler.sample(guider, sigmas, extra_args, None, noise, torch.zeros_like(x), None, disable_pbar=True)
+        put(f"guider/{i}", out, kind="guider", node=guider_node, inputs=inputs, sampler=sampler_name, case="karras")
+
     meta = {"comfyui": "a125cd84", "torch": torch.__version__, "cases": json.dumps(cases)}
     save_file(tensors, str(OUT), metadata=meta)
     print(f"wrote {len(tensors)} tensors to {OUT}")
@@ -315,6 +390,25 @@ SIGMA_NODE_CASES = [
      {"model": "<MODEL>", "sampling_percent": 1.0, "return_actual_sigma": False}),
     ("nodes_custom_sampler", "SamplingPercentToSigma",
      {"model": "<MODEL>", "sampling_percent": 0.37, "return_actual_sigma": False}),
+]
+
+# (guider node, its widget values, sampler): the prompts are golden_problem's contexts (positive,
+# negative; DualCFGGuider's cond2; PerpNegGuider's empty). APG patches a CFGGuider's model.
+GUIDER_CASES = [
+    ("CFGGuider", {"cfg": 3.0}, "euler"),
+    ("CFGGuider", {"cfg": 1.0}, "euler"),
+    ("CFGGuider", {"cfg": 2.0}, "euler_ancestral_cfg_pp"),
+    ("BasicGuider", {}, "euler"),
+    ("DualCFGGuider", {"cfg_conds": 5.0, "cfg_cond2_negative": 2.0, "style": "regular"}, "euler"),
+    ("DualCFGGuider", {"cfg_conds": 5.0, "cfg_cond2_negative": 2.0, "style": "nested"}, "dpmpp_2m"),
+    ("DualCFGGuider", {"cfg_conds": 1.0, "cfg_cond2_negative": 1.0, "style": "regular"}, "euler"),
+    ("DualCFGGuider", {"cfg_conds": 3.0, "cfg_cond2_negative": 1.5, "style": "regular"}, "dpmpp_2m_cfg_pp"),
+    ("PerpNegGuider", {"cfg": 4.0, "neg_scale": 1.5}, "euler"),
+    ("PerpNegGuider", {"cfg": 1.0, "neg_scale": 0.0}, "euler"),
+    ("PerpNegGuider", {"cfg": 3.0, "neg_scale": 1.0}, "euler_cfg_pp"),
+    ("APG", {"cfg": 4.0, "apg": {"eta": 0.5, "norm_threshold": 5.0, "momentum": -0.5}}, "euler"),
+    ("APG", {"cfg": 4.0, "apg": {"eta": 1.0, "norm_threshold": 0.5, "momentum": 0.0}}, "euler"),
+    ("APG", {"cfg": 6.0, "apg": {"eta": 0.0, "norm_threshold": 0.0, "momentum": 0.5}}, "dpmpp_2m"),
 ]
 
 # (RandomNoise seed or None for DisableNoise, sigmas)

@@ -1,0 +1,103 @@
+"""Model-patch, guidance and merge nodes against ComfyUI: the same tiny network, prompts, seed and
+sampler, patched by our nodes and by ComfyUI's, must sample the same latent.
+
+The reference latents are ComfyUI's (commit a125cd84) for tests/model_patch_cases.py, written by
+tests/data/model_patches/make_reference.py under ComfyUI's interpreter (see its docstring).
+Tolerance: 1e-4 of the largest magnitude of the reference latent (float32, four Euler steps at
+CFG 1.5-3 on a random network whose latents reach magnitudes near 1000). Measured: every case
+within 5e-6 of it, ModelMergeAdd (doubled weights) 1.7e-5; the unpatched baselines 2e-6 — the
+order of float32 operations differs between the two UNets. Each patched case must also differ
+from the unpatched run with the same latent, CFG and denoise by at least 100 times the
+tolerance (the smallest effect, UNetSelfAttentionMultiply's, is 2.6e-2 of the magnitude), so a
+node that did nothing, or too little, fails.
+"""
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from diffusion.model import DiffusionModel
+from diffusion.model_patcher import ModelPatcher
+from diffusion.model_sampling import ModelSamplingDiscrete
+from diffusion.unet import UNetConfig, UNetModel
+from tests import model_patch_cases as cases
+from tests.models_tiny import randomize_
+from tests.node_helpers import builtin_registry, call_in_context
+from tests.paths import REPO
+
+REFERENCE = REPO / "tests" / "data" / "model_patches" / "reference.safetensors"
+RTOL = 1e-4
+
+
+def _load_reference():
+    with safe_open(str(REFERENCE), framework="pt") as f:
+        return {key: f.get_tensor(key) for key in f.keys()}, json.loads(f.metadata()["json"])  # noqa: SIM118
+
+
+TENSORS, META = _load_reference()
+
+
+def _fingerprint(tensors) -> list[float]:
+    return [float(sum(t.double().sum() for t in tensors)), float(sum((t.double() ** 2).sum() for t in tensors))]
+
+
+def tiny_model(seed: int) -> ModelPatcher:
+    unet = randomize_(UNetModel(UNetConfig(**cases.UNET)), seed).eval()
+    return ModelPatcher(DiffusionModel(unet, ModelSamplingDiscrete(), family="sd1"), "cpu", "cpu")
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One thread: on a busy 2-core machine torch's pool spends most of a tiny UNet call waiting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(single_thread, tmp_path_factory):
+    models = {name: tiny_model(seed) for name, seed in cases.WEIGHT_SEEDS.items()}
+    for name, model in models.items():
+        assert _fingerprint(model.model.state_dict().values()) == pytest.approx(META["weights"][name], rel=1e-9), \
+            f"the {name} weights differ from those ComfyUI was given (torch's generator changed?)"
+    prompts = [c[0] for c in cases.POSITIVE + cases.NEGATIVE + cases.EMPTY]
+    assert _fingerprint(prompts) == pytest.approx(META["prompts"], rel=1e-9)
+    return models, builtin_registry(tmp_path_factory.mktemp("patches"))
+
+
+def _resolve(registry, inputs: dict, model, model2) -> dict:
+    placeholders = {"<MODEL>": model, "<MODEL2>": model2, "<EMPTY>": cases.EMPTY}
+    return {name: (call_in_context(registry, value.node, **value.inputs)[0] if isinstance(value, cases.Call)
+                   else placeholders.get(value, value) if isinstance(value, str) else value)
+            for name, value in inputs.items()}
+
+
+def sample_case(setup, case: cases.Case) -> torch.Tensor:
+    from diffusion.ksampler import common_ksampler
+
+    (models, registry) = setup
+    model = models["model"]
+    for node, inputs in case.patches:
+        model = call_in_context(registry, node, **_resolve(registry, inputs, model, models["model2"]))[0]
+    with torch.inference_mode():
+        out = common_ksampler(model, cases.SEED, cases.STEPS, case.cfg, cases.SAMPLER, cases.SCHEDULER,
+                              cases.POSITIVE, cases.NEGATIVE, cases.LATENTS[case.latent](), denoise=case.denoise)
+    return out["samples"]
+
+
+@pytest.mark.parametrize("case", cases.CASES, ids=[c.id for c in cases.CASES])
+def test_sampled_latent_matches_comfyui(setup, case):
+    expected = TENSORS[f"{case.id}/samples"]
+    tolerance = RTOL * float(expected.abs().max())
+    ours = sample_case(setup, case)
+    assert ours.shape == expected.shape
+    error = float((ours - expected).abs().max())
+    assert error <= tolerance, f"{case.id}: max |ours - ComfyUI| = {error:.3g} > {tolerance:.3g}"
+    if case.patches:
+        effect = float((expected - TENSORS[f"{cases.baseline_id(case)}/samples"]).abs().max())
+        assert effect > 100 * tolerance, f"{case.id} barely changes the sample ({effect:.3g})"
+
+def test_every_case_was_made_by_comfyui():
+    assert set(META["cases"]) == {c.id for c in cases.CASES}
