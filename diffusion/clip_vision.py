@@ -1,6 +1,6 @@
 """CLIP vision towers (OpenAI ViT-L/14, OpenCLIP ViT-H/14 and ViT-bigG/14): CLIP_VISION.
 
-The network is transformers' CLIPVisionModelWithProjection, whose state-dict keys
+The network is transformers' CLIP vision transformer and projection, whose state-dict keys
 (``vision_model.*``, ``visual_projection.weight``) are the ones ComfyUI loads and saves, so
 files in that layout load as they are. OpenCLIP files (``visual.conv1.weight``,
 ``visual.transformer.resblocks.N.attn.in_proj_weight``, ``visual.proj`` used as ``x @ P``, ...)
@@ -196,6 +196,25 @@ class ClipVisionOutput:
 # the model
 
 
+class CLIPVisionModelProjection(nn.Module):
+    """transformers' vision transformer and projection as our own module (ComfyUI's class name), so
+    the model patcher can manage it; keys vision_model.*, visual_projection.weight."""
+
+    def __init__(self, config):
+        super().__init__()
+        from transformers import CLIPVisionModelWithProjection
+
+        model = CLIPVisionModelWithProjection(config)
+        self.config = config
+        self.vision_model = model.vision_model
+        self.visual_projection = model.visual_projection
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(last hidden state, penultimate layer's output, image embedding)."""
+        out = self.vision_model(pixel_values=pixel_values, output_hidden_states=True)
+        return out.last_hidden_state, out.hidden_states[-2], self.visual_projection(out.pooler_output)
+
+
 class ClipVisionModel:
     """CLIP_VISION: comfy.clip_vision.ClipVisionModel's interface (model, patcher, image_size,
     image_mean, image_std, load_sd, get_sd, encode_image)."""
@@ -231,12 +250,10 @@ class ClipVisionModel:
         load_models_gpu([self.patcher])
         device = self.model.visual_projection.weight.device
         pixels = clip_preprocess(image.to(device).float(), self.image_size, self.image_mean, self.image_std, crop)
-        out = self.model(pixel_values=pixels.to(self.dtype), output_hidden_states=True)
+        last, penultimate, embeds = self.model(pixels.to(self.dtype))
         cpu = torch.device("cpu")
-        return ClipVisionOutput(last_hidden_state=out.last_hidden_state.to(cpu).float(),
-                                image_embeds=out.image_embeds.to(cpu).float(),
-                                penultimate_hidden_states=out.hidden_states[-2].to(cpu).float(),
-                                mm_projected=None)
+        return ClipVisionOutput(last_hidden_state=last.to(cpu).float(), image_embeds=embeds.to(cpu).float(),
+                                penultimate_hidden_states=penultimate.to(cpu).float(), mm_projected=None)
 
     def __repr__(self) -> str:
         return f"ClipVisionModel({self.name})"
@@ -244,9 +261,7 @@ class ClipVisionModel:
 
 def build(sd: dict[str, torch.Tensor], device="cpu", dtype: torch.dtype | None = None,
           source: str | os.PathLike | None = None) -> nn.Module:
-    """CLIPVisionModelWithProjection holding `sd` (transformers' layout; consumed)."""
-    from transformers import CLIPVisionModelWithProjection
-
+    """CLIPVisionModelProjection holding `sd` (transformers' layout; consumed)."""
     try:
         config = vision_config(sd)
     except ValueError as exc:
@@ -257,8 +272,16 @@ def build(sd: dict[str, torch.Tensor], device="cpu", dtype: torch.dtype | None =
         # ComfyUI's towers without a projection use the pooled output as it is.
         weights["visual_projection.weight"] = torch.eye(config.hidden_size, dtype=dtype or torch.float32,
                                                         device=device)
-    model = materialize(lambda: CLIPVisionModelWithProjection(config), weights, source, "CLIP vision")
-    return model
+
+    def skeleton():
+        model = CLIPVisionModelProjection(config)
+        # a buffer, not a weight: files do not carry it, so it is made here (on the real device)
+        emb = model.vision_model.embeddings
+        emb.register_buffer("position_ids", torch.arange(emb.num_positions, device=device).unsqueeze(0),
+                            persistent=False)
+        return model
+
+    return materialize(skeleton, weights, source, "CLIP vision")
 
 
 def identify_other_encoder(sd: Mapping[str, object]) -> str | None:
@@ -310,6 +333,6 @@ def load_clip_vision(path, manager=None) -> ClipVisionModel:
     return load_clip_vision_state_dict(read_state_dict(path), manager, path, rebuild=rebuild if manager else None)
 
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "ClipVisionModel", "ClipVisionOutput", "KNOWN_TOWERS", "build", "clip_preprocess",
+__all__ = ["CLIP_MEAN", "CLIP_STD", "CLIPVisionModelProjection", "ClipVisionModel", "ClipVisionOutput", "KNOWN_TOWERS", "build", "clip_preprocess",
            "load_clip_vision", "load_clip_vision_state_dict", "openclip_to_transformers", "to_transformers_layout",
            "transformers_to_openclip", "vision_config"]
