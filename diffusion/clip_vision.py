@@ -79,7 +79,7 @@ def openclip_to_transformers(sd: Mapping[str, torch.Tensor], prefix: str) -> dic
         if key in own:
             out[target] = own[key]
     if "proj" in own:
-        out["visual_projection.weight"] = own["proj"].t()
+        out["visual_projection.weight"] = own["proj"].t().contiguous()
     if unknown:
         raise ValueError(f"OpenCLIP vision keys this converter does not know: {unknown[:4]}")
     return out
