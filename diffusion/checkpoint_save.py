@@ -98,10 +98,10 @@ def text_encoder_checkpoint_keys(clip, family: str) -> dict[str, torch.Tensor]:
 
 def checkpoint_state_dict(model, clip=None, vae=None, clip_vision=None) -> dict[str, torch.Tensor]:
     """Everything CheckpointSave writes, weights as patched."""
-    from .model_management import load_models_gpu
+    from .model_management import use_models
 
     patchers = [model] + ([clip.patcher] if clip is not None else [])
-    load_models_gpu(patchers, force_patch_weights=True)
+    use_models(patchers, force_patch_weights=True)
     family = model_family(model)
     unet = model.model.diffusion_model.state_dict()
     sd = {"model.diffusion_model." + k: v for k, v in unet.items()}
@@ -127,9 +127,9 @@ def save_file(sd: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] 
 
 def clip_files(clip) -> dict[str, dict[str, torch.Tensor]]:
     """CLIPSave's files: {tower name ("clip_l", ...): its weights in transformers' names}."""
-    from .model_management import load_models_gpu
+    from .model_management import use_models
 
-    load_models_gpu([clip.patcher], force_patch_weights=True)
+    use_models([clip.patcher], force_patch_weights=True)
     sd = clip.get_sd()
     out: dict[str, dict[str, torch.Tensor]] = {}
     for part in CLIP_PARTS:
@@ -172,9 +172,9 @@ def _half(t: torch.Tensor) -> torch.Tensor:
 def lora_from_diff(patcher, rank: int, model_prefix: str, lora_prefix: str, full_diff: bool,
                    bias_diff: bool, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Adds the LoRA of one "diff" model (its weights as patched are the differences)."""
-    from .model_management import load_models_gpu
+    from .model_management import use_models
 
-    load_models_gpu([patcher], force_patch_weights=True)
+    use_models([patcher], force_patch_weights=True)
     sd = patcher.model_state_dict(filter_prefix=model_prefix)
     for key, value in sd.items():
         name = lora_prefix + key[len(model_prefix):]

@@ -23,8 +23,8 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 from torch import nn
@@ -245,9 +245,9 @@ class ClipVisionModel:
 
     @torch.no_grad()
     def encode_image(self, image: torch.Tensor, crop: bool = True) -> ClipVisionOutput:
-        from .model_management import load_models_gpu
+        from .model_management import use_models
 
-        load_models_gpu([self.patcher])
+        use_models([self.patcher])
         device = self.model.visual_projection.weight.device
         pixels = clip_preprocess(image.to(device).float(), self.image_size, self.image_mean, self.image_std, crop)
         last, penultimate, embeds = self.model(pixels.to(self.dtype))
@@ -333,6 +333,19 @@ def load_clip_vision(path, manager=None) -> ClipVisionModel:
     return load_clip_vision_state_dict(read_state_dict(path), manager, path, rebuild=rebuild if manager else None)
 
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "CLIPVisionModelProjection", "ClipVisionModel", "ClipVisionOutput", "KNOWN_TOWERS", "build", "clip_preprocess",
-           "load_clip_vision", "load_clip_vision_state_dict", "openclip_to_transformers", "to_transformers_layout",
-           "transformers_to_openclip", "vision_config"]
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "KNOWN_TOWERS",
+    "CLIPVisionModelProjection",
+    "ClipVisionModel",
+    "ClipVisionOutput",
+    "build",
+    "clip_preprocess",
+    "load_clip_vision",
+    "load_clip_vision_state_dict",
+    "openclip_to_transformers",
+    "to_transformers_layout",
+    "transformers_to_openclip",
+    "vision_config",
+]

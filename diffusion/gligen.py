@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -178,5 +178,11 @@ def load_gligen(path: str | os.PathLike, manager=None):
     return patcher
 
 
-__all__ = ["Gligen", "GatedSelfAttentionDense", "PositionNet", "fourier_embed", "gligen_from_state_dict",
-           "load_gligen"]
+__all__ = [
+    "GatedSelfAttentionDense",
+    "Gligen",
+    "PositionNet",
+    "fourier_embed",
+    "gligen_from_state_dict",
+    "load_gligen",
+]

@@ -17,7 +17,7 @@ change from run to run.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn

@@ -327,5 +327,23 @@ class DiffusionModel(nn.Module):
         return sd
 
 
-__all__ = ["DiffusionModel", "ModelConfig", "ModelType", "SDXLAdm", "SDXLRefinerAdm", "repeat_to_batch_size",
-           "resize_to_batch_size", "sdxl_adm", "sdxl_refiner_adm", "timestep_embedding"]
+class SDXL(DiffusionModel):
+    """SDXL base (ComfyUI's comfy.model_base.SDXL; plugins test `isinstance(model.model, SDXL)`)."""
+
+
+class SDXLRefiner(DiffusionModel):
+    """SDXL refiner (ComfyUI's comfy.model_base.SDXLRefiner)."""
+
+
+def model_class_for(family: str) -> type[DiffusionModel]:
+    family = family.lower()
+    if family == "sdxl_refiner":
+        return SDXLRefiner
+    if family.startswith("sdxl"):
+        return SDXL
+    return DiffusionModel
+
+
+__all__ = ["DiffusionModel", "ModelConfig", "ModelType", "SDXL", "SDXLAdm", "SDXLRefiner", "SDXLRefinerAdm",
+           "model_class_for", "repeat_to_batch_size", "resize_to_batch_size", "sdxl_adm", "sdxl_refiner_adm",
+           "timestep_embedding"]

@@ -13,8 +13,7 @@ import torch
 import yaml
 from torch import nn
 
-from .checkpoint import (MARKER_KEYS, UNCLIP_VISION_PREFIX, CheckpointError, detect, load_unet, load_vae,
-                         read_state_dict)
+from .checkpoint import MARKER_KEYS, UNCLIP_VISION_PREFIX, CheckpointError, detect, load_unet, load_vae, read_state_dict
 from .diffusers_layout import diffusers_files, diffusers_unet_to_original, is_diffusers_unet
 from .handles import LoadedModels, _prepare_unet, diffusion_model_for, wrap_clip, wrap_diffusion_model, wrap_vae
 from .model_sampling import ModelSamplingDiscrete
@@ -86,28 +85,36 @@ def diffusion_model_weights(sd: dict[str, torch.Tensor], source=None):
     return info, weights
 
 
+def diffusion_model_from_state_dict(sd: dict[str, torch.Tensor], manager, storage: torch.dtype | None = None,
+                                    source=None):
+    """MODEL of a UNet state dict (bare, checkpoint or diffusers layout); `storage` a narrower dtype
+    (fp8) to keep the weights in, computing in the service's UNet dtype."""
+    compute = manager.unet_dtype()
+
+    def build(weights=None):
+        info, unet_weights = diffusion_model_weights(weights if weights is not None else read_state_dict(source),
+                                                     source)
+        unet = load_unet(unet_weights, info.unet_config, manager.unet_inital_load_device(), compute, source)
+        if storage is not None and storage != compute:
+            store_weights_as(unet, storage, compute)
+        return info, unet
+
+    info, unet = build(sd)
+    patcher = wrap_diffusion_model(unet, info, manager)
+    if storage is not None and storage != compute:
+        patcher.model.manual_cast_dtype = compute
+    if source is not None:
+        manager.register(patcher.model, lambda: _rebuilt(build, manager), name=f"UNet of {Path(source).name}")
+    return patcher
+
+
 def open_diffusion_model(path: Path, manager, weight_dtype: str = "default"):
     """MODEL of a diffusion-model file (UNETLoader), its weights stored as `weight_dtype` says."""
     path = Path(path)
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
-    storage = WEIGHT_DTYPES[weight_dtype]
-    compute = manager.unet_dtype()
     manager.make_room_for_load(path.stat().st_size)
-
-    def build():
-        info, weights = diffusion_model_weights(read_state_dict(path), path)
-        unet = load_unet(weights, info.unet_config, manager.unet_inital_load_device(), compute, path)
-        if storage is not None:
-            store_weights_as(unet, storage, compute)
-        return info, unet
-
-    info, unet = build()
-    patcher = wrap_diffusion_model(unet, info, manager)
-    if storage is not None:
-        patcher.model.manual_cast_dtype = compute
-    manager.register(patcher.model, lambda: _rebuilt(build, manager), name=f"UNet of {path.name}")
-    return patcher
+    return diffusion_model_from_state_dict(read_state_dict(path), manager, WEIGHT_DTYPES[weight_dtype], path)
 
 
 def _rebuilt(build, manager) -> nn.Module:
@@ -119,24 +126,35 @@ def _rebuilt(build, manager) -> nn.Module:
 # text encoders (CLIPLoader, DualCLIPLoader)
 
 
-def open_text_encoders(paths: list[Path], manager, embedding_dirs: list[Path], clip_type: str | None = None,
-                       device: str = "default"):
-    """CLIP of one or two text encoder files; device "cpu" keeps it on the CPU (ComfyUI's option)."""
-    paths = [Path(p) for p in paths]
-    manager.make_room_for_load(sum(p.stat().st_size for p in paths))
+def text_encoders_from_state_dicts(state_dicts, manager, embedding_dirs: list[Path], clip_type: str | None = None,
+                                   device: str = "default", sources=None, rebuild=None):
+    """CLIP of one or two text encoders' weights; device "cpu" keeps it on the CPU (ComfyUI's option)."""
+    from .text_encoder_files import text_encoder_from_state_dicts
+
     dtype = manager.text_encoder_dtype() if device != "cpu" else torch.float32
     offload = manager.text_encoder_offload_device() if device != "cpu" else torch.device("cpu")
-
-    def build():
-        return load_text_encoder_files(paths, clip_type, dtype, offload)
-
-    text = build()
+    text = text_encoder_from_state_dicts(state_dicts, clip_type, dtype, offload, sources)
     clip = wrap_clip(text, manager, embedding_dirs)
     if device == "cpu":
-        cpu = torch.device("cpu")
-        clip.patcher.load_device = clip.patcher.offload_device = cpu
-    manager.register(text, build, name="text encoder of " + " + ".join(p.name for p in paths))
+        clip.patcher.load_device = clip.patcher.offload_device = torch.device("cpu")
+    names = " + ".join(Path(p).name for p in sources) if sources else "text encoder"
+    manager.register(text, rebuild, name=f"text encoder of {names}")
     return clip
+
+
+def open_text_encoders(paths: list[Path], manager, embedding_dirs: list[Path], clip_type: str | None = None,
+                       device: str = "default"):
+    """CLIP of one or two text encoder files (CLIPLoader, DualCLIPLoader)."""
+    paths = [Path(p) for p in paths]
+    manager.make_room_for_load(sum(p.stat().st_size for p in paths))
+
+    def rebuild():
+        return load_text_encoder_files(paths, clip_type, manager.text_encoder_dtype() if device != "cpu"
+                                       else torch.float32, manager.text_encoder_offload_device() if device != "cpu"
+                                       else torch.device("cpu"))
+
+    return text_encoders_from_state_dicts([read_state_dict(p) for p in paths], manager, embedding_dirs, clip_type,
+                                          device, paths, rebuild)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,14 +197,15 @@ def open_clip_vision_of_checkpoint(path: Path, family: str, manager):
 # the old loader's YAML configs (CheckpointLoader)
 
 
-def apply_config(config_path: Path | None, model, clip):
-    """What ComfyUI's CheckpointLoader takes from an LDM YAML config: `parameterization: "v"`
-    makes the model v-prediction (on a clone), and the text encoder config's `layer_idx` sets the
-    CLIP's last layer. The network shape still comes from the weights."""
-    if config_path is None:
+def apply_config(config_path: Path | None, model, clip, config: dict | None = None):
+    """What ComfyUI's CheckpointLoader takes from an LDM YAML config (or the parsed `config`):
+    `parameterization: "v"` makes the model v-prediction (on a clone), and the text encoder
+    config's `layer_idx` sets the CLIP's last layer. The network shape still comes from the weights."""
+    if config is None and config_path is None:
         raise FileNotFoundError("config_name is not in the configs folder")
     try:
-        config = yaml.safe_load(Path(config_path).read_text())
+        if config is None:
+            config = yaml.safe_load(Path(config_path).read_text())
         params = config["model"]["params"]
         clip_params = params["cond_stage_config"].get("params") or {}
     except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as exc:
@@ -208,5 +227,7 @@ def _with_prediction(sampling, prediction: str):
     return ModelSamplingDiscrete(prediction)
 
 
-__all__ = ["WEIGHT_DTYPES", "apply_config", "diffusion_model_weights", "open_clip_vision_of_checkpoint",
-           "open_diffusers", "open_diffusion_model", "open_text_encoders", "store_weights_as"]
+__all__ = ["WEIGHT_DTYPES", "apply_config", "diffusion_model_from_state_dict", "diffusion_model_weights",
+           "open_clip_vision_of_checkpoint",
+           "open_diffusers", "open_diffusion_model", "open_text_encoders", "store_weights_as",
+           "text_encoders_from_state_dicts"]

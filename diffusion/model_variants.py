@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .model import DiffusionModel, resize_to_batch_size
+from .model import SDXL, DiffusionModel, resize_to_batch_size
 from .unclip import UnclipAdm
 from .upscale import upscale
 
@@ -43,11 +43,11 @@ class IP2P:
         return self.process_ip2p_image_in(resize_to_batch_size(image, noise.shape[0]))
 
 
-class SD15_instructpix2pix(IP2P, DiffusionModel):  # noqa: N801 - ComfyUI's name
+class SD15_instructpix2pix(IP2P, DiffusionModel):
     pass
 
 
-class SDXL_instructpix2pix(IP2P, DiffusionModel):  # noqa: N801 - ComfyUI's name
+class SDXL_instructpix2pix(IP2P, SDXL):
     pass
 
 
@@ -60,4 +60,4 @@ def variant_class(checkpoint_family: str) -> type[DiffusionModel] | None:
     return VARIANTS.get(checkpoint_family)
 
 
-__all__ = ["IP2P", "SD15_instructpix2pix", "SD21UNCLIP", "SDXL_instructpix2pix", "VARIANTS", "variant_class"]
+__all__ = ["IP2P", "SD21UNCLIP", "VARIANTS", "SD15_instructpix2pix", "SDXL_instructpix2pix", "variant_class"]

@@ -122,5 +122,12 @@ def sdxl_pooled(entry: dict) -> torch.Tensor | None:
     return entry.get("pooled_output")
 
 
-__all__ = ["MAX_NOISE_LEVEL", "NoiseAugmentor", "SDXL_AUGMENTOR", "UnclipAdm", "sdxl_pooled", "squaredcos_betas",
-           "unclip_adm"]
+__all__ = [
+    "MAX_NOISE_LEVEL",
+    "SDXL_AUGMENTOR",
+    "NoiseAugmentor",
+    "UnclipAdm",
+    "sdxl_pooled",
+    "squaredcos_betas",
+    "unclip_adm",
+]

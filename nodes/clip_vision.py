@@ -52,7 +52,7 @@ class CLIPVisionEncode(Node):
         return (require_clip_vision(clip_vision).encode_image(image, crop=crop == "center"),)
 
 
-class unCLIPConditioning(Node):  # noqa: N801 - ComfyUI's name
+class unCLIPConditioning(Node):
     """Adds image embeddings to the prompt for unCLIP models (and SDXL's pooled vector):
     strength scales them, noise_augmentation noises them first (0: the image as it is)."""
 

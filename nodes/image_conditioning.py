@@ -31,7 +31,7 @@ class InstructPixToPixConditioning(Node):
                 {"samples": torch.zeros_like(concat)})
 
 
-class SD_4XUpscale_Conditioning(Node):  # noqa: N801 - ComfyUI's name
+class SD_4XUpscale_Conditioning(Node):
     """For the SD x4 upscaler: the images scaled by scale_ratio / 4 (bilinear, in -1..1) ride with
     both prompts with the noise augmentation; the latent output is zeros at a quarter of the target
     size."""

@@ -6,8 +6,14 @@ from pathlib import Path
 
 from diffusion.device import file_identity
 from diffusion.handles import open_checkpoint, open_vae
-from diffusion.model_loading import (WEIGHT_DTYPES, apply_config, open_clip_vision_of_checkpoint, open_diffusers,
-                                     open_diffusion_model, open_text_encoders)
+from diffusion.model_loading import (
+    WEIGHT_DTYPES,
+    apply_config,
+    open_clip_vision_of_checkpoint,
+    open_diffusers,
+    open_diffusion_model,
+    open_text_encoders,
+)
 from graph.contract import Combo, Node, Output
 
 # CLIPLoader's and DualCLIPLoader's type lists (ComfyUI's; see diffusion.text_encoder_files for
@@ -88,7 +94,7 @@ class CheckpointLoader(Node):
         return (model, clip, loaded.vae)
 
 
-class unCLIPCheckpointLoader(Node):  # noqa: N801 - ComfyUI's name
+class unCLIPCheckpointLoader(Node):
     """A checkpoint and the CLIP vision tower it carries (Stable unCLIP); CLIP_VISION is empty for
     checkpoints without one."""
 
@@ -161,7 +167,7 @@ class CLIPLoader(Node):
     inputs = (Combo("clip_name", _text_encoder_names), Combo("type", list(CLIP_TYPES)), _device_option())
     outputs = (Output("CLIP"),)
 
-    def run(self, ctx, clip_name, type="stable_diffusion", device="default"):  # noqa: A002 - ComfyUI's name
+    def run(self, ctx, clip_name, type="stable_diffusion", device="default"):
         return (_load_text_encoders(ctx, [clip_name], type, device),)
 
 
@@ -174,7 +180,7 @@ class DualCLIPLoader(Node):
               Combo("type", list(DUAL_CLIP_TYPES)), _device_option())
     outputs = (Output("CLIP"),)
 
-    def run(self, ctx, clip_name1, clip_name2, type, device="default"):  # noqa: A002 - ComfyUI's name
+    def run(self, ctx, clip_name1, clip_name2, type, device="default"):
         return (_load_text_encoders(ctx, [clip_name1, clip_name2], type, device),)
 
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffusion.checkpoint_save import (checkpoint_metadata, checkpoint_state_dict, clip_files, lora_from_diff,
-                                       prompt_metadata, save_file)
+from diffusion.checkpoint_save import (
+    checkpoint_metadata,
+    checkpoint_state_dict,
+    clip_files,
+    lora_from_diff,
+    prompt_metadata,
+    save_file,
+)
 from graph.contract import Boolean, Choice, Int, Node, Socket, String
 from nodes.clip_vision import require_clip_vision
 from nodes.conditioning import require_clip

@@ -20,7 +20,7 @@ class UpscaleModelLoader(Node):
 
     def run(self, ctx, model_name):
         path = model_file(ctx, "upscale_models", model_name)
-        return (ctx.env.models.cache.get("upscale_model", path, load_upscale_model),)
+        return (ctx.env.models.cached("upscale_model", path, load_upscale_model),)
 
 
 class ImageUpscaleWithModel(Node):

@@ -197,7 +197,7 @@ def test_checkpoint_loader_applies_the_configs_parameterization_and_layer(s):
     (configs / "v.yaml").write_text("model:\n  params:\n    parameterization: \"v\"\n    cond_stage_config:\n"
                                     "      params:\n        layer_idx: -2\n")
     plain_model, plain_clip, _ = s.node("CheckpointLoaderSimple", ckpt_name="sd15.safetensors")
-    model, clip, vae = s.node("CheckpointLoader", config_name="v.yaml", ckpt_name="sd15.safetensors")
+    model, clip, _vae = s.node("CheckpointLoader", config_name="v.yaml", ckpt_name="sd15.safetensors")
     assert model.get_model_object("model_sampling").prediction == "v_prediction"
     assert plain_model.get_model_object("model_sampling").prediction == "eps"  # the cached MODEL is untouched
     assert clip.layer_idx == -2 and plain_clip.layer_idx is None
@@ -254,7 +254,7 @@ def test_diffusers_folder_loads_as_diffusers_and_transformers_compute_it(s, tiny
 def test_image_only_and_unclip_loaders_give_the_checkpoints_tower(s):
     model, vision, vae = s.node("ImageOnlyCheckpointLoader", ckpt_name="sd15.safetensors")
     assert vision is None and vae is not None  # as ComfyUI: SD1.5 files carry no vision tower
-    model, clip, vae, vision = s.node("unCLIPCheckpointLoader", ckpt_name="sd21_unclip_h.safetensors")
+    model, _clip, vae, vision = s.node("unCLIPCheckpointLoader", ckpt_name="sd21_unclip_h.safetensors")
     assert type(model.model).__name__ == "SD21UNCLIP"
     assert vision.model.visual_projection.out_features == 1024
     _, vision2, _ = s.node("ImageOnlyCheckpointLoader", ckpt_name="sd21_unclip_h.safetensors")
@@ -264,7 +264,7 @@ def test_image_only_and_unclip_loaders_give_the_checkpoints_tower(s):
 def test_unclip_embedding_reaches_the_unet_as_its_adm_vector(s):
     from diffusion.unclip import UnclipAdm
 
-    model, clip, vae, vision = s.node("unCLIPCheckpointLoader", ckpt_name="sd21_unclip_h.safetensors")
+    model, clip, _vae, vision = s.node("unCLIPCheckpointLoader", ckpt_name="sd21_unclip_h.safetensors")
     image = torch.rand(1, 48, 40, 3, generator=torch.Generator().manual_seed(3))
     (encoded,) = s.node("CLIPVisionEncode", clip_vision=vision, image=image, crop="center")
     (positive,) = s.node("CLIPTextEncode", clip=clip, text="a cat")
@@ -319,7 +319,7 @@ def _sample(s, model, positive, negative, seed=3):
 
 @pytest.fixture(scope="module")
 def sd15(s):
-    model, clip, vae = s.node("CheckpointLoaderSimple", ckpt_name="sd15.safetensors")
+    model, clip, _vae = s.node("CheckpointLoaderSimple", ckpt_name="sd15.safetensors")
     (positive,) = s.node("CLIPTextEncode", clip=clip, text="a house by a lake")
     (negative,) = s.node("CLIPTextEncode", clip=clip, text="")
     return model, clip, positive, negative, _sample(s, model, positive, negative)
@@ -377,7 +377,7 @@ def test_instruct_pix2pix_checkpoint_samples_with_the_image_channels(s):
     assert type(model.model).__name__ == "SD15_instructpix2pix"
     (cond,) = s.node("CLIPTextEncode", clip=clip, text="make it snowy")
     image = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(4))
-    positive, negative, latent = s.node("InstructPixToPixConditioning", positive=cond, negative=cond, vae=vae,
+    positive, negative, _latent = s.node("InstructPixToPixConditioning", positive=cond, negative=cond, vae=vae,
                                         pixels=image)
     a = _sample(s, model, positive, negative)
     other, _, _ = s.node("InstructPixToPixConditioning", positive=cond, negative=cond, vae=vae, pixels=1 - image)

@@ -91,7 +91,6 @@ def test_a_lora_patched_model_is_saved_with_the_lora_in_its_weights(s):
     from diffusion.model_management import load_models_gpu
 
     model, clip, vae = s.node("CheckpointLoaderSimple", ckpt_name="sd15.safetensors")
-    _, other_clip, _ = s.node("CheckpointLoaderSimple", ckpt_name="sd15_other.safetensors")
     key = "diffusion_model.input_blocks.1.1.proj_in.weight"
     patched = model.clone()
     delta = torch.full_like(model.model_state_dict()[key], 0.25)
@@ -109,8 +108,8 @@ def test_disable_metadata_leaves_the_prompt_out(tmp_path, tiny_checkpoint):
 
     place(tmp_path, "checkpoints", "sd15.safetensors", source=tiny_checkpoint("sd15"))
     runtime = make_runtime(tmp_path, "--disable-metadata")
-    node = lambda name, **kw: runtime.registry.get(name).cls().run(node_context(runtime.registry, name), **kw)  # noqa
-    model, clip, vae = node("CheckpointLoaderSimple", ckpt_name="sd15.safetensors")
+    node = lambda name, **kw: runtime.registry.get(name).cls().run(node_context(runtime.registry, name), **kw)
+    model, _clip, vae = node("CheckpointLoaderSimple", ckpt_name="sd15.safetensors")
     node("VAESave", vae=vae, filename_prefix="vae/quiet", prompt=PROMPT)
     node("ModelSave", model=model, filename_prefix="diffusion_models/quiet", prompt=PROMPT)
     _, metadata = read(tmp_path / "output" / "vae" / "quiet_00001_.safetensors")
@@ -221,7 +220,7 @@ def test_lora_save_standard_extracts_rank_r_factors_of_every_matrix(s, pair):
     from diffusion.checkpoint_save import extract_lora
     from diffusion.model_management import load_models_gpu
 
-    (m1, c1, _), (m2, _, _) = pair
+    (m1, _c1, _), (m2, _, _) = pair
     load_models_gpu([m2])  # m2's own weights back in its network (a LoRA clone of it may have run)
     diff = _subtract(m1, m2)
     s.node("LoraSave", filename_prefix="loras/std", rank=4, lora_type="standard", bias_diff=False, model_diff=diff)

@@ -48,26 +48,27 @@ COMFY = Path(sys.argv[1]).resolve()
 sys.path.insert(0, str(COMFY))
 sys.path.append(str(REPO))  # after ComfyUI: only our test builders and `diffusion` come from here
 
-import comfy.options  # noqa: E402
+import comfy.options
 
 comfy.options.enable_args_parsing()
 # ComfyUI stores text encoders and CLIP vision towers in fp16 even on the CPU unless told otherwise;
 # our CPU policy keeps them in float32, so the comparison is of the same float32 weights
 sys.argv = [sys.argv[0], "--cpu", "--fp32-text-enc"]
 sys.modules.setdefault("server", types.SimpleNamespace(PromptServer=None))
-import comfy.model_management  # noqa: E402
-import comfy.clip_vision  # noqa: E402
-import comfy.cldm.cldm  # noqa: E402
-import comfy.gligen  # noqa: E402
-import comfy.model_base  # noqa: E402
-import comfy.model_detection  # noqa: E402
-import comfy.ops  # noqa: E402
-import comfy.sd  # noqa: E402
-import comfy.t2i_adapter.adapter  # noqa: E402
-import nodes  # noqa: E402
-from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
-from comfy.ldm.modules.encoders.noise_aug_modules import CLIPEmbeddingNoiseAugmentation  # noqa: E402
-from comfy_extras import nodes_hypernetwork, nodes_ip2p, nodes_lora_extract, nodes_sdupscale  # noqa: E402
+import comfy.cldm.cldm
+import comfy.clip_vision
+import comfy.gligen
+import comfy.model_base
+import comfy.model_detection
+import comfy.model_management
+import comfy.ops
+import comfy.sd
+import comfy.t2i_adapter.adapter
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+from comfy.ldm.modules.encoders.noise_aug_modules import CLIPEmbeddingNoiseAugmentation
+from comfy_extras import nodes_hypernetwork, nodes_ip2p, nodes_lora_extract, nodes_sdupscale
+
+import nodes
 
 
 def load_by_path(name: str, path: Path):
@@ -233,7 +234,7 @@ def image_conditioning() -> None:
                                                               concat_latent_image=cases.IP2P_LATENT))
     put("ip2p/concat_cond_empty", comfy.model_base.IP2P.concat_cond(holder, noise=cases.IP2P_NOISE, device="cpu"))
     for name, (ratio, noise) in cases.UPSCALE_CASES.items():
-        pos, neg, latent = v3(nodes_sdupscale.SD_4XUpscale_Conditioning, images=cases.UPSCALE_IMAGES, positive=cond,
+        pos, _neg, latent = v3(nodes_sdupscale.SD_4XUpscale_Conditioning, images=cases.UPSCALE_IMAGES, positive=cond,
                               negative=cond, scale_ratio=ratio, noise_augmentation=noise)
         put(f"sd4x/{name}/concat_image", pos[0][1]["concat_image"])
         put(f"sd4x/{name}/latent", latent["samples"])

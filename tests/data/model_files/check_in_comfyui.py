@@ -27,16 +27,15 @@ COMFY = Path(sys.argv[1]).resolve()
 FILES = Path(sys.argv[2]).resolve()
 sys.path.insert(0, str(COMFY))
 
-import comfy.options  # noqa: E402
+import comfy.options
 
 comfy.options.enable_args_parsing()
 sys.argv = [sys.argv[0], "--cpu"]
 sys.modules.setdefault("server", types.SimpleNamespace(PromptServer=None))
-import torch  # noqa: E402
-
-import comfy.clip_vision  # noqa: E402
-import comfy.sd  # noqa: E402
-import comfy.utils  # noqa: E402
+import comfy.clip_vision
+import comfy.sd
+import comfy.utils
+import torch
 
 
 class Capture(logging.Handler):

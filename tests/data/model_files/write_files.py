@@ -25,11 +25,11 @@ from safetensors.torch import save_file
 REPO = Path(__file__).resolve().parents[3]
 sys.path[:0] = [str(REPO), str(REPO / "compat")]
 
-from diffusion import text_encoders  # noqa: E402
-from diffusion.unet import UNET_PREFIX, UNetConfig, UNetModel  # noqa: E402
-from diffusion.vae import AutoencoderKL, VAEConfig  # noqa: E402
-from tests.model_files import session  # noqa: E402
-from tests.models_tiny import UNCLIP_VISION_PREFIX, randomize_, tiny_clip_vision  # noqa: E402
+from diffusion import text_encoders
+from diffusion.unet import UNET_PREFIX, UNetConfig, UNetModel
+from diffusion.vae import AutoencoderKL, VAEConfig
+from tests.model_files import session
+from tests.models_tiny import UNCLIP_VISION_PREFIX, randomize_, tiny_clip_vision
 
 
 def comfy_sized(adm: int | None, context: int, seed: int) -> dict[str, torch.Tensor]:
