@@ -170,7 +170,21 @@ def _read_safetensors(path: Path, device, dtype) -> dict[str, torch.Tensor]:
     return out
 
 
-def _read_pickle(path: Path, fmt: str, device, dtype) -> dict[str, torch.Tensor]:
+def read_object(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """A model file as stored, not only its tensors: safetensors as a dict of tensors, a pickle as
+    the object torch's weights-only unpickler rebuilds (dicts, lists, strings, numbers, tensors),
+    e.g. an A1111 hypernetwork with its settings beside the weights."""
+    path = Path(path)
+    fmt = sniff_format(path)
+    if fmt == "safetensors":
+        return _read_safetensors(path, device, None)
+    if path.suffix.lower() in (".safetensors", ".sft"):
+        raise CheckpointError(path, f"named {path.suffix} but its bytes are a {fmt} archive (a renamed "
+                                    "pickle?); refusing to unpickle it")
+    return _unpickle(path, fmt, device)
+
+
+def _unpickle(path: Path, fmt: str, device):
     import pickle
 
     try:
@@ -182,6 +196,11 @@ def _read_pickle(path: Path, fmt: str, device, dtype) -> dict[str, torch.Tensor]
         raise CheckpointError(path, f"refused: the pickle needs more than plain tensors ({first})") from None
     except Exception as exc:
         raise CheckpointError(path, f"damaged {fmt} checkpoint: {type(exc).__name__}: {exc}"[:500]) from None
+    return obj
+
+
+def _read_pickle(path: Path, fmt: str, device, dtype) -> dict[str, torch.Tensor]:
+    obj = _unpickle(path, fmt, device)
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]   # LDM/Lightning training checkpoints wrap the weights
     if not isinstance(obj, Mapping):
@@ -195,13 +214,20 @@ def _read_pickle(path: Path, fmt: str, device, dtype) -> dict[str, torch.Tensor]
 # ---------------------------------------------------------------------------------------------
 # Detection
 
-FAMILY_TEXT = {"sd1": "clip_l", "sd1_inpaint": "clip_l", "sd2": "open_clip_h", "sd2_v": "open_clip_h",
-               "sdxl": "clip_l+bigg", "sdxl_refiner": "bigg"}
+FAMILY_TEXT = {"sd1": "clip_l", "sd1_inpaint": "clip_l", "sd1_ip2p": "clip_l", "sd2": "open_clip_h",
+               "sd2_v": "open_clip_h", "sd2_inpaint": "open_clip_h", "sd2_unclip_h": "open_clip_h",
+               "sd2_unclip_l": "open_clip_h", "sdxl": "clip_l+bigg", "sdxl_inpaint": "clip_l+bigg",
+               "sdxl_ip2p": "clip_l+bigg", "sdxl_refiner": "bigg"}
+# families read with SD2's v-prediction rule (ComfyUI's SD20.model_type, 4-channel UNets only)
+SD2_V_RULE = ("sd2", "sd2_unclip_h", "sd2_unclip_l")
+# unCLIP checkpoints carry their CLIP vision tower (OpenCLIP layout) under this prefix
+UNCLIP_VISION_PREFIX = "embedder.model.visual."
 
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    family: str                    # sd1, sd1_inpaint, sd2, sd2_v, sdxl, sdxl_refiner
+    family: str                    # sd1, sd1_inpaint, sd1_ip2p, sd2, sd2_v, sd2_inpaint, sd2_unclip_h/_l,
+                                   # sdxl, sdxl_inpaint, sdxl_ip2p, sdxl_refiner
     prediction: str                # "eps" or "v_prediction"
     unet_config: object            # diffusion.unet.UNetConfig
     text_encoder: str              # clip_l, open_clip_h, clip_l+bigg, bigg (what the family uses)
@@ -254,14 +280,30 @@ def _not_a_checkpoint(sd: Mapping[str, object]) -> str:
 def _family_of(in_channels: int, context_dim: int, adm: int | None) -> str | None:
     if adm is None:
         if context_dim == 768:
-            return {4: "sd1", 9: "sd1_inpaint"}.get(in_channels)
-        if context_dim == 1024 and in_channels == 4:
-            return "sd2"
+            return {4: "sd1", 9: "sd1_inpaint", 8: "sd1_ip2p"}.get(in_channels)
+        if context_dim == 1024:
+            return {4: "sd2", 9: "sd2_inpaint"}.get(in_channels)
         return None
-    if context_dim == 2048 and adm == 2816 and in_channels == 4:
-        return "sdxl"
+    if context_dim == 1024 and in_channels == 4:
+        return {2048: "sd2_unclip_h", 1536: "sd2_unclip_l"}.get(adm)
+    if context_dim == 2048 and adm == 2816:
+        return {4: "sdxl", 9: "sdxl_inpaint", 8: "sdxl_ip2p"}.get(in_channels)
     if context_dim == 1280 and adm == 2560 and in_channels == 4:
         return "sdxl_refiner"
+    return None
+
+
+def unsupported_architecture(sd: Mapping[str, object], prefix: str) -> str | None:
+    """What a UNet file is when it is an SD-derived model this engine does not run, else None."""
+    unet = [k[len(prefix):] for k in sd if k.startswith(prefix)]
+    if any(".time_stack." in k or ".time_mixer." in k for k in unet):
+        return ("a Stable Video Diffusion (img2vid) model, which LatentGraph does not run (no video models); "
+                "SD1.x, SD2.x and SDXL checkpoints are supported")
+    if "cc_projection.weight" in sd:
+        return "a Stable Zero123 model, which LatentGraph does not run"
+    entry = sd.get(prefix + "input_blocks.0.0.weight")
+    if entry is not None and tuple(entry.shape)[1:2] == (7,) and prefix + "label_emb.weight" in sd:
+        return "the Stable Diffusion x4 upscaler, which LatentGraph does not run"
     return None
 
 
@@ -269,7 +311,7 @@ def _sd2_is_v(sd: Mapping[str, object], prefix: str) -> bool:
     probe = sd.get(prefix + SD2_V_PROBE[len(UNET_PREFIX):])
     if not isinstance(probe, torch.Tensor) or probe.is_meta or probe.numel() < 2:
         return False   # shapes only: the rule cannot be applied, eps is the safe reading
-    return float(probe.float().std()) > SD2_V_STD_THRESHOLD
+    return float(probe.float().std(unbiased=False)) > SD2_V_STD_THRESHOLD  # ComfyUI's population std
 
 
 def detect(sd: Mapping[str, object], source: str | os.PathLike | None = None) -> CheckpointInfo:
@@ -279,6 +321,9 @@ def detect(sd: Mapping[str, object], source: str | os.PathLike | None = None) ->
     prefix = find_unet_prefix(sd)
     if prefix is None:
         raise CheckpointError(source, _not_a_checkpoint(sd))
+    other = unsupported_architecture(sd, prefix)
+    if other is not None:
+        raise CheckpointError(source, f"this is {other}")
     try:
         unet_config = UNetConfig.from_state_dict(sd, prefix=prefix)
     except ValueError as exc:
@@ -288,13 +333,15 @@ def detect(sd: Mapping[str, object], source: str | os.PathLike | None = None) ->
     if family is None:
         raise CheckpointError(source, (
             f"UNet with in_channels={c.in_channels}, context_dim={c.context_dim}, "
-            f"adm_in_channels={c.adm_in_channels} matches no known family (sd1: 4 or 9/768/none, "
-            f"sd2: 4/1024/none, sdxl: 4/2048/2816, sdxl_refiner: 4/1280/2560)"))
+            f"adm_in_channels={c.adm_in_channels} matches no known family (sd1: 4, 8 or 9/768/none, "
+            f"sd2: 4 or 9/1024/none, sd2 unCLIP: 4/1024/2048 or 1536, sdxl: 4, 8 or 9/2048/2816, "
+            f"sdxl_refiner: 4/1280/2560)"))
 
     marked_v = any(k in sd for k in ("v_pred", UNET_PREFIX + "v_pred"))
     prediction = "v_prediction" if marked_v else "eps"
-    if family == "sd2" and (marked_v or _sd2_is_v(sd, prefix)):
-        family, prediction = "sd2_v", "v_prediction"
+    if family in SD2_V_RULE and (marked_v or _sd2_is_v(sd, prefix)):
+        family = "sd2_v" if family == "sd2" else family
+        prediction = "v_prediction"
 
     kind = text_encoder_kind(sd)
     expected = FAMILY_TEXT[family]
@@ -375,16 +422,19 @@ def load_vae(sd: dict[str, torch.Tensor], device="cpu", dtype: torch.dtype | Non
 
     Consumes `sd` (entries are popped as they are converted).
     """
+    from .diffusers_layout import convert_vae_state_dict, is_diffusers_vae
+
     if any(k.startswith(VAE_PREFIX) for k in sd):
         sd = {k[len(VAE_PREFIX):]: v for k, v in sd.items() if k.startswith(VAE_PREFIX)}
+    elif is_diffusers_vae(sd):  # a diffusers AutoencoderKL (vae/diffusion_pytorch_model.*), as ComfyUI reads it
+        sd = convert_vae_state_dict(sd)
     else:
         # Stand-alone VAE files sometimes carry training leftovers (loss.*, model_ema.*).
         sd = {k: v for k, v in sd.items() if k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv."))}
     try:
         config = VAEConfig.from_state_dict(sd, prefix="")
     except ValueError as exc:
-        hint = " (diffusers layout, which this loader does not read)" if any(".down_blocks." in k for k in sd) else ""
-        raise CheckpointError(source, f"not a KL autoencoder in the original layout{hint}: {exc}") from None
+        raise CheckpointError(source, f"not a KL autoencoder (original or diffusers layout): {exc}") from None
     weights = _convert(sd, device, dtype)
     return materialize(lambda: AutoencoderKL(config), weights, source, "VAE")
 

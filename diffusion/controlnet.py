@@ -29,6 +29,7 @@ from torch import nn
 from .checkpoint import CheckpointError, _cast, materialize, read_state_dict
 from .unet import (UNetConfig, adm_embedding, check_state_shapes, config_from_shapes, embed_inputs, encoder_stages,
                    meta_state_shapes, middle_block, parse_encoder_shapes, shape_lookup, shapes_under, time_embedding)
+from .controlnet_union import UNION_KEY_PREFIXES, attach_union_parts, check_types, merge_hint
 from .upscale import upscale
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class ControlNetConfig:
 
     unet: UNetConfig
     hint_channels: int = 3
+    union_types: int | None = None  # union ControlNets (ControlNet++): number of control types
 
     @classmethod
     def sd15(cls) -> "ControlNetConfig":
@@ -76,8 +78,10 @@ class ControlNetConfig:
         need = shape_lookup(shapes, prefix, "ControlNet")
         hint_channels = need("input_hint_block.0.weight")[1]
         need("zero_convs.0.0.weight")
+        union = shapes.get("task_embedding")
+        union_types = union[0] if union else None
         fields = parse_encoder_shapes(shapes, prefix, "ControlNet")
-        return config_from_shapes(lambda **f: cls(UNetConfig(**f), hint_channels), fields, overrides,
+        return config_from_shapes(lambda **f: cls(UNetConfig(**f), hint_channels, union_types), fields, overrides,
                                   shapes, prefix, "ControlNet")
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -123,22 +127,33 @@ class ControlNetModel(nn.Module):
             self.zero_convs.append(_zero_conv(width))
         self.middle_block = middle_block(c, width)
         self.middle_block_out = _zero_conv(width)
+        if config.union_types:
+            attach_union_parts(self, config.union_types, c.time_embed_dim)
 
     @property
     def dtype(self) -> torch.dtype:
         return self.time_embed[0].weight.dtype
 
     def forward(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                y: torch.Tensor | None = None, transformer_options: dict | None = None) -> dict[str, list]:
+                y: torch.Tensor | None = None, transformer_options: dict | None = None,
+                control_type: list[int] | None = None, **_other) -> dict[str, list]:
         """Residuals for the UNet: {"middle": [one], "output": [one per encoder stage, in order]}.
 
         `x` is the UNet's (already noise-scaled) input [B, C, h, w], `hint` [B, hint_channels,
-        8h, 8w], `timesteps` [B] on the 0..999 scale.
+        8h, 8w], `timesteps` [B] on the 0..999 scale. `control_type` (SetUnionControlNetType) only
+        matters to union ControlNets; other keyword arguments ControlNets of other families take
+        are ignored, as ComfyUI's ControlNet ignores them.
         """
         dtype = self.dtype
         context, emb = embed_inputs(self, self.config.unet, timesteps, context, y, x.shape[0], x.device,
                                     "ControlNet")
         guided_hint = self.input_hint_block(hint.to(dtype))
+        if self.config.union_types:
+            control_type = list(control_type or [])
+            check_types(control_type, self.config.union_types)
+            emb = emb + self.control_add_embedding(control_type, emb.dtype, emb.device)
+            if control_type:
+                guided_hint = merge_hint(self, guided_hint, control_type)
         if guided_hint.shape[-2:] != x.shape[-2:]:
             raise ValueError(f"hint of size {list(hint.shape[-2:])} encodes to {list(guided_hint.shape[-2:])}, "
                              f"but the latent is {list(x.shape[-2:])}: the hint must be {LATENT_SCALE}x the latent")
@@ -213,10 +228,13 @@ def diffusers_to_original(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     blocks = _diffusers_block_index(sd)
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
+        if key.startswith(UNION_KEY_PREFIXES):  # union ControlNets: same names in both layouts
+            out[key] = value
+            continue
         new = _rename_diffusers_key(key, blocks)
         if new is None:
             raise ValueError(f"diffusers ControlNet key {key!r} has no place in the SD ControlNet layout "
-                             "(union/other ControlNet variants are not supported)")
+                             "(only SD1.x/SD2.x/SDXL ControlNets and SDXL union ControlNets are supported)")
         out[new] = value
     return out
 

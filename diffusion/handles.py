@@ -301,9 +301,23 @@ class LoadedModels:
     vae: VAE | None
 
 
+BASE_FAMILY = {"sd1_inpaint": "sd1", "sd1_ip2p": "sd1", "sd2_v": "sd2", "sd2_inpaint": "sd2", "sd2_unclip_h": "sd2",
+               "sd2_unclip_l": "sd2", "sdxl_inpaint": "sdxl", "sdxl_ip2p": "sdxl"}
+
+
 def family_of(info) -> str:
     """Model family name for latent format and conditioning ("sd1", "sd2", "sdxl", "sdxl_refiner")."""
-    return {"sd1_inpaint": "sd1", "sd2_v": "sd2"}.get(info.family, info.family)
+    return BASE_FAMILY.get(info.family, info.family)
+
+
+def diffusion_model_for(unet, info):
+    """The DiffusionModel (or the variant class of its checkpoint family) over a loaded UNet."""
+    from diffusion.model_variants import variant_class
+
+    make = variant_class(info.family) or model_class_for(family_of(info))
+    model = make(unet, ModelSamplingDiscrete(info.prediction), family=family_of(info))
+    model.checkpoint_family = info.family
+    return model
 
 
 def _prepare_unet(unet, manager: ModelManagement):
@@ -320,15 +334,14 @@ def _component(path: Path, name: str) -> dict:
 def wrap_diffusion_model(unet, info, manager: ModelManagement, source: Path | None = None) -> ModelPatcher:
     """MODEL for a loaded UNet: a DiffusionModel under a ModelPatcher, registered with the service
     (rebuilt from `source` when released)."""
-    make = model_class_for(family_of(info))
-    model = make(_prepare_unet(unet, manager), ModelSamplingDiscrete(info.prediction), family=family_of(info))
+    model = diffusion_model_for(_prepare_unet(unet, manager), info)
     patcher = ModelPatcher(model, load_device=manager.get_torch_device(), offload_device=manager.unet_offload_device())
     patcher.manager = manager
     if source is not None:
         def rebuild():
             unet = load_unet(_component(source, "unet"), info.unet_config, manager.unet_inital_load_device(),
                              manager.unet_dtype(), source)
-            return make(_prepare_unet(unet, manager), ModelSamplingDiscrete(info.prediction), family=family_of(info))
+            return diffusion_model_for(_prepare_unet(unet, manager), info)
         manager.register(model, rebuild, name=f"UNet of {source.name}")
     else:
         manager.register(model, name="UNet")

@@ -180,7 +180,6 @@ def text_key_map(encoder: torch.nn.Module) -> dict[str, Target]:
     shapes = {k: tuple(p.shape) for k, p in encoder.named_parameters()}
     towers = set(encoder.towers.keys())
     out: dict[str, Target] = {}
-    comfy_names = {"l": "clip_l", "h": "clip_h", "g": "clip_g"}
     for tower in towers:
         base = f"clip_{tower}."
         inner = base + _module_path(encoder.towers[tower], encoder.towers[tower].text)
@@ -193,7 +192,10 @@ def text_key_map(encoder: torch.nn.Module) -> dict[str, Target]:
                 for pattern in _text_names(tower, towers):
                     flat = m.replace(".", "_") if pattern.startswith("lora_") else m
                     out[pattern.format(b=b, m=flat)] = target
-                out[f"text_encoders.{comfy_names[tower]}.transformer.text_model.encoder.layers.{b}.{m}"] = target
+        # ComfyUI's own names (LoraSave's "text_encoders." keys): every weight by its state-dict key
+        for key, shape in shapes.items():
+            if key.startswith(base) and key.endswith(".weight"):
+                out["text_encoders." + key[:-len(".weight")]] = Target("clip", key, shape)
         projection = f"{base}transformer.text_projection.weight"
         if tower == "g" and projection in shapes:
             for name in ("lora_te2_text_projection", "lora_prior_te_text_projection"):

@@ -75,7 +75,9 @@ def resize_to_batch_size(t: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 
 def _pooled(extras: dict) -> torch.Tensor:
-    pooled = extras.get("pooled_output")
+    from .unclip import sdxl_pooled  # unCLIP conditioning, when present, stands in for the prompt's
+
+    pooled = sdxl_pooled(extras)
     if pooled is None:
         raise ValueError("SDXL conditioning needs a pooled_output (encode the prompt with an SDXL CLIP)")
     return pooled

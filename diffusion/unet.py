@@ -426,7 +426,9 @@ class UNetModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.time_embed[0].weight.dtype
+        """The dtype the UNet computes in: its weights', unless they are stored narrower (fp8)
+        and cast per call, when `compute_dtype` says."""
+        return getattr(self, "compute_dtype", None) or self.time_embed[0].weight.dtype
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None,
                 control: Mapping[str, Sequence] | None = None, transformer_options: dict | None = None,

@@ -1,4 +1,5 @@
-"""ControlNet nodes with ComfyUI's names and widgets: loaders and the two Apply nodes.
+"""ControlNet nodes with ComfyUI's names and widgets: loaders, the Apply nodes (plain, with an
+inpainting mask), the union ControlNet's type and a ControlNet-only prompt.
 
 CONTROL_NET is a `diffusion.controlnet.ControlNet` (ComfyUI's object); the Apply nodes put a copy
 of it with the hint image, strength and step range, chained after the control the entry had, in
@@ -7,10 +8,15 @@ each conditioning entry's extras under "control".
 from __future__ import annotations
 
 from diffusion.controlnet import ControlBase, load_controlnet
+from diffusion.controlnet_union import UNION_CONTROLNET_TYPES
 from diffusion.model_management import use_models
+from diffusion.upscale import upscale
 from graph.contract import Combo, Node, Output, Socket
-from nodes.conditioning_tools import Fraction, Strength
+from nodes.conditioning import Prompt, require_clip
+from nodes.conditioning_tools import Fraction, Strength, set_values
 from nodes.loaders import model_file
+
+CONTROLNET_EXTRAS = "comfy_extras.nodes_controlnet"
 
 
 def _controlnet_names(env):
@@ -128,4 +134,66 @@ class ControlNetApplyAdvanced(Node):
         return (out[0], out[1])
 
 
-NODES = [ControlNetLoader, DiffControlNetLoader, ControlNetApply, ControlNetApplyAdvanced]
+class ControlNetInpaintingAliMamaApply(ControlNetApplyAdvanced):
+    """Apply ControlNet with an inpainting mask. ControlNets trained with the mask as an extra hint
+    channel (Alimama's inpainting ControlNets, made for Flux and SD3) get the masked image and the
+    mask; other ControlNets get the image alone, exactly as Apply ControlNet gives it."""
+
+    display_name = "ControlNetInpaintingAliMamaApply"
+    comfy_function = "apply_inpaint_controlnet"
+    comfy_module = CONTROLNET_EXTRAS
+    category = "conditioning/controlnet"
+    inputs = (Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"),
+              Socket("control_net", "CONTROL_NET"), Socket("vae", "VAE"), Socket("image", "IMAGE"),
+              Socket("mask", "MASK"), Strength(), Fraction("start_percent", 0.0, step=0.001),
+              Fraction("end_percent", 1.0, step=0.001))
+
+    def run(self, ctx, positive, negative, control_net, vae, image, mask, strength, start_percent, end_percent):
+        net = _require_net(control_net)
+        extra_concat = []
+        if net.concat_mask:
+            keep = 1.0 - mask.reshape((-1, 1, mask.shape[-2], mask.shape[-1]))
+            keep_image = upscale(keep, image.shape[2], image.shape[1], "bilinear", "center").round()
+            image = image * keep_image.movedim(1, -1).repeat(1, 1, 1, image.shape[3])
+            extra_concat = [keep]
+        return super().run(ctx, positive, negative, net, image, strength, start_percent, end_percent, vae=vae,
+                           extra_concat=extra_concat)
+
+
+class SetUnionControlNetType(Node):
+    """Which kind of hint a union ControlNet (ControlNet++) is given; "auto" lets it tell."""
+
+    display_name = "SetUnionControlNetType"
+    comfy_function = "set_controlnet_type"
+    comfy_module = CONTROLNET_EXTRAS
+    category = "conditioning/controlnet"
+    inputs = (Socket("control_net", "CONTROL_NET"), Combo("type", ["auto", *UNION_CONTROLNET_TYPES]))
+    outputs = (Output("CONTROL_NET"),)
+
+    def run(self, ctx, control_net, type):  # noqa: A002 - ComfyUI's name
+        net = _require_net(control_net).copy()
+        number = UNION_CONTROLNET_TYPES.get(type, -1)
+        net.set_extra_arg("control_type", [number] if number >= 0 else [])
+        return (net,)
+
+
+class CLIPTextEncodeControlnet(Node):
+    """Encodes a separate prompt for the ControlNets of each entry: they read it instead of the
+    prompt the UNet reads."""
+
+    display_name = None
+    comfy_function = "execute"
+    comfy_module = "comfy_extras.nodes_cond"
+    category = "_for_testing/conditioning"
+    EXPERIMENTAL = True
+    inputs = (Socket("clip", "CLIP"), Socket("conditioning", "CONDITIONING"), Prompt())
+    outputs = (Output("CONDITIONING"),)
+
+    def run(self, ctx, clip, conditioning, text):
+        clip = require_clip(clip)
+        cond, pooled = clip.encode_from_tokens(clip.tokenize(text), return_pooled=True)
+        return (set_values(conditioning, {"cross_attn_controlnet": cond, "pooled_output_controlnet": pooled}),)
+
+
+NODES = [ControlNetLoader, DiffControlNetLoader, ControlNetApply, ControlNetApplyAdvanced,
+         ControlNetInpaintingAliMamaApply, SetUnionControlNetType, CLIPTextEncodeControlnet]

@@ -123,7 +123,12 @@ CHECKPOINT_FAMILIES = {
     "sd21_v": (4, 1024, None, "SD2TextEncoder", {"h": 1024}),
     "sdxl": (4, 2048, 2816, "SDXLTextEncoder", {"l": 768, "g": 1280}),
     "sdxl_refiner": (4, 1280, 2560, "SDXLRefinerTextEncoder", {"g": 1280}),
+    "sd15_ip2p": (8, 768, None, "SD1TextEncoder", {"l": 768}),
+    "sd21_unclip_h": (4, 1024, 2048, "SD2TextEncoder", {"h": 1024}),
 }
+# the CLIP vision tower an unCLIP-H checkpoint carries: OpenCLIP layout under this prefix, its
+# projection as wide as the image embedding the UNet's adm vector starts with (1024)
+UNCLIP_VISION_PREFIX = "embedder.model.visual."
 
 
 def tiny_checkpoint_state_dict(family: str, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -137,7 +142,7 @@ def tiny_checkpoint_state_dict(family: str, seed: int = 0) -> dict[str, torch.Te
     from diffusion.vae import AutoencoderKL, VAEConfig
 
     in_channels, context_dim, adm, text_cls, widths = CHECKPOINT_FAMILIES[family]
-    linear = family != "sd15" and family != "sd15_inpaint"
+    linear = not family.startswith("sd15")
     unet_config = UNetConfig(in_channels=in_channels, model_channels=64 if linear else 32, channel_mult=(1, 2),
                              num_res_blocks=1, transformer_depth=(0, 1) if adm else (1, 1),
                              transformer_depth_middle=1, context_dim=context_dim,
@@ -155,7 +160,28 @@ def tiny_checkpoint_state_dict(family: str, seed: int = 0) -> dict[str, torch.Te
     sd.update(text.state_dict_original())
     if family == "sd21_v":
         sd["v_pred"] = torch.tensor([])
+    if family == "sd21_unclip_h":
+        from diffusion.clip_vision import transformers_to_openclip
+
+        tower = transformers_to_openclip(tiny_clip_vision(projection=adm // 2, seed=seed + 3).state_dict())
+        sd.update({UNCLIP_VISION_PREFIX + k: v for k, v in tower.items()})
     return {k: v.contiguous() for k, v in sd.items()}
+
+
+def tiny_clip_vision(width: int = 64, layers: int = 3, image_size: int = 28, patch: int = 14, projection: int = 32,
+                     seed: int = 0):
+    """A random CLIPVisionModelWithProjection: 64-channel heads (our rule for towers other than the
+    released ones), gelu, `image_size` / `patch` squared patches plus the class token."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+                              num_attention_heads=max(1, width // 64), image_size=image_size, patch_size=patch,
+                              projection_dim=projection, hidden_act="gelu", layer_norm_eps=1e-5)
+    model = CLIPVisionModelWithProjection(config)
+    randomize_(model, seed)
+    with torch.no_grad():  # randomize_ skips 0-d tensors; the class embedding is 1-d, keep it O(1)
+        model.vision_model.embeddings.class_embedding.mul_(10.0)
+    return model.eval()
 
 
 def write_tiny_full_checkpoint(path: str | Path, family: str, seed: int = 0) -> Path:

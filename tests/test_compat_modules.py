@@ -282,10 +282,13 @@ def test_diffusers_vae_weights_convert_to_the_layout_our_vae_loads():
         assert torch.allclose(ours.decode_raw(z), reference.decode(z).sample, atol=1e-5)
 
 
-def test_clip_vision_imports_and_refuses_clearly():
+def test_clip_vision_loading_names_a_file_it_cannot_read(tmp_path):
     import comfy.clip_vision
-    with pytest.raises(NotImplementedError, match="CLIP vision"):
-        comfy.clip_vision.load("model.safetensors")
+    from diffusion.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="model.safetensors: cannot read file"):
+        comfy.clip_vision.load(str(tmp_path / "model.safetensors"))
+    assert callable(comfy.clip_vision.clip_preprocess) and comfy.clip_vision.Output().__class__.__name__
 
 
 def test_chainner_model_loading_builds_the_upscaler_its_weights_describe(tmp_path):

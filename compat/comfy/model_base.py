@@ -1,11 +1,14 @@
 """ComfyUI's `comfy.model_base`: what `MODEL.model` is. Our DiffusionModel is ComfyUI's BaseModel
 (apply_model, extra_conds, model_sampling, latent_format, model_type, ...); SDXL and SDXLRefiner
-are its SDXL families. The other families' class names exist for plugins' isinstance checks; this
-engine never builds such a model."""
+are its SDXL families; SD21UNCLIP, SD15_instructpix2pix and SDXL_instructpix2pix (with IP2P and
+unclip_adm) are diffusion.model_variants'. The other families' class names exist for plugins'
+isinstance checks; this engine never builds such a model."""
 from __future__ import annotations
 
 from diffusion.model import SDXL, DiffusionModel, ModelType, SDXLRefiner, _convert_tensor
 from diffusion.model_sampling import ModelSamplingDiscrete as _OurSampling
+from diffusion.model_variants import IP2P, SD15_instructpix2pix, SD21UNCLIP, SDXL_instructpix2pix
+from diffusion.unclip import unclip_adm
 
 BaseModel = DiffusionModel
 
@@ -27,8 +30,7 @@ def _family(name: str) -> type:
     return type(name, (DiffusionModel,), {"__doc__": f"ComfyUI's {name} family (never built by LatentGraph)."})
 
 
-_OTHER_FAMILIES = ("SD21UNCLIP", "SD_X4Upscaler", "SVD_img2vid", "SV3D_u", "SV3D_p", "Stable_Zero123",
-                   "SDXL_instructpix2pix", "SD15_instructpix2pix", "StableCascade_C", "StableCascade_B", "SD3",
+_OTHER_FAMILIES = ("SD_X4Upscaler", "SVD_img2vid", "SV3D_u", "SV3D_p", "Stable_Zero123", "StableCascade_C", "StableCascade_B", "SD3",
                    "AuraFlow", "StableAudio1", "HunyuanDiT", "PixArt", "Flux", "GenmoMochi", "LTXV", "HunyuanVideo",
                    "CosmosVideo", "Lumina2", "WAN21", "HiDream", "Chroma", "ACEStep", "Omnigen2", "QwenImage",
                    "HunyuanImage21")
@@ -36,4 +38,5 @@ for _name in _OTHER_FAMILIES:
     globals()[_name] = _family(_name)
 del _name
 
-__all__ = ["BaseModel", "ModelType", "SDXL", "SDXLRefiner", "convert_tensor", "model_sampling", *_OTHER_FAMILIES]
+__all__ = ["IP2P", "SD15_instructpix2pix", "SD21UNCLIP", "SDXL_instructpix2pix", "BaseModel", "ModelType", "SDXL",
+           "SDXLRefiner", "convert_tensor", "model_sampling", "unclip_adm", *_OTHER_FAMILIES]

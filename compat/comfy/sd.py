@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from diffusion import handles as _handles
-from diffusion.checkpoint import detect, load_unet, load_vae, read_state_dict
+from diffusion.checkpoint import load_vae, read_state_dict
 from diffusion.lora import load_lora_for_models as _load_lora_for_models
 
 log = logging.getLogger(__name__)
@@ -79,86 +79,99 @@ class VAE(_handles.VAE, metaclass=_ComfyConstructed):
 def load_checkpoint_guess_config(ckpt_path, output_vae=True, output_clip=True, output_clipvision=False,
                                  embedding_directory=None, output_model=True, model_options=None,
                                  te_model_options=None):
-    """(MODEL, CLIP, VAE, CLIP_VISION) of a single-file checkpoint; parts not asked for are None.
-    CLIP vision models inside checkpoints (unCLIP) are not supported: always None."""
-    loaded = _handles.open_checkpoint(Path(ckpt_path), _service(), _embedding_dirs(embedding_directory))
+    """(MODEL, CLIP, VAE, CLIP_VISION) of a single-file checkpoint; parts not asked for are None,
+    and CLIP_VISION is None for families whose files carry no vision tower (all but unCLIP)."""
+    from diffusion.model_loading import open_clip_vision_of_checkpoint
+
+    service = _service()
+    loaded = _handles.open_checkpoint(Path(ckpt_path), service, _embedding_dirs(embedding_directory))
+    vision = None
+    if output_clipvision:
+        family = getattr(loaded.model.model, "checkpoint_family", "")
+        vision = open_clip_vision_of_checkpoint(Path(ckpt_path), family, service)
     return (loaded.model if output_model else None, loaded.clip if output_clip else None,
-            loaded.vae if output_vae else None, None)
+            loaded.vae if output_vae else None, vision)
 
 
 def load_checkpoint(config_path=None, ckpt_path=None, output_vae=True, output_clip=True, embedding_directory=None,
                     state_dict=None, config=None):
-    """The old loader with a YAML config: the config is not needed (the file's keys say everything)."""
-    return load_checkpoint_guess_config(ckpt_path, output_vae, output_clip, False, embedding_directory)[:3]
+    """The old loader with an LDM YAML config (parameterization "v", the text encoder's layer_idx)."""
+    from diffusion.model_loading import apply_config
+
+    model, clip, vae, _ = load_checkpoint_guess_config(ckpt_path, output_vae, output_clip, False, embedding_directory)
+    model, clip = apply_config(config_path, model, clip, config)
+    return model, clip, vae
+
+
+def _storage(model_options) -> torch.dtype | None:
+    return (model_options or {}).get("dtype", (model_options or {}).get("weight_dtype"))
 
 
 def load_diffusion_model_state_dict(sd, model_options=None):
-    """MODEL from bare UNet weights (an SD1.x, SD2.x or SDXL UNet, with or without the
-    model.diffusion_model. prefix)."""
-    service = _service()
-    info = detect(sd)
-    prefix = info.unet_prefix
-    weights = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix) and k[len(prefix):] != "v_pred"}
-    dtype = (model_options or {}).get("dtype") or service.unet_dtype()
-    unet = load_unet(weights, info.unet_config, service.unet_inital_load_device(), dtype)
-    return _handles.wrap_diffusion_model(unet, info, service)
+    """MODEL from UNet weights (an SD1.x, SD2.x or SDXL UNet: bare, under model.diffusion_model., or
+    in diffusers' layout); model_options["dtype"] stores them narrower (fp8)."""
+    from diffusion.model_loading import diffusion_model_from_state_dict
+
+    return diffusion_model_from_state_dict(dict(sd), _service(), _storage(model_options))
 
 
 def load_diffusion_model(unet_path, model_options=None):
-    service = _service()
-    info = detect(read_state_dict(unet_path), unet_path)
-    prefix = info.unet_prefix
-    dtype = (model_options or {}).get("dtype") or service.unet_dtype()
-    weights = {k[len(prefix):]: v for k, v in read_state_dict(unet_path).items()
-               if k.startswith(prefix) and k[len(prefix):] != "v_pred"}
-    unet = load_unet(weights, info.unet_config, service.unet_inital_load_device(), dtype, unet_path)
-    return _handles.wrap_diffusion_model(unet, info, service)
+    from diffusion.model_loading import diffusion_model_from_state_dict
+
+    return diffusion_model_from_state_dict(read_state_dict(unet_path), _service(), _storage(model_options),
+                                           Path(unet_path))
 
 
 load_unet_state_dict = load_diffusion_model_state_dict
 
 
-def load_unet_model(unet_path, dtype=None):
+def load_unet(unet_path, dtype=None):
     return load_diffusion_model(unet_path, {"dtype": dtype})
 
 
-# transformers-layout CLIP text model keys -> where a checkpoint keeps them, per tower name
-_TEXT_PREFIX = {"l": "cond_stage_model.transformer.", "g": "conditioner.embedders.1.model."}
+load_unet_model = load_unet
+
+
+def _clip_type_name(clip_type) -> str:
+    return clip_type.name.lower() if isinstance(clip_type, Enum) else str(clip_type or "stable_diffusion")
+
+
+def load_text_encoder_state_dicts(state_dicts=(), embedding_directory=None, clip_type=CLIPType.STABLE_DIFFUSION,
+                                  model_options=None):
+    """CLIP from text-encoder weights: one CLIP-L (SD1), ViT-H (SD2) or bigG (SDXL refiner), or
+    CLIP-L + bigG (SDXL), in transformers' or OpenCLIP's layout (see diffusion.text_encoder_files)."""
+    from diffusion.model_loading import text_encoders_from_state_dicts
+
+    device = "cpu" if (model_options or {}).get("load_device") == torch.device("cpu") else "default"
+    name = _clip_type_name(clip_type)
+    if len(state_dicts) == 2 and name == "stable_diffusion":
+        name = "sdxl"  # ComfyUI builds SDXL's pair for two CLIP files of any non-specific type
+    return text_encoders_from_state_dicts(list(state_dicts), _service(), _embedding_dirs(embedding_directory),
+                                          name, device)
 
 
 def load_clip(ckpt_paths, embedding_directory=None, clip_type=CLIPType.STABLE_DIFFUSION, model_options=None):
-    """CLIP from text-encoder files: a CLIP-L file (SD1), or CLIP-L plus bigG (SDXL), in the
-    original checkpoint layout or transformers' (text_model.*)."""
-    from diffusion.text_encoders import TextEncoder, clip_l_to_inner, inner_to_open_clip
+    """CLIP from text-encoder files (CLIPLoader / DualCLIPLoader)."""
+    from diffusion.model_loading import open_text_encoders
 
     if isinstance(ckpt_paths, (str, Path)):
         ckpt_paths = [ckpt_paths]
-    combined: dict[str, torch.Tensor] = {}
-    for path in ckpt_paths:
-        sd = read_state_dict(path)
-        if any(k.startswith(("cond_stage_model.", "conditioner.")) for k in sd):
-            combined.update(sd)
-            continue
-        inner, _ = clip_l_to_inner(sd)
-        layers = 1 + max((int(k.split(".")[2]) for k in inner if k.startswith("encoder.layers.")), default=-1)
-        if layers >= 32:  # bigG: store it the way an SDXL checkpoint does (OpenCLIP layout)
-            out = inner_to_open_clip(inner)
-            if "text_projection.weight" in sd:
-                out["text_projection"] = sd["text_projection.weight"].t().contiguous()
-            combined.update({_TEXT_PREFIX["g"] + k: v for k, v in out.items()})
-        else:
-            combined.update({_TEXT_PREFIX["l"] + "text_model." + k: v for k, v in inner.items()})
-    if all(any(k.startswith(_TEXT_PREFIX[t]) for k in combined) for t in ("g", "l")):  # SDXL's pair
-        sdxl_l = "conditioner.embedders.0.transformer."
-        combined = {k.replace(_TEXT_PREFIX["l"], sdxl_l): v for k, v in combined.items()}
-    service = _service()
-    try:
-        text = TextEncoder.from_state_dict(combined, dtype=service.text_encoder_dtype(),
-                                           device=service.text_encoder_offload_device())
-    except ValueError as exc:
-        raise ValueError(f"load_clip: {exc} (LatentGraph reads SD1 CLIP-L and SDXL CLIP-L + bigG text encoders)") \
-            from None
-    return _handles.wrap_clip(text, service, _embedding_dirs(embedding_directory))
+    name = _clip_type_name(clip_type)
+    if len(ckpt_paths) == 2 and name == "stable_diffusion":
+        name = "sdxl"
+    device = "cpu" if (model_options or {}).get("load_device") == torch.device("cpu") else "default"
+    return open_text_encoders([Path(p) for p in ckpt_paths], _service(), _embedding_dirs(embedding_directory), name,
+                              device)
+
+
+def load_style_model(ckpt_path):
+    from diffusion.style_model import load_style_model as _load
+    return _load(ckpt_path)
+
+
+def load_gligen(ckpt_path):
+    from diffusion.gligen import load_gligen as _load
+    return _load(ckpt_path, _service())
 
 
 def load_lora_for_models(model, clip, lora, strength_model, strength_clip):
@@ -173,19 +186,34 @@ def load_controlnet(ckpt_path, model=None):
 
 
 def save_checkpoint(output_path, model, clip=None, vae=None, clip_vision=None, metadata=None, extra_keys=None):
-    """One safetensors file holding the MODEL's weights as patched, the CLIP's and the VAE's."""
-    from safetensors.torch import save_file
+    """One safetensors file in the family's original layout (CheckpointSave's): the MODEL's weights as
+    patched, the CLIP's, the VAE's and a CLIP vision tower's, plus `extra_keys`."""
+    from diffusion.checkpoint_save import checkpoint_state_dict, save_file
 
-    from diffusion.model_management import use_models
-
-    use_models([m for m in (model, getattr(clip, "patcher", None), getattr(vae, "patcher", None)) if m])
-    clip_sd = clip.cond_stage_model.state_dict_original() if clip is not None else None
-    vae_sd = {"first_stage_model." + k: v for k, v in vae.get_sd().items()} if vae is not None else None
-    sd = model.model.state_dict_for_saving(clip_sd, vae_sd)
+    sd = checkpoint_state_dict(model, clip, vae, clip_vision)
     sd.update(extra_keys or {})
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(output_path), metadata=metadata)
+    save_file(sd, Path(output_path), metadata)
 
 
-__all__ = ["CLIP", "CLIPType", "VAE", "load_checkpoint", "load_checkpoint_guess_config", "load_clip",
-           "load_controlnet", "load_diffusion_model", "load_diffusion_model_state_dict", "load_lora_for_models",
-           "load_unet_model", "load_unet_state_dict", "save_checkpoint"]
+from diffusion.style_model import StyleModel
+
+__all__ = [
+    "CLIP",
+    "VAE",
+    "CLIPType",
+    "StyleModel",
+    "load_checkpoint",
+    "load_checkpoint_guess_config",
+    "load_clip",
+    "load_controlnet",
+    "load_diffusion_model",
+    "load_diffusion_model_state_dict",
+    "load_gligen",
+    "load_lora_for_models",
+    "load_style_model",
+    "load_text_encoder_state_dicts",
+    "load_unet",
+    "load_unet_model",
+    "load_unet_state_dict",
+    "save_checkpoint",
+]
