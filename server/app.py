@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import gc
 import logging
 import shutil
 import signal
@@ -132,8 +133,15 @@ async def run_server(runtime: Runtime, config: ServerConfig) -> int:
         log.warning("%d prompt(s) were running when the server last stopped; they will run again",
                     len(state.store.recovered))
     app = build_app(state)
+    # Everything loaded so far (torch, nodes, plugins) lives as long as the process; a full
+    # collection walking it takes ~0.1 s, which every request would feel. Later garbage is
+    # still collected.
+    gc.freeze()
     access_log = logging.getLogger("aiohttp.access") if log.isEnabledFor(logging.DEBUG) else None
-    runner = web.AppRunner(app, access_log=access_log, handle_signals=False)
+    # Bodies are never inflated (compressed ones are refused), and the rest of a refused body is
+    # not read: its connection is closed as soon as the answer is out.
+    runner = web.AppRunner(app, access_log=access_log, handle_signals=False, auto_decompress=False,
+                           lingering_time=0, keepalive_timeout=config.http_timeout_s)
     await runner.setup()
     try:
         problems = await _listen(runner, config)

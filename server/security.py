@@ -97,6 +97,13 @@ def make_guard(config: ServerConfig) -> Callable:
                 return _refuse(403, "forbidden_origin",
                                f"Cross-origin request from {origin!r} refused (start the server with "
                                "--enable-cors-header to allow other origins)")
+        encoding = headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in ("", "identity") and request.body_exists:
+            # A 2 MB gzip body can inflate to gigabytes; inflating it at all, even only up to
+            # the size limit, costs the one thread that serves every request.
+            return _refuse(415, "unsupported_media_type",
+                           f"Compressed request bodies (Content-Encoding: {encoding}) are not accepted; "
+                           "send the body uncompressed")
         upgrading = headers.get("Upgrade", "").lower() == "websocket"
         if (request.method in STATE_CHANGING or upgrading) and not cors_ok \
                 and headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
