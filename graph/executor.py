@@ -20,7 +20,7 @@ from graph.blocker import ExecutionBlocker
 from graph.cache import ClassicCache, Entry, OutputCache, safe_node_key
 from graph.context import Emit, Interrupted, NodeContext, current_context
 from graph.contract import NodeType
-from graph.errors import PromptError, describe_value
+from graph.errors import PromptError, describe_value, exception_message
 from graph.graph_builder import GraphBuilder
 from graph.prompt import is_link, unwrap
 from graph.registry import NodeRegistry
@@ -484,7 +484,7 @@ class _Run:
             "node_id": node_id,
             "node_type": class_type,
             "executed": list(self.result.executed),
-            "exception_message": str(exc) or type(exc).__name__,
+            "exception_message": exception_message(exc),
             "exception_type": exception_type or f"{type(exc).__module__}.{type(exc).__qualname__}",
             "traceback": traceback.format_exception(exc),
             "current_inputs": {k: [describe_value(x, 120) for x in v] for k, v in inputs.items()

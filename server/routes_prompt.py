@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # Secrets some clients put in extra_data for paid API nodes; never stored or listed.
 _SECRET_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 MAX_PROMPT_ID = 256
+_INT64 = 2 ** 63
 
 
 def _prompt_error(status: int, err: dict, node_errors: dict | None = None) -> web.Response:
@@ -153,22 +154,25 @@ async def post_free(request: web.Request) -> web.Response:
     return json_response({})
 
 
-def _int_param(request: web.Request, name: str) -> int | None:
+def _int_param(request: web.Request, name: str, minimum: int) -> int | None:
+    """An integer query parameter within what SQLite can take (64-bit), or None when absent."""
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
     try:
-        value = int(raw)
+        value = int(raw) if len(raw) <= 24 else None
     except ValueError:
-        raise BadRequest(400, "invalid_request", f"'{name}' must be an integer, got {raw!r}") from None
-    if name == "max_items" and value < 0:
-        raise BadRequest(400, "invalid_request", "'max_items' must not be negative")
+        raise BadRequest(400, "invalid_request", f"'{name}' must be an integer, got {raw[:40]!r}") from None
+    if value is None or not minimum <= value < _INT64:
+        raise BadRequest(400, "invalid_request", f"'{name}' must be an integer from {minimum} to {_INT64 - 1}, "
+                                                 f"got {raw[:40]}")
     return value
 
 
 async def get_history(request: web.Request) -> web.Response:
     store = state_of(request).store
-    max_items, offset = _int_param(request, "max_items"), _int_param(request, "offset")
+    # ComfyUI's offset -1 (or any negative) means "no offset"
+    max_items, offset = _int_param(request, "max_items", 0), _int_param(request, "offset", -_INT64)
     text = await asyncio.to_thread(store.history_text, max_items, offset)
     return raw_json_response(text)
 

@@ -166,6 +166,12 @@ def make_error_middleware(config: ServerConfig) -> Callable:
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await _answer(request, handler)
+        if request.body_exists and not request.content.is_eof() and not response.prepared:
+            response.force_close()  # a body we did not read to the end: no more requests on it
+        return response
+
+    async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except BadRequest as exc:
