@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "else a fast latent-to-RGB projection (default auto)")
     p.add_argument("--max-upload-size", type=float, default=100, metavar="MB",
                    help="largest request body the server accepts, in MB (default 100)")
+    p.add_argument("--http-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="close a connection that takes longer than this to send a request's headers, or "
+                        "stays idle longer between requests (default 10)")
     p.add_argument("--enable-cors-header", nargs="?", const="*", default=None, metavar="ORIGIN",
                    help="allow cross-origin requests from ORIGIN (bare flag = any origin); "
                         "this switches off the cross-site request guard")
@@ -63,5 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.cache_lru < 1:
             parser.error("--cache-lru needs a number of prompts of at least 1")
         args.cache = f"lru:{args.cache_lru}"
+    if not args.http_timeout > 0:
+        parser.error("--http-timeout needs a number of seconds above 0")
     args.cache = args.cache or "classic"
     return args

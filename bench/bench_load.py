@@ -29,14 +29,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.server_helpers import LiveServer, slow_prompt, value_prompt  # noqa: E402
+from tests.server_helpers import LiveServer, gzip_bomb, slow_prompt, value_prompt  # noqa: E402
 
 ROUTES = ("GET /queue", "GET /object_info", "POST /prompt")
 TARGET_P99_MS = 100
@@ -46,19 +45,6 @@ BOMB_DELTA_MS = 50
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
-
-
-def gzip_bomb(compressed_size: int = 2 * 1024 * 1024, block: int = 1 << 20) -> bytes:
-    """A gzip stream of about `compressed_size` bytes that inflates ~1000-fold to zeros.
-
-    After a full flush the compressor starts afresh, so every further block of zeros
-    compresses to the same bytes: one block is compressed and repeated, which builds a
-    2 GiB bomb in milliseconds. The trailer is left off; a server never gets that far.
-    """
-    comp = zlib.compressobj(9, zlib.DEFLATED, 31)
-    head = comp.compress(b"\0" * block) + comp.flush(zlib.Z_FULL_FLUSH)
-    unit = comp.compress(b"\0" * block) + comp.flush(zlib.Z_FULL_FLUSH)
-    return head + unit * max(1, (compressed_size - len(head)) // len(unit))
 
 
 # -- websocket clients (a separate process) -------------------------------------------------

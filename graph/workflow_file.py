@@ -61,9 +61,9 @@ def read_png_text(data_or_path: bytes | str | Path) -> dict[str, str]:
             key, value = _text_chunk(kind, body)
             text.setdefault(key, value)
         elif kind == b"IEND":
-            break
+            return text
         pos = body_end + 4
-    return text
+    raise ValueError("the file ends before its IEND chunk (cut short?)")
 
 
 def _text_chunk(kind: bytes, body: bytes) -> tuple[str, str]:

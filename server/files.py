@@ -25,6 +25,7 @@ IMAGE_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF"})
 # (a 20 KB PNG can claim 13000x13000 pixels).
 MAX_PIXELS = 8192 * 8192
 _DRIVE = re.compile(r"^[A-Za-z]:")
+NAME_MAX = 255  # bytes in one file name, on every common filesystem
 
 
 class PathRefused(Exception):
@@ -49,6 +50,8 @@ def name_parts(text: str, what: str) -> list[str]:
     parts = [p for p in text.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise PathRefused(400, f"{what} must not refer to a parent folder ('..')")
+    if any(len(p.encode()) > NAME_MAX for p in parts):
+        raise PathRefused(400, f"{what} has a name longer than {NAME_MAX} bytes")
     return parts
 
 
@@ -61,7 +64,10 @@ def resolve_inside(root: Path, subfolder: str, filename: str | None = None) -> P
             raise PathRefused(400, "filename is empty")
         parts += file_parts
     base = Path(root).resolve()
-    target = base.joinpath(*parts).resolve()
+    try:
+        target = base.joinpath(*parts).resolve()
+    except OSError as exc:  # too long in all, a symlink loop, ...
+        raise PathRefused(400, f"that path cannot be used: {exc.strerror or exc}") from None
     if target != base and not target.is_relative_to(base):
         raise PathRefused(403, "that path leads outside its folder")
     return target

@@ -45,6 +45,7 @@ ALL = object()  # target: every connected client
 # dropping early; events are not, up to the point where the client is clearly not reading.
 PREVIEW_BUFFER_LIMIT = 1 << 20
 BUFFER_LIMIT = 16 << 20
+FLUSH_AT = 256 << 10
 MAX_CLIENT_ID = 256
 _TEXT, _BINARY = 0x1, 0x2
 
@@ -109,26 +110,31 @@ class Connection:
         return self.waiting + self.transport.get_write_buffer_size()
 
     def put(self, frame: bytes) -> None:
+        """Queue a frame; a client with BUFFER_LIMIT bytes waiting is not reading, and is dropped."""
+        if self.dropped:
+            return
+        backlog = self.backlog() + len(frame)
+        if backlog > BUFFER_LIMIT:
+            log.warning("websocket client %s is not reading (%d bytes waiting); disconnecting it", self.sid, backlog)
+            self.drop()
+            return
         self.outbox.append(frame)
         self.waiting += len(frame)
+        if self.waiting > FLUSH_AT:  # a burst: hand it to the socket now rather than hold it
+            self.flush()
 
     def flush(self) -> None:
-        """Write the outbox in one go; a client that is not reading is dropped, not waited for."""
+        """Write the outbox in one go."""
         if not self.outbox:
             return
         data = b"".join(self.outbox) if len(self.outbox) > 1 else self.outbox[0]
         self.outbox.clear()
         self.waiting = 0
-        if self.dropped or self.ws.closed or self.transport.is_closing():
-            return
-        self.transport.write(data)
-        if self.transport.get_write_buffer_size() > BUFFER_LIMIT:
-            log.warning("websocket client %s is not reading (%d bytes waiting); disconnecting it",
-                        self.sid, self.transport.get_write_buffer_size())
-            self.drop()
+        if not (self.ws.closed or self.transport.is_closing()):
+            self.transport.write(data)
 
     def drop(self) -> None:
-        """Cut the connection now; its handler sees the socket close and cleans up."""
+        """Cut the connection now, never waiting for the client; its handler then cleans up."""
         self.dropped = True
         self.outbox.clear()
         self.waiting = 0
