@@ -31,14 +31,13 @@ def _bad_field(message: str) -> web.Response:
     return _prompt_error(400, error_doc("invalid_prompt", "Invalid prompt", message))
 
 
-def _priority(body: dict, state) -> float | int | web.Response:
-    if "number" in body and body["number"] is not None:
-        number = body["number"]
-        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
-                or abs(number) > 2 ** 53:
-            return _bad_field("'number' must be a finite number")
-        return number
-    return state.store.next_number(front=bool(body.get("front")))
+def _given_number(body: dict) -> float | int | None | web.Response:
+    """The client's own priority number, None when it leaves it to the queue."""
+    number = body.get("number")
+    if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float))
+                               or not math.isfinite(number) or abs(number) > 2 ** 53):
+        return _bad_field("'number' must be a finite number")
+    return number
 
 
 @expects_json
@@ -85,12 +84,19 @@ async def post_prompt(request: web.Request) -> web.Response:
     if not checked.ok:
         return _prompt_error(400, checked.error or error_doc("invalid_prompt", "Invalid prompt"), checked.node_errors)
 
-    number = _priority(body, state)
+    number = _given_number(body)
     if isinstance(number, web.Response):
         return number
-    job = Job(number, prompt_id, prompt, extra_data, list(checked.outputs))
+    front = bool(body.get("front"))
+
+    def store() -> float | int:
+        # a commit can wait for the worker's; the event loop must not
+        given = number if number is not None else state.store.next_number(front=front)
+        state.store.enqueue(Job(given, prompt_id, prompt, extra_data, list(checked.outputs)))
+        return given
+
     try:
-        state.store.enqueue(job)
+        number = await asyncio.to_thread(store)
     except DuplicatePromptId:
         return _bad_field(f"prompt_id {prompt_id!r} is already queued or in the history")
     state.worker.submit(prompt_id, checked)

@@ -4,8 +4,8 @@ Sending costs the event loop (which also answers every HTTP request) next to not
 client, so API latency does not grow with the number of connected clients:
 * an event is encoded once, as a finished websocket frame, on the thread that raised it
   (the worker's events never touch the loop until they are bytes);
-* each client has an outbox of frames; queueing a frame is a list append, and one flush per
-  loop turn writes each client's outbox to its socket in a single write;
+* each client has an outbox of frames; queueing a frame is a list append, and a flush every
+  FLUSH_DELAY_S writes each client's outbox to its socket in a single write;
 * back-pressure: a client whose socket is not draining gets no previews once
   PREVIEW_BUFFER_LIMIT bytes wait for it, and is disconnected past BUFFER_LIMIT, never waited
   for.
@@ -46,6 +46,9 @@ ALL = object()  # target: every connected client
 PREVIEW_BUFFER_LIMIT = 1 << 20
 BUFFER_LIMIT = 16 << 20
 FLUSH_AT = 256 << 10
+# Frames queued within this time go out in one write per client: at hundreds of events a second
+# that is a few socket writes per client instead of one per event, for 10 ms of delay.
+FLUSH_DELAY_S = 0.01
 MAX_CLIENT_ID = 256
 _TEXT, _BINARY = 0x1, 0x2
 
@@ -189,7 +192,7 @@ class Hub:
         self._dirty[conn] = None
         if not self._flush_scheduled and self.loop is not None:
             self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
+            self.loop.call_later(FLUSH_DELAY_S, self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False

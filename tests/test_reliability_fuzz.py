@@ -8,7 +8,7 @@ import json
 from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -94,6 +94,9 @@ prompt_keys = {"prompt": st.one_of(st.just(value_prompt(1)), values,
 
 @SETTINGS
 @given(raw=bodies(prompt_keys))
+@example(raw=json.dumps({"prompt": value_prompt(1), "client_id": "\ud800"}).encode())
+@example(raw=b'{"prompt": {"1": {"class_type": "PrimitiveFloat", "inputs": {"value": 1e999}}}}')
+@example(raw=b'{"prompt": ' + b"[" * 10_000 + b"]" * 10_000 + b"}")
 def test_post_prompt(server, raw):
     check(*call(server, "POST", "/prompt", raw, JSON), raw)
 
@@ -102,6 +105,8 @@ def test_post_prompt(server, raw):
 @given(route=st.sampled_from(["/queue", "/history", "/interrupt", "/free"]),
        raw=bodies({"delete": ids, "clear": scalars, "prompt_id": ids, "unload_models": scalars,
                    "free_memory": scalars}))
+@example(route="/queue", raw=b'{"delete": ["\\udfff"]}')
+@example(route="/history", raw=b'{"delete": ["\xed\xa0\x80"]}')
 def test_post_queue_history_interrupt_free(server, route, raw):
     check(*call(server, "POST", route, raw, JSON), (route, raw))
 
@@ -114,6 +119,8 @@ def query_text() -> st.SearchStrategy:
 
 @SETTINGS
 @given(max_items=query_text(), offset=query_text(), entry=query_text())
+@example(max_items="1e20", offset="", entry="x").via("the issue")
+@example(max_items="5", offset=str(2 ** 63), entry="%ED%A0%80").via("the issue")
 def test_get_history(server, max_items, offset, entry):
     check(*call(server, "GET", f"/history?max_items={max_items}&offset={offset}"), (max_items, offset))
     check(*call(server, "GET", f"/history/{entry or 'x'}"), entry)
@@ -123,6 +130,7 @@ def test_get_history(server, max_items, offset, entry):
 @given(filename=query_text(), subfolder=query_text(), kind=st.one_of(query_text(), st.sampled_from(
     ["input", "output", "temp"])), channel=st.sampled_from(["rgb", "a", "rgba", "x", ""]),
        preview=st.one_of(query_text(), st.sampled_from(["webp;90", "jpeg;" + "9" * 5000, "webp;%C2%B2"])))
+@example(filename="x" * 300, subfolder="", kind="output", channel="rgb", preview="").via("a name too long")
 def test_get_view(server, filename, subfolder, kind, channel, preview):
     path = f"/view?filename={filename}&subfolder={subfolder}&type={kind}&channel={channel}&preview={preview}"
     status, raw = call(server, "GET", path)
@@ -143,6 +151,7 @@ PNG = tiny_png()
        how=st.sampled_from(["quoted", "star", "raw"]),
        fields=st.dictionaries(st.sampled_from(["subfolder", "type", "overwrite"]), texts, max_size=3),
        data=st.one_of(st.just(PNG), st.binary(max_size=64)))
+@example(name="a\x00b.png", how="quoted", fields={}, data=PNG).via("the issue")
 def test_upload_image(server, name, how, fields, data):
     boundary = b"fz-boundary-91"
     encoded = name.encode("utf-8", "surrogatepass")

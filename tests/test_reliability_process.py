@@ -157,9 +157,9 @@ class FakeSocket:
     closed = False
 
 
-def test_broadcasting_encodes_once_and_writes_each_client_once_per_loop_turn():
+def test_broadcasting_encodes_once_and_batches_each_clients_writes():
     """What keeps API latency flat as clients are added: an event costs the event loop one list
-    append per client, and each client one socket write per loop turn, however many events."""
+    append per client, and each client one socket write per flush, however many events."""
     async def go():
         hub = wsmod.Hub({})
         hub.bind_loop(asyncio.get_running_loop())
