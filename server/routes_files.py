@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import mimetypes
 import os
 from pathlib import Path
@@ -14,6 +13,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from PIL import Image
 
+from graph import strict_json
 from server.files import (IMAGE_SUFFIXES, PathRefused, check_image, check_pixels, merge_mask, resolve_inside,
                           save_upload, split_annotation)
 from server.jsonio import BadRequest, json_response
@@ -182,9 +182,10 @@ async def upload_mask(request: web.Request) -> web.Response:
     root, kind, subfolder, overwrite = _upload_target(state, fields)
     name = _checked_name(image)
     try:
-        ref = json.loads(fields.get("original_ref", ""))
-    except ValueError:
-        raise BadRequest(400, "invalid_request", "'original_ref' must be JSON: {filename, subfolder, type}") from None
+        ref = strict_json.loads(fields.get("original_ref", ""))
+    except strict_json.StrictJSONError as exc:
+        raise BadRequest(400, "invalid_request",
+                         f"'original_ref' must be JSON: {{filename, subfolder, type}} ({exc})") from None
     if not isinstance(ref, dict) or not isinstance(ref.get("filename"), str) or not ref["filename"]:
         raise BadRequest(400, "invalid_request", "'original_ref' needs a 'filename'")
     ref_name, ref_kind = split_annotation(ref["filename"], str(ref.get("type") or "output"))

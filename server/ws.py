@@ -28,6 +28,7 @@ from typing import Callable, Iterable
 
 from aiohttp import WSMsgType, web
 
+from graph import strict_json
 from server.jsonio import dumps
 
 log = logging.getLogger(__name__)
@@ -243,7 +244,7 @@ class Hub:
         if transport is None:  # the client went away during the handshake
             return ws
         sid = request.query.get("clientId") or ""
-        if not sid or len(sid) > MAX_CLIENT_ID or not sid.isprintable() or _has_surrogates(sid):
+        if not sid or len(sid) > MAX_CLIENT_ID or not sid.isprintable():  # lone surrogates are not printable
             sid = uuid.uuid4().hex
         old = self.clients.get(sid)
         if old is not None:  # a reconnect with the same id replaces the old socket
@@ -272,7 +273,7 @@ class Hub:
 
     def _on_text(self, conn: Connection, text: str) -> None:
         try:
-            msg = json.loads(text)
+            msg = strict_json.loads(text)
         except ValueError:
             return  # clients may send anything; only feature_flags means something
         if isinstance(msg, dict) and msg.get("type") == "feature_flags":
@@ -286,5 +287,3 @@ class Hub:
             await conn.ws.close()
 
 
-def _has_surrogates(text: str) -> bool:
-    return any("\ud800" <= c <= "\udfff" for c in text)

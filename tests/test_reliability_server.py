@@ -15,10 +15,11 @@ import threading
 import time
 import zlib
 
+import aiohttp
 import pytest
 from PIL import Image
 
-from tests.server_helpers import LiveServer, gzip_bomb, value_prompt
+from tests.server_helpers import LiveServer, gzip_bomb, run, value_prompt
 
 PACKS = ("lg_test_nodes.py", "lg_hostile_nodes.py")
 
@@ -242,6 +243,23 @@ def test_bad_upload_names_are_4xx_and_write_nothing(server):
     status, doc = request(server, "POST", "/upload/image", body, headers)
     assert status == 400 and doc["error"]["type"] == "invalid_image"
     assert sorted(p.name for p in (server.base / "input").iterdir()) == before
+
+
+def test_mask_references_and_websocket_messages_are_parsed_strictly(server):
+    (server.base / "input" / "base.png").write_bytes(png_bytes())
+    for ref in (b"[" * 10_000 + b"]" * 10_000, b'{"filename": "\\ud800.png"}', b'{"filename": "a\\u0000.png"}'):
+        body, headers = multipart(b'filename="mask.png"', png_bytes(), {"original_ref": ref})
+        status, doc = request(server, "POST", "/upload/mask", body, headers)
+        assert status == 400 and doc["error"]["message"], (ref[:40], status, doc)
+
+    async def go():
+        async with aiohttp.ClientSession() as s, s.ws_connect(server.url + "/ws?clientId=strict") as ws:
+            assert (await ws.receive_json())["type"] == "status"
+            await ws.send_str("[" * 100_000 + "]" * 100_000)
+            await ws.send_str('{"type": "feature_flags", "data": {"x": "\\ud800"}}')
+            await ws.send_str('{"type": "feature_flags", "data": {}}')
+            assert (await ws.receive_json(timeout=10))["type"] == "feature_flags"  # still served
+    run(go())
 
 
 def test_a_node_whose_declaration_raises_is_reported_as_that_nodes_error(server):
