@@ -9,6 +9,8 @@ user visits. Three guards stop that:
 * Content type: JSON routes refuse the form encodings a page can post cross-site without a
   CORS preflight, unless the request carries no browser marks at all (urllib's default
   form type, which ComfyUI's own API example relies on).
+Besides, compressed bodies are refused unread on every route (a gzip bomb), and a response to a
+body that was not read to its end closes the connection.
 """
 from __future__ import annotations
 

@@ -282,8 +282,9 @@ class Hub:
             self._queue(conn, event_frame("feature_flags", self.server_flags))
 
     async def close_all(self) -> None:
-        for conn in list(self.clients.values()):
+        conns = list(self.clients.values())
+        for conn in conns:
             conn.flush()
-            await conn.ws.close()
+        await asyncio.gather(*(conn.ws.close() for conn in conns), return_exceptions=True)
 
 
