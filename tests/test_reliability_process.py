@@ -48,6 +48,12 @@ def test_a_second_server_stops_before_touching_the_first_ones_files(quick_server
     assert "another LatentGraph server" in proc.stderr and "Traceback" not in proc.stderr
     assert preview.read_bytes() == b"the running server's preview" and (base / "temp" / "sub").is_dir()
     assert get(quick_server, "/queue")[0] == 200
+    # the command line still runs beside a server, and leaves its temp/ alone too
+    (base / "wf.json").write_text(json.dumps(value_prompt(7)))
+    proc = subprocess.run([sys.executable, str(REPO / "main.py"), "run", str(base / "wf.json"),
+                           "--base-directory", str(base)], capture_output=True, text=True, timeout=60, cwd=str(REPO))
+    assert proc.returncode == 0 and proc.stdout.strip() == "2: 7", proc.stderr
+    assert preview.exists()
 
 
 def closed_within(sock: socket.socket, seconds: float) -> bool:
