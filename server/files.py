@@ -26,6 +26,7 @@ IMAGE_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF"})
 MAX_PIXELS = 8192 * 8192
 _DRIVE = re.compile(r"^[A-Za-z]:")
 NAME_MAX = 255  # bytes in one file name, on every common filesystem
+PATH_MAX = 4096  # bytes in a whole path (Linux)
 
 
 class PathRefused(Exception):
@@ -66,8 +67,10 @@ def resolve_inside(root: Path, subfolder: str, filename: str | None = None) -> P
     base = Path(root).resolve()
     try:
         target = base.joinpath(*parts).resolve()
-    except OSError as exc:  # too long in all, a symlink loop, ...
+    except OSError as exc:  # a symlink loop, ...
         raise PathRefused(400, f"that path cannot be used: {exc.strerror or exc}") from None
+    if len(str(target).encode()) > PATH_MAX:
+        raise PathRefused(400, f"that path is longer than {PATH_MAX} bytes")
     if target != base and not target.is_relative_to(base):
         raise PathRefused(403, "that path leads outside its folder")
     return target

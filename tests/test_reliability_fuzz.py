@@ -131,6 +131,7 @@ def test_get_history(server, max_items, offset, entry):
     ["input", "output", "temp"])), channel=st.sampled_from(["rgb", "a", "rgba", "x", ""]),
        preview=st.one_of(query_text(), st.sampled_from(["webp;90", "jpeg;" + "9" * 5000, "webp;%C2%B2"])))
 @example(filename="x" * 300, subfolder="", kind="output", channel="rgb", preview="").via("a name too long")
+@example(filename="a/" * 3000 + "x.png", subfolder="", kind="output", channel="", preview="").via("a path too long")
 def test_get_view(server, filename, subfolder, kind, channel, preview):
     path = f"/view?filename={filename}&subfolder={subfolder}&type={kind}&channel={channel}&preview={preview}"
     status, raw = call(server, "GET", path)
