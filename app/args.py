@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache = p.add_mutually_exclusive_group()
     cache.add_argument("--cache-classic", action="store_const", dest="cache", const="classic",
                        help="keep the last prompt's outputs (default)")
-    cache.add_argument("--cache-lru", type=int, metavar="N", help="keep outputs used by the last N prompts")
+    cache.add_argument("--cache-lru", type=int, metavar="N",
+                       help="LRU cache of up to N node results (0, the default: no LRU, classic caching)")
     cache.add_argument("--cache-none", action="store_const", dest="cache", const="none",
                        help="keep nothing between prompts (least memory)")
     p.add_argument("--disable-metadata", action="store_true", help="do not embed the workflow in saved PNGs")
@@ -63,9 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)
     if args.cache_lru is not None:
-        if args.cache_lru < 1:
-            parser.error("--cache-lru needs a number of prompts of at least 1")
-        args.cache = f"lru:{args.cache_lru}"
+        if args.cache_lru < 0:
+            parser.error(f"--cache-lru takes a number of node results (0 or more), got {args.cache_lru}")
+        if args.cache_lru > 0:  # as in ComfyUI, 0 means no LRU cache: the classic one
+            args.cache = f"lru:{args.cache_lru}"
     if not args.http_timeout > 0:
         parser.error("--http-timeout needs a number of seconds above 0")
     args.cache = args.cache or "classic"

@@ -1,4 +1,5 @@
-"""Loading custom node packs (ComfyUI's classic plugin contract) into a NodeRegistry.
+"""Loading custom node packs into a NodeRegistry: ComfyUI's classic contract (NODE_CLASS_MAPPINGS)
+and its V3 schema (an async or sync `comfy_entrypoint` returning a ComfyExtension).
 
 Each pack is imported in isolation from the others: one that fails is recorded and skipped,
 and the engine starts with the rest.
@@ -17,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Mapping
 
+from graph.aio import run_sync
 from graph.registry import NodeRegistry, PackFailure
 
 try:
@@ -124,9 +126,12 @@ def _import(path: Path) -> ModuleType:
 def _register(registry: NodeRegistry, module: ModuleType, name: str, path: Path) -> list[str]:
     classes = getattr(module, "NODE_CLASS_MAPPINGS", None)
     web_dir = _web_directory(module, path)
+    python_module = f"custom_nodes.{name}"
+    if web_dir is not None:
+        registry.web_directories[name] = str(web_dir)
     if classes is None:
-        if hasattr(module, "comfy_entrypoint"):
-            raise PackError("comfy_entrypoint (V3 schema) packs are not supported; export NODE_CLASS_MAPPINGS")
+        if hasattr(module, "comfy_entrypoint"):  # ComfyUI's V3 schema: NODE_CLASS_MAPPINGS wins if both
+            return _register_extension(registry, module.comfy_entrypoint, python_module)
         if web_dir is None:
             raise PackError("the module defines neither NODE_CLASS_MAPPINGS nor WEB_DIRECTORY")
     elif not isinstance(classes, Mapping):
@@ -139,16 +144,35 @@ def _register(registry: NodeRegistry, module: ModuleType, name: str, path: Path)
     if display is not None and not isinstance(display, Mapping):
         logger.warning("%s: NODE_DISPLAY_NAME_MAPPINGS is not a dict; ignored", path)
         display = None
-    python_module = f"custom_nodes.{name}"
     for cls in classes.values():
         try:
             cls.RELATIVE_PYTHON_MODULE = python_module  # ComfyUI tags classes so; some packs read it
         except (AttributeError, TypeError):
             pass
-    nodes = registry.register_mappings(classes, dict(display or {}), python_module=python_module, builtin=False)
-    if web_dir is not None:
-        registry.web_directories[name] = str(web_dir)
-    return nodes
+    return registry.register_mappings(classes, dict(display or {}), python_module=python_module, builtin=False)
+
+
+def _register_extension(registry: NodeRegistry, entrypoint: object, python_module: str) -> list[str]:
+    """A V3 pack: `comfy_entrypoint()` (sync or async) returns a ComfyExtension; its nodes are
+    registered under their schema's node_id, with the schema's display name."""
+    from comfy_api.latest import ComfyExtension
+
+    if not callable(entrypoint):
+        raise PackError("comfy_entrypoint is not callable")
+    extension = run_sync(entrypoint())
+    if not isinstance(extension, ComfyExtension):
+        raise PackError(f"comfy_entrypoint returned {type(extension).__name__}, not a ComfyExtension")
+    run_sync(extension.on_load())
+    node_list = run_sync(extension.get_node_list())
+    if not isinstance(node_list, list):
+        raise PackError(f"get_node_list() returned {type(node_list).__name__}, not a list of node classes")
+    registered = []
+    for cls in node_list:
+        schema = cls.GET_SCHEMA()
+        cls.RELATIVE_PYTHON_MODULE = python_module
+        if registry.register(schema.node_id, cls, schema.display_name, python_module, builtin=False):
+            registered.append(schema.node_id)
+    return registered
 
 
 def _web_directory(module: ModuleType, path: Path) -> Path | None:

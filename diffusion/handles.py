@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from diffusion import tiling
 from diffusion.checkpoint import load_checkpoint, load_vae, read_state_dict
 from diffusion.device import DevicePolicy, ModelCache
 from diffusion.model import DiffusionModel
@@ -76,6 +77,32 @@ class VAEHandle:
         with torch.inference_mode():
             pixels = self.vae.decode(latent.to(self.device, self.dtype)).float()
         return ((pixels + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1).cpu()
+
+    def decode_tiled(self, samples: torch.Tensor, tile_x: int | None = None, tile_y: int | None = None,
+                     overlap: int | None = None, tile_t: int | None = None, overlap_t: int | None = None,
+                     progress: tiling.Progress | None = None) -> torch.Tensor:
+        """ComfyUI's VAE.decode_tiled: latent -> IMAGE [B, H, W, 3]; tiles and overlap in latent
+        cells (64 and 16 when not given). tile_t/overlap_t only matter to video VAEs."""
+        def decode(part: torch.Tensor) -> torch.Tensor:
+            return self.vae.decode_raw(part.to(self.device, self.dtype)).float()
+
+        with torch.inference_mode():
+            pixels = tiling.decode_tiled(decode, samples, self.vae.config.downscale, self.vae.config.out_channels,
+                                         tile_x, tile_y, overlap, progress)
+        return ((pixels + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1)
+
+    def encode_tiled(self, pixel_samples: torch.Tensor, tile_x: int | None = None, tile_y: int | None = None,
+                     overlap: int | None = None, tile_t: int | None = None, overlap_t: int | None = None,
+                     progress: tiling.Progress | None = None) -> torch.Tensor:
+        """ComfyUI's VAE.encode_tiled: IMAGE -> latent; tiles and overlap in pixels (512 and 64
+        when not given). tile_t/overlap_t only matter to video VAEs."""
+        def encode(part: torch.Tensor) -> torch.Tensor:
+            return self.vae.encode_mean((part * 2.0 - 1.0).to(self.device, self.dtype)).float()
+
+        pixels = crop_to_multiple(pixel_samples[..., :3], self.vae.config.downscale).movedim(-1, 1)
+        with torch.inference_mode():
+            return tiling.encode_tiled(encode, pixels.float(), self.vae.config.downscale, self.vae.config.embed_dim,
+                                       tile_x, tile_y, overlap, progress)
 
 
 def crop_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -11,6 +11,8 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
+from graph.blocker import ExecutionBlocker
+
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 HIDDEN_KINDS = frozenset(
     {"PROMPT", "EXTRA_PNGINFO", "UNIQUE_ID", "DYNPROMPT", "AUTH_TOKEN_COMFY_ORG", "API_KEY_COMFY_ORG"}
@@ -34,6 +36,12 @@ class InputSpec:
     @property
     def lazy(self) -> bool:
         return bool(self.options.get("lazy"))
+
+    @property
+    def raw_link(self) -> bool:
+        """A "rawLink" input receives the link itself ([node id, output index]), not the value;
+        the node still runs after the linked one (ComfyUI's loop nodes read the graph this way)."""
+        return bool(self.options.get("rawLink"))
 
 
 def parse_input_types(raw: Mapping) -> dict[str, InputSpec]:
@@ -62,7 +70,14 @@ def _parse_entry(name: str, section: str, entry: Any) -> InputSpec:
 
 
 def types_compatible(output_type: Any, input_type: Any) -> bool:
-    """ComfyUI's link rule: equal, '*' on either side, or overlapping comma-joined unions."""
+    """ComfyUI's link rule: equal, '*' on either side, or overlapping comma-joined unions. Types
+    are compared with `!=` first, as ComfyUI does: plugins' str subclasses (AnyType, SmartType)
+    override it to widen what they match."""
+    try:
+        if not (output_type != input_type):
+            return True
+    except Exception:  # a hostile __ne__ decides nothing
+        pass
     if isinstance(output_type, (list, tuple)):
         output_type = "COMBO"
     if isinstance(input_type, (list, tuple)):
@@ -87,10 +102,16 @@ class Input:
     optional: bool = False
     choices: Sequence | Callable[[Any], Sequence] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    # A combo declared as ("COMBO", {..., "options": [...]}) rather than ([...], {...}), as
+    # ComfyUI's V3 nodes (and a few classic ones) describe theirs.
+    typed_combo: bool = False
 
     def entry(self, env: Any) -> tuple:
         if self.type == "COMBO":
             values = self.choices(env) if callable(self.choices) else self.choices
+            if self.typed_combo:
+                listed = {} if self.choices is None else {"options": list(values or [])}
+                return ("COMBO", {**self.options, **listed})
             return (list(values or []), dict(self.options)) if self.options else (list(values or []),)
         return (self.type, dict(self.options)) if self.options else (self.type,)
 
@@ -124,6 +145,12 @@ def Boolean(name: str, default: bool | None = False, **opts) -> Input:
 
 def Combo(name: str, choices: Sequence | Callable[[Any], Sequence], **opts) -> Input:
     return Input(name, "COMBO", opts.pop("optional", False), choices=choices, options=opts)
+
+
+def Choice(name: str, choices: Sequence | Callable[[Any], Sequence], **opts) -> Input:
+    """A combo of one of ComfyUI's V3 nodes: ("COMBO", {"multiselect": False, "options": [...]})."""
+    return Input(name, "COMBO", opts.pop("optional", False), choices=choices,
+                 options={**opts, "multiselect": False}, typed_combo=True)
 
 
 def Socket(name: str, type: str, optional: bool = False, **opts) -> Input:
@@ -185,11 +212,36 @@ class Node:
 
 
 # ---------------------------------------------------------------------------------------------
-# One adapter over both styles.
+# One adapter over every style.
+
+# What a node class calls each hook, per style: classic (ComfyUI V1), declarative (built-in Node)
+# and ComfyUI's V3 schema (comfy_api.latest io.ComfyNode, in compat/).
+_HOOK_NAMES = {
+    "classic": {"is_changed": "IS_CHANGED", "validate": "VALIDATE_INPUTS", "lazy": "check_lazy_status"},
+    "declarative": {"is_changed": "fingerprint", "validate": "check", "lazy": "check_lazy_status"},
+    "v3": {"is_changed": "fingerprint_inputs", "validate": "validate_inputs", "lazy": "check_lazy_status"},
+}
+
+
+def _is_v3(cls: Any) -> bool:
+    """ComfyUI's V3 node classes: io.ComfyNode subclasses (duck-typed; graph/ never imports compat/)."""
+    return isinstance(cls, type) and callable(getattr(cls, "GET_NODE_INFO_V1", None)) \
+        and callable(getattr(cls, "PREPARE_CLASS_CLONE", None))
+
+
+def _v3_overrides(cls: type, name: str) -> bool:
+    """Whether a V3 node defines `name` itself: its base class only has placeholders for the hooks."""
+    base = cls.GET_BASE_CLASS()
+    for klass in cls.__mro__:
+        if klass is base:
+            return False
+        if name in vars(klass):
+            return True
+    return False
 
 
 class NodeType:
-    """A registered node class, read the same way whether it is classic or declarative."""
+    """A registered node class, read the same way whatever style it is written in."""
 
     def __init__(self, name: str, cls: type, display_name: str | None, python_module: str, env: Any = None):
         self.name = name
@@ -201,6 +253,8 @@ class NodeType:
         self.python_module = python_module
         self.env = env
         self.declarative = isinstance(cls, type) and issubclass(cls, Node)
+        self.v3 = _is_v3(cls)
+        self.style = "declarative" if self.declarative else "v3" if self.v3 else "classic"
         self.outputs: tuple = tuple(getattr(cls, "RETURN_TYPES", ()) or ())
         self.output_names: tuple = tuple(getattr(cls, "RETURN_NAMES", None) or self.outputs)
         is_list = getattr(cls, "OUTPUT_IS_LIST", None) or ()
@@ -222,6 +276,8 @@ class NodeType:
 
     def describe(self) -> dict:
         """This node's /object_info entry."""
+        if self.v3:  # ComfyUI lists V3 nodes from their schema, every field present
+            return self.cls.GET_NODE_INFO_V1()
         raw = self.input_types()
         info = {
             "input": raw,
@@ -243,24 +299,47 @@ class NodeType:
         return info
 
     # -- hooks ----------------------------------------------------------------------------
+    def has_hook(self, hook: str) -> bool:
+        """Whether the class defines 'is_changed', 'validate' or 'lazy' (check_lazy_status)."""
+        name = _HOOK_NAMES[self.style][hook]
+        if self.v3:
+            return _v3_overrides(self.cls, name)
+        return callable(getattr(self.cls, name, None))
+
     def has_is_changed(self) -> bool:
-        return hasattr(self.cls, "fingerprint" if self.declarative else "IS_CHANGED")
+        return self.has_hook("is_changed")
+
+    def hook(self, hook: str, instance: Any = None, hidden: Mapping[str, Any] | None = None) -> Callable:
+        """The callable behind 'is_changed', 'validate', 'lazy' or 'function' (FUNCTION), taking the
+        inputs as keywords; it may return a coroutine. `hidden` maps hidden kinds (UNIQUE_ID, ...) to
+        values for V3 nodes, which read them from the class rather than from their arguments."""
+        if hook == "function":
+            if self.declarative:
+                return lambda ctx, **kw: instance.run(ctx, **kw)
+            if not self.function or not hasattr(self.cls, self.function):
+                raise TypeError(f"node class {self.name} has no FUNCTION method {self.function!r}")
+        name = self.function if hook == "function" else _HOOK_NAMES[self.style][hook]
+        if self.v3:
+            return getattr(self.cls.PREPARE_CLASS_CLONE(dict(hidden or {})), name)
+        if self.declarative and hook in ("is_changed", "validate"):
+            fn, env = getattr(self.cls, name), self.env
+            return lambda **kw: fn(env, **kw)
+        return getattr(instance if instance is not None and hook in ("function", "lazy") else self.cls, name)
+
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(getattr(self.cls, self.function or "run", None))
 
     def is_changed(self, constants: dict) -> Any:
-        if self.declarative:
-            return self.cls.fingerprint(self.env, **constants)
-        return self.cls.IS_CHANGED(**_accepted(self.cls.IS_CHANGED, constants))
+        fn = self.hook("is_changed")
+        return fn(**constants) if self.declarative else fn(**_accepted(fn, constants))
 
     def validator(self) -> tuple[Callable, set[str], bool, bool] | None:
         """(function, parameter names, takes **kwargs, wants input_types) of the custom validator."""
-        fn = getattr(self.cls, "check" if self.declarative else "VALIDATE_INPUTS", None)
-        if fn is None:
+        if not self.has_hook("validate"):
             return None
-        if self.declarative:
-            env = self.env
-            target = fn
-            fn = lambda **kw: target(env, **kw)  # noqa: E731 - binds env once
-        params = inspect.signature(target if self.declarative else fn).parameters
+        target = getattr(self.cls, _HOOK_NAMES[self.style]["validate"])
+        fn = self.hook("validate") if not self.v3 else (lambda **kw: self.hook("validate")(**kw))
+        params = inspect.signature(target).parameters
         names = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
         names.discard("env")
         has_kwargs = any(p.kind == p.VAR_KEYWORD for p in params.values())
@@ -269,12 +348,33 @@ class NodeType:
     def instantiate(self) -> Any:
         return self.cls()
 
-    def call(self, instance: Any, ctx: Any, kwargs: dict) -> Any:
-        if self.declarative:
-            return instance.run(ctx, **kwargs)
-        if not self.function or not hasattr(instance, self.function):
-            raise TypeError(f"node class {self.name} has no FUNCTION method {self.function!r}")
-        return getattr(instance, self.function)(**kwargs)
+    def call(self, instance: Any, ctx: Any, kwargs: dict, hidden: Mapping[str, Any] | None = None) -> Any:
+        """One call of the node's function (a coroutine for an async node), its result normalised
+        to the classic shapes (a tuple, or a dict with "ui"/"result"/"expand")."""
+        fn = self.hook("function", instance, hidden)
+        result = fn(ctx, **kwargs) if self.declarative else fn(**kwargs)
+        if inspect.isawaitable(result):
+            return self._finish_async(result)
+        return self.normalise(result)
+
+    async def _finish_async(self, result: Any) -> Any:
+        return self.normalise(await result)
+
+    def normalise(self, result: Any) -> Any:
+        """V3 nodes return a NodeOutput (args, ui, expand, block_execution): the classic dict."""
+        if not self.v3 or not hasattr(result, "block_execution"):
+            return result
+        ui = result.ui
+        if ui is not None and not isinstance(ui, dict):
+            ui = ui.as_dict()
+        doc: dict = {} if ui is None else {"ui": ui}
+        if result.block_execution is not None:
+            doc["result"] = (ExecutionBlocker(result.block_execution),) * len(self.outputs)
+        elif result.args:
+            doc["result"] = tuple(result.args)
+        if result.expand is not None:
+            doc["expand"] = result.expand
+        return doc if doc else {"result": ()}
 
 
 def _accepted(fn: Callable, kwargs: dict) -> dict:

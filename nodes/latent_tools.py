@@ -19,13 +19,22 @@ from nodes.mask import repeat_to_batch
 MIN_CROP_CELLS = 8  # LatentCrop keeps at least 8 cells (64 pixels) right of and below x, y
 
 
-def _samples(latent, name: str) -> torch.Tensor:
+def latent_samples(latent, name: str) -> torch.Tensor:
+    """The samples tensor [B, C, h, w] of a LATENT input, or a clear error naming the input."""
     if not isinstance(latent, dict) or not isinstance(latent.get("samples"), torch.Tensor):
         raise TypeError(f"{name}: expected a LATENT (a dict with a 'samples' tensor)")
     samples = latent["samples"]
     if samples.ndim != 4:
         raise ValueError(f"{name}: expected samples of shape [B, C, h, w], got {tuple(samples.shape)}")
     return samples
+
+
+def reshape_latent_to(target_shape, latent: torch.Tensor, repeat_batch: bool = True) -> torch.Tensor:
+    """`latent` fitted to a latent of `target_shape`: resized bilinearly with a centre crop when its
+    channels or size differ (as ComfyUI does), then its batch cycled or cut to the target's."""
+    if latent.shape[1:] != target_shape[1:]:
+        latent = upscale(latent, target_shape[-1], target_shape[-2], "bilinear", "center")
+    return repeat_to_batch(latent, target_shape[0]) if repeat_batch else latent
 
 
 def _same_channels(a: torch.Tensor, b: torch.Tensor, node: str) -> None:
@@ -71,8 +80,8 @@ class LatentComposite(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, samples_to, samples_from, x, y, feather):
-        target = _samples(samples_to, "samples_to")
-        source = _samples(samples_from, "samples_from")
+        target = latent_samples(samples_to, "samples_to")
+        source = latent_samples(samples_from, "samples_from")
         _same_channels(target, source, "LatentComposite")
         x, y, feather = x // LATENT_SCALE, y // LATENT_SCALE, feather // LATENT_SCALE
         th, tw = target.shape[2:]
@@ -102,7 +111,7 @@ class LatentBlend(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, samples1, samples2, blend_factor):
-        s1, s2 = _samples(samples1, "samples1"), _samples(samples2, "samples2")
+        s1, s2 = latent_samples(samples1, "samples1"), latent_samples(samples2, "samples2")
         _same_channels(s1, s2, "LatentBlend")
         if s1.shape != s2.shape:
             s2 = upscale(s2, s1.shape[3], s1.shape[2], "bicubic", "center")
@@ -123,7 +132,7 @@ class LatentFromBatch(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, samples, batch_index, length):
-        s_in = _samples(samples, "samples")
+        s_in = latent_samples(samples, "samples")
         start = min(s_in.shape[0] - 1, batch_index)
         length = min(s_in.shape[0] - start, length)
         out = with_samples(samples, s_in[start:start + length].clone())
@@ -151,7 +160,7 @@ class RepeatLatentBatch(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, samples, amount):
-        s_in = _samples(samples, "samples")
+        s_in = latent_samples(samples, "samples")
         out = with_samples(samples, s_in.repeat((amount, 1, 1, 1)))
         # ComfyUI repeats a per-item mask batch as it is (not fitted to the latent batch first);
         # a single mask already applies to every item.
@@ -175,10 +184,9 @@ class LatentBatch(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, samples1, samples2):
-        s1, s2 = _samples(samples1, "samples1"), _samples(samples2, "samples2")
+        s1, s2 = latent_samples(samples1, "samples1"), latent_samples(samples2, "samples2")
         _same_channels(s1, s2, "LatentBatch")
-        if s1.shape[1:] != s2.shape[1:]:
-            s2 = upscale(s2, s1.shape[3], s1.shape[2], "bilinear", "center")
+        s2 = reshape_latent_to(s1.shape, s2, repeat_batch=False)
         out = with_samples(samples1, torch.cat((s1, s2), dim=0))
         out["batch_index"] = (list(samples1.get("batch_index", range(s1.shape[0])))
                               + list(samples2.get("batch_index", range(s2.shape[0]))))
@@ -196,7 +204,7 @@ class LatentFlip(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, samples, flip_method):
-        s_in = _samples(samples, "samples")
+        s_in = latent_samples(samples, "samples")
         dims = {"x": [2], "y": [3]}.get(flip_method[:1])
         if dims is None:
             raise ValueError(f"LatentFlip: unknown flip_method {flip_method!r}")
@@ -215,7 +223,7 @@ class LatentRotate(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, samples, rotation):
-        s_in = _samples(samples, "samples")
+        s_in = latent_samples(samples, "samples")
         if rotation not in ROTATIONS:
             raise ValueError(f"LatentRotate: unknown rotation {rotation!r}")
         # Turning from the width axis towards the height axis is clockwise on screen.
@@ -233,7 +241,7 @@ class LatentCrop(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, samples, width, height, x, y):
-        s_in = _samples(samples, "samples")
+        s_in = latent_samples(samples, "samples")
         h, w = s_in.shape[2:]
         if h < MIN_CROP_CELLS or w < MIN_CROP_CELLS:
             raise ValueError(f"LatentCrop: the latent ({w * LATENT_SCALE}x{h * LATENT_SCALE} pixels) is smaller "

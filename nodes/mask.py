@@ -6,6 +6,8 @@ MASK values are float tensors [B, H, W] in 0..1 (1 = selected); the nodes also t
 from __future__ import annotations
 
 import math
+import random
+import string
 from typing import Any
 
 import numpy as np
@@ -14,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from graph.contract import Boolean, Combo, Float, Int, Node, Output, Socket
-from nodes.image import MAX_RESOLUTION, LoadImage, load_image_file
-from nodes.image_tools import image_batch
+from nodes.image import MAX_RESOLUTION, LoadImage, load_image_file, save_images
+from nodes.image_tools import image_batch, match_channels
 from nodes.latent import with_samples
 
 MASK_CATEGORY = "mask"  # the classic menu, as in ComfyUI's /object_info for these nodes
@@ -88,15 +90,6 @@ def paste(destination: torch.Tensor, source: torch.Tensor, x: int, y: int, mask:
     blended = weight * source[..., :visible_h, :visible_w] + (1.0 - weight) * region
     destination[..., top:top + src_h, left:left + src_w] = blended
     return destination
-
-
-def match_channels(destination: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Give the source the destination's channel count: drop extras, or add an opaque alpha."""
-    if destination.shape[-1] < source.shape[-1]:
-        source = source[..., :destination.shape[-1]]
-    elif destination.shape[-1] > source.shape[-1]:
-        source = F.pad(source, (0, 1), value=1.0)
-    return destination, source
 
 
 class ImageCompositeMasked(Node):
@@ -245,6 +238,44 @@ class ThresholdMask(Node):
         return ((mask > value).float(),)
 
 
+class ImageColorToMask(Node):
+    """1 where a pixel's 8-bit colour (rounded) is exactly `color` (0xRRGGBB), else 0."""
+
+    category = MASK_CATEGORY
+    comfy_module = "comfy_extras.nodes_mask"
+    inputs = (Socket("image", "IMAGE"), Int("color", 0, min=0, max=0xFFFFFF, step=1, display="color"))
+    outputs = (Output("MASK"),)
+
+    def run(self, ctx, image, color):
+        image = image_batch(image)
+        if image.shape[-1] < 3:
+            raise ValueError(f"ImageColorToMask takes RGB images, got {image.shape[-1]} channels")
+        levels = (torch.clamp(image, 0, 1.0) * 255.0).round().to(torch.int)
+        packed = (levels[..., 0] << 16) + (levels[..., 1] << 8) + levels[..., 2]
+        return (torch.where(packed == color, 1.0, 0).float(),)
+
+
+class MaskPreview(Node):
+    """Shows masks in the editor as grey images (written to the temp folder, which is wiped)."""
+
+    category = MASK_CATEGORY
+    comfy_module = "comfy_extras.nodes_mask"
+    output_node = True
+    inputs = (Socket("mask", "MASK"),)
+    hidden = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
+    outputs = ()
+    COMPRESS_LEVEL = 4  # ComfyUI saves mask previews as SaveImage does, unlike PreviewImage
+
+    def __init__(self):
+        # Per instance, so two previews never number into the same file series.
+        self.prefix = "ComfyUI_temp_" + "".join(random.choice(string.ascii_lowercase) for _ in range(5))
+
+    def run(self, ctx, mask, prompt=None, extra_pnginfo=None):
+        grey = as_mask_batch(mask).unsqueeze(-1).expand(-1, -1, -1, 3)
+        return save_images(ctx, grey, ctx.env.folders.temp_dir, self.prefix, "temp", self.COMPRESS_LEVEL,
+                           prompt, extra_pnginfo)
+
+
 # ---------------------------------------------------------------------------------------------
 # Combining, growing, feathering.
 
@@ -366,5 +397,5 @@ class GrowMask(Node):
 
 NODES = [
     LoadImageMask, SolidMask, InvertMask, MaskComposite, GrowMask, FeatherMask, CropMask, ThresholdMask,
-    MaskToImage, ImageToMask, ImageCompositeMasked, LatentCompositeMasked,
+    MaskToImage, ImageToMask, ImageCompositeMasked, LatentCompositeMasked, ImageColorToMask, MaskPreview,
 ]

@@ -161,9 +161,7 @@ class Worker:
     def _finish(self, job: Job, result: RunResult) -> None:
         messages = [restart_marker(job.prompt_id) for _ in range(job.restarts)] + result.messages
         status = {"status_str": "success" if result.ok else "error", "completed": result.ok, "messages": messages}
-        meta = {node: {"node_id": node, "display_node": node, "parent_node": None, "real_node_id": node}
-                for node in result.outputs}
-        self.store.finish(job.prompt_id, result.outputs, status, meta)
+        self.store.finish(job.prompt_id, result.outputs, status, result.meta)
         self._announce_done(job)
 
     def _finish_failed(self, job: Job, kind: str, message: str) -> None:
