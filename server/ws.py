@@ -212,13 +212,9 @@ class Hub:
             self._hop(self.send_preview, preview, sid)
 
     def post_bytes(self, message: bytes, sid=ALL) -> None:
-        """A binary frame as given (a plugin's own binary event)."""
+        """A binary message as given (a plugin's own binary event), from any thread."""
         if sid is not None:
-            self._hop(self._send_bytes, message, sid)
-
-    def _send_bytes(self, message: bytes, sid) -> None:
-        for conn in self._targets(sid):
-            conn.put(message)
+            self._hop(self.send_frame, ws_frame(message, _BINARY), sid)
 
     def _hop(self, fn, *args) -> None:
         """Hand a call to the event loop; calls made in a burst share one wake-up."""
