@@ -25,7 +25,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Hashable
@@ -33,7 +33,8 @@ from typing import Any, Callable, Hashable
 import torch
 from torch import nn
 
-from .device import CPU, DevicePolicy, file_identity, free_memory as device_free_memory
+from .device import CPU, DevicePolicy, file_identity
+from .device import free_memory as device_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,9 @@ def adopt_tensors(module: nn.Module, fresh: nn.Module) -> None:
         if value is None:
             raise RuntimeError(f"rebuilt {type(fresh).__name__} lacks {name!r}")
         if is_param:
-            owner._parameters[leaf] = value if isinstance(value, nn.Parameter) else nn.Parameter(value, requires_grad=False)
+            if not isinstance(value, nn.Parameter):
+                value = nn.Parameter(value, requires_grad=False)
+            owner._parameters[leaf] = value
         else:
             owner._buffers[leaf] = value
 
@@ -576,6 +579,13 @@ def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimu
         m.partially_load(m.load_device, 1e32, force_patch_weights=force_patch_weights)
 
 
+def use_models(models, **kwargs) -> None:
+    """How the engine asks for models before using them: through comfy.model_management's
+    load_models_gpu when a plugin may have replaced it, else `load_models_gpu` above."""
+    from .overrides import comfy_function
+    comfy_function("comfy.model_management", "load_models_gpu", load_models_gpu)(list(models), **kwargs)
+
+
 def _trim_heap() -> None:
     """Hand freed heap pages back to the OS (glibc keeps them otherwise, and RSS would not fall)."""
     try:
@@ -586,4 +596,4 @@ def _trim_heap() -> None:
 
 
 __all__ = ["CPUState", "LoadedModel", "MemoryOptions", "ModelManagement", "VRAMState", "adopt_tensors",
-           "load_models_gpu", "release_tensors"]
+           "load_models_gpu", "release_tensors", "use_models"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffusion.checkpoint import read_state_dict
-from diffusion.controlnet import (ControlBase, ControlNet, StrengthType, broadcast_image_to, is_shuffle_file,
-                                  load_controlnet_state_dict as _from_state_dict)
+from diffusion.controlnet import ControlBase, ControlNet, StrengthType, broadcast_image_to, is_shuffle_file
 from diffusion.controlnet import load_controlnet as _load
+from diffusion.controlnet import load_controlnet_state_dict as _from_state_dict
 
 
 def _service():
@@ -25,8 +25,8 @@ def _unet_of(model):
     """The UNet weights a diff ControlNet adds to: the MODEL's as patched (loaded first)."""
     if model is None:
         return None
-    from diffusion.model_management import load_models_gpu
-    load_models_gpu([model])
+    from diffusion.model_management import use_models
+    use_models([model])
     return model.model.diffusion_model
 
 

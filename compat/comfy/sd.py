@@ -148,8 +148,9 @@ def load_clip(ckpt_paths, embedding_directory=None, clip_type=CLIPType.STABLE_DI
             combined.update({_TEXT_PREFIX["g"] + k: v for k, v in out.items()})
         else:
             combined.update({_TEXT_PREFIX["l"] + "text_model." + k: v for k, v in inner.items()})
-    if any(k.startswith(_TEXT_PREFIX["g"]) for k in combined) and any(k.startswith(_TEXT_PREFIX["l"]) for k in combined):
-        combined = {k.replace(_TEXT_PREFIX["l"], "conditioner.embedders.0.transformer."): v for k, v in combined.items()}
+    if all(any(k.startswith(_TEXT_PREFIX[t]) for k in combined) for t in ("g", "l")):  # SDXL's pair
+        sdxl_l = "conditioner.embedders.0.transformer."
+        combined = {k.replace(_TEXT_PREFIX["l"], sdxl_l): v for k, v in combined.items()}
     service = _service()
     try:
         text = TextEncoder.from_state_dict(combined, dtype=service.text_encoder_dtype(),
@@ -175,9 +176,9 @@ def save_checkpoint(output_path, model, clip=None, vae=None, clip_vision=None, m
     """One safetensors file holding the MODEL's weights as patched, the CLIP's and the VAE's."""
     from safetensors.torch import save_file
 
-    from diffusion.model_management import load_models_gpu
+    from diffusion.model_management import use_models
 
-    load_models_gpu([m for m in (model, getattr(clip, "patcher", None), getattr(vae, "patcher", None)) if m])
+    use_models([m for m in (model, getattr(clip, "patcher", None), getattr(vae, "patcher", None)) if m])
     clip_sd = clip.cond_stage_model.state_dict_original() if clip is not None else None
     vae_sd = {"first_stage_model." + k: v for k, v in vae.get_sd().items()} if vae is not None else None
     sd = model.model.state_dict_for_saving(clip_sd, vae_sd)
