@@ -12,16 +12,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.server_helpers import LiveServer, value_prompt
+from tests.server_helpers import value_prompt
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = LiveServer(tmp_path_factory.mktemp("fuzz2"), "--max-upload-size", "1").start()
-    yield srv
-    srv.stop()
-    log = srv.log()
-    assert "Traceback" not in log and "unhandled error" not in log, log[-5000:]
+@pytest.fixture
+def server(hostile_server):
+    """The session's server for these tests (tests/conftest.py: 1 MB bodies, 1 s timeouts)."""
+    return hostile_server
 
 
 SETTINGS = settings(max_examples=60, deadline=None, database=None,

@@ -18,8 +18,6 @@ import pytest
 from server import ws as wsmod
 from tests.server_helpers import REPO, LiveServer, get_json, post_json, run, value_prompt
 
-PACKS = ("lg_test_nodes.py", "lg_hostile_nodes.py")
-
 
 def get(server, path: str) -> tuple[int, dict]:
     async def go():
@@ -28,13 +26,10 @@ def get(server, path: str) -> tuple[int, dict]:
     return run(go())
 
 
-@pytest.fixture(scope="module")
-def quick_server(tmp_path_factory):
-    """A server with a 1 s header/idle timeout."""
-    srv = LiveServer(tmp_path_factory.mktemp("timeouts"), "--http-timeout", "1", packs=PACKS).start()
-    yield srv
-    srv.stop()
-    assert "Traceback" not in srv.log()
+@pytest.fixture
+def quick_server(hostile_server):
+    """The session's server for these tests (tests/conftest.py: 1 MB bodies, 1 s timeouts)."""
+    return hostile_server
 
 
 def test_a_second_server_stops_before_touching_the_first_ones_files(quick_server):

@@ -19,18 +19,13 @@ import aiohttp
 import pytest
 from PIL import Image
 
-from tests.server_helpers import LiveServer, gzip_bomb, run, value_prompt
-
-PACKS = ("lg_test_nodes.py", "lg_hostile_nodes.py")
+from tests.server_helpers import gzip_bomb, run, value_prompt
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = LiveServer(tmp_path_factory.mktemp("reliability"), "--max-upload-size", "1", packs=PACKS).start()
-    yield srv
-    srv.stop()
-    log = srv.log()
-    assert "Traceback" not in log and "unhandled error" not in log, log[-4000:]
+@pytest.fixture
+def server(hostile_server):
+    """The session's server for these tests (tests/conftest.py: 1 MB bodies, 1 s timeouts)."""
+    return hostile_server
 
 
 # -- plain HTTP, by hand where the test needs control over the bytes -------------------------
