@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "else a fast latent-to-RGB projection (default auto)")
     p.add_argument("--max-upload-size", type=float, default=100, metavar="MB",
                    help="largest request body the server accepts, in MB (default 100)")
+    p.add_argument("--http-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="close a connection that takes longer than this to send a request's headers, or "
+                        "stays idle longer between requests (default 10)")
     p.add_argument("--enable-cors-header", nargs="?", const="*", default=None, metavar="ORIGIN",
                    help="allow cross-origin requests from ORIGIN (bare flag = any origin); "
                         "this switches off the cross-site request guard")
@@ -87,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--cache-lru takes a number of node results (0 or more), got {args.cache_lru}")
         if args.cache_lru > 0:  # as in ComfyUI, 0 means no LRU cache: the classic one
             args.cache = f"lru:{args.cache_lru}"
+    if not args.http_timeout > 0:
+        parser.error("--http-timeout needs a number of seconds above 0")
     args.cache = args.cache or "classic"
     from server.frontend import FrontendError, choose_web_root
 

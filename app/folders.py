@@ -5,19 +5,23 @@ state, so tests and several engines in one process each get their own folders.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable
 
 import yaml
 
 MODEL_EXTENSIONS = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 TYPED_DIRS = ("input", "output", "temp")
+LOCK_NAME = "latentgraph.db.lock"  # beside the server's queue database in the user folder
+
+log = logging.getLogger(__name__)
 
 # key -> (dirs under models/, subdirs of output/ that also hold such files, extensions)
 # None as extensions means any file; "diffusers" lists model folders instead of files.
@@ -41,6 +45,32 @@ ALIASES = {"clip": "text_encoders", "unet": "diffusion_models", "t2i_adapter": "
 _RACY_NS = 2_000_000_000
 _ANNOTATION = re.compile(r"^(.*?)\s*\[(input|output|temp)\]\s*$")
 _DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+class FoldersBusy(RuntimeError):
+    """Another LatentGraph process holds these folders."""
+
+
+def hold_lock(path: Path) -> BinaryIO:
+    """An exclusive OS lock on path, held while the returned file stays open (the OS releases it
+    when the process dies, however it dies); FoldersBusy when another process holds it.
+
+    Two servers sharing one queue would each think the other's running prompt was left over
+    from a crash and run it again, and each would empty the other's temp/.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+b")
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no protection
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise FoldersBusy(f"another LatentGraph server or run is using {path.parent} (found a lock on "
+                          f"{path.name}); stop it or give this one a different --user-directory") from None
+    return handle
 
 
 class UnsafePath(ValueError):
@@ -116,6 +146,7 @@ class FolderPaths:
             self._folders[key] = Folder(dirs, set(extensions) if isinstance(extensions, frozenset) else extensions)
         self._folders["custom_nodes"] = Folder([self.base / "custom_nodes"], {".py"})
         self._listings: dict[str, _Listing] = {}
+        self.lock: BinaryIO | None = None  # held by claim()
         if create:
             for key, (model_subdirs, _, _) in _DEFAULTS.items():
                 for d in model_subdirs:
@@ -123,11 +154,36 @@ class FolderPaths:
             for d in (self.input_dir, self.output_dir, self.temp_dir, self.user_dir, self.base / "custom_nodes"):
                 d.mkdir(parents=True, exist_ok=True)
 
+    def claim(self, exclusive: bool) -> bool:
+        """Take this user folder's lock for the life of the process, then empty temp/.
+
+        The lock comes before anything is removed, so a second server on the same folders stops
+        (FoldersBusy) without touching the running one's files. Not `exclusive` (the command
+        line): when another process holds the lock, temp/ is left alone and False returned.
+        """
+        if self.lock is None:
+            try:
+                self.lock = hold_lock(self.user_dir / LOCK_NAME)
+            except FoldersBusy:
+                if exclusive:
+                    raise
+                return False
+        self.clear_temp()
+        return True
+
     def clear_temp(self) -> None:
-        """Empty temp/ (previews of a past session), as ComfyUI does at start."""
-        if self.temp_dir.is_dir():
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
-        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        """Empty temp/ (previews of a past session), as ComfyUI does at start and exit."""
+        if not self.temp_dir.is_dir():
+            self.temp_dir.mkdir(parents=True, exist_ok=True)
+            return
+        for entry in self.temp_dir.iterdir():
+            try:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            except OSError as exc:
+                log.warning("cannot remove %s from the temp folder: %s", entry, exc)
 
     # -- keys and directories --------------------------------------------------------------
     @property

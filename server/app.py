@@ -4,21 +4,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import gc
 import logging
-import shutil
 import signal
 import sys
-from pathlib import Path
 
 from aiohttp import web
 
+from app.folders import FoldersBusy
 from app.runtime import Runtime, create_runtime
 from server import (routes_files, routes_frontend, routes_info, routes_internal, routes_models, routes_prompt,
                     routes_settings, routes_user)
 from server.config import ServerConfig, listen_warning
 from server.logbuffer import LogBuffer
 from server.preview import Previewer
-from server.queue import DB_NAME, PromptStore, StoreBusy
+from server.queue import DB_NAME, PromptStore
 from server.routes_static import add_static_routes, cache_headers, index
 from server.security import make_cors, make_error_middleware, make_guard
 from server.state import STATE, ServerState, state_of
@@ -29,11 +29,12 @@ from server.ws import Hub
 log = logging.getLogger("latentgraph.server")
 
 API_PREFIX = "/api"
+LINGER_S = 2.0
 
 
 def create_state(runtime: Runtime, config: ServerConfig) -> ServerState:
     folders = runtime.env.folders
-    store = PromptStore(folders.user_dir / DB_NAME)
+    store = PromptStore(folders.user_dir / DB_NAME, folders.lock)
     hub = Hub(server_flags={"supports_preview_metadata": True, "max_upload_size": config.max_upload_bytes})
     previewer = Previewer(config.preview_method, folders.model_dirs("vae_approx"), config.preview_max_size)
     state = ServerState(runtime, config, store, hub, previewer)
@@ -105,20 +106,6 @@ def build_app(state: ServerState, logs: LogBuffer | None = None) -> web.Applicat
     return app
 
 
-def wipe_temp(folder: Path) -> None:
-    """temp/ holds previews of past sessions only; ComfyUI empties it at start and exit too."""
-    if not folder.is_dir():
-        return
-    for entry in folder.iterdir():
-        try:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        except OSError as exc:
-            log.warning("cannot remove %s from the temp folder: %s", entry, exc)
-
-
 async def _listen(runner: web.AppRunner, config: ServerConfig) -> list[str]:
     """Bind every --listen address; returns problems. With --port 0 the first bind picks the port."""
     problems = []
@@ -139,19 +126,21 @@ async def _listen(runner: web.AppRunner, config: ServerConfig) -> list[str]:
 
 
 async def run_server(runtime: Runtime, config: ServerConfig, logs: LogBuffer | None = None) -> int:
-    try:
-        state = create_state(runtime, config)
-    except StoreBusy as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
-    # only once the queue lock says no other server shares these folders
-    wipe_temp(runtime.env.folders.temp_dir)
+    state = create_state(runtime, config)
     if state.store.recovered:
         log.warning("%d prompt(s) were running when the server last stopped; they will run again",
                     len(state.store.recovered))
     app = build_app(state, logs)
+    # Everything loaded so far (torch, nodes, plugins) lives as long as the process; a full
+    # collection walking it takes ~0.1 s, which every request would feel. Later garbage is
+    # still collected.
+    gc.freeze()
     access_log = logging.getLogger("aiohttp.access") if log.isEnabledFor(logging.DEBUG) else None
-    runner = web.AppRunner(app, access_log=access_log, handle_signals=False)
+    # Bodies are never inflated (compressed ones are refused). The unread rest of a refused body
+    # is drained, not parsed, for at most LINGER_S (closing on unread data would make the kernel
+    # reset the connection and the client lose the answer), then the connection is closed.
+    runner = web.AppRunner(app, access_log=access_log, handle_signals=False, auto_decompress=False,
+                           lingering_time=LINGER_S, keepalive_timeout=config.http_timeout_s)
     await runner.setup()
     try:
         problems = await _listen(runner, config)
@@ -182,16 +171,20 @@ async def run_server(runtime: Runtime, config: ServerConfig, logs: LogBuffer | N
         return 0
     finally:
         await runner.cleanup()
-        wipe_temp(runtime.env.folders.temp_dir)
+        runtime.env.folders.clear_temp()
 
 
 def serve(args: argparse.Namespace) -> int:
     """`python main.py`: start the engine and serve until interrupted; returns the exit code."""
     logs = LogBuffer().capture()  # before anything prints: the frontend's terminal shows start-up too
     try:
-        runtime = create_runtime(args, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        # exclusive: a second server on these folders stops here, before touching any file
+        runtime = create_runtime(args, log=lambda msg: print(msg, file=sys.stderr, flush=True), exclusive=True)
         config = ServerConfig.from_args(args)
         return asyncio.run(run_server(runtime, config, logs))
+    except FoldersBusy as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         return 0
     finally:

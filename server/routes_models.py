@@ -119,7 +119,7 @@ def _webp(source) -> bytes | None:
 async def model_preview(request: web.Request) -> web.Response:
     dirs = _model_dirs(request)
     raw_index = request.match_info["path_index"]
-    if not raw_index.isdigit() or int(raw_index) >= len(dirs):
+    if not (raw_index.isascii() and raw_index.isdigit() and len(raw_index) <= 6) or int(raw_index) >= len(dirs):
         raise BadRequest(400, "invalid_request", f"path index {raw_index!r} is not one of this folder's "
                                                  f"{len(dirs)} path(s)")
     try:

@@ -54,3 +54,18 @@ def tiny_checkpoint(tmp_path_factory):
     yield get
     # up to 1.5 GB of weights: not worth keeping among pytest's retained temporary folders
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def hostile_server(tmp_path_factory):
+    """One server for the reliability tests (tests/test_reliability_*.py): the test and hostile
+    node packs, a 1 MB body limit and a 1 s header/idle timeout. Nothing it is sent may leave a
+    traceback in its log."""
+    from tests.server_helpers import LiveServer
+
+    srv = LiveServer(tmp_path_factory.mktemp("reliability"), "--max-upload-size", "1", "--http-timeout", "1",
+                     packs=("lg_test_nodes.py", "lg_hostile_nodes.py")).start()
+    yield srv
+    srv.stop()
+    log = srv.log()
+    assert "Traceback" not in log and "unhandled error" not in log, log[-5000:]

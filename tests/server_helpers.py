@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,19 @@ def image_prompt(prefix: str, width: int = 16, height: int = 8, color: int = 0x0
     return {"1": {"class_type": "EmptyImage", "inputs": {"width": width, "height": height, "batch_size": 1,
                                                          "color": color}},
             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}}}
+
+
+def gzip_bomb(compressed_size: int = 2 * 1024 * 1024, block: int = 1 << 20) -> bytes:
+    """A gzip stream of about `compressed_size` bytes that inflates ~1000-fold to zeros.
+
+    After a full flush the compressor starts afresh, so every further block of zeros
+    compresses to the same bytes: one block is compressed and repeated, which builds a
+    2 GiB bomb in milliseconds. The trailer is left off; a server never gets that far.
+    """
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)
+    head = comp.compress(b"\0" * block) + comp.flush(zlib.Z_FULL_FLUSH)
+    unit = comp.compress(b"\0" * block) + comp.flush(zlib.Z_FULL_FLUSH)
+    return head + unit * max(1, (compressed_size - len(head)) // len(unit))
 
 
 # -- client helpers -------------------------------------------------------------------------
