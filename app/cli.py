@@ -99,6 +99,10 @@ def run_workflows(runtime: Runtime, files: list[str], out: TextIO = sys.stdout, 
             err.write("  invalid workflow: " + format_errors(exc.as_dict()).replace("\n", "\n  ") + "\n")
             failures += 1
             continue
+        except Exception as exc:  # a bug below must not abandon the rest of the batch
+            err.write(f"  internal error: {type(exc).__name__}: {exc}\n")
+            failures += 1
+            continue
         if not result.ok:
             failures += 1
         for path in output_files(runtime, result.outputs):

@@ -5,19 +5,23 @@ state, so tests and several engines in one process each get their own folders.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable
 
 import yaml
 
 MODEL_EXTENSIONS = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 TYPED_DIRS = ("input", "output", "temp")
+LOCK_NAME = "latentgraph.db.lock"  # beside the server's queue database in the user folder
+
+log = logging.getLogger(__name__)
 
 # key -> (dirs under models/, subdirs of output/ that also hold such files, extensions)
 # None as extensions means any file; "diffusers" lists model folders instead of files.
@@ -41,6 +45,32 @@ ALIASES = {"clip": "text_encoders", "unet": "diffusion_models", "t2i_adapter": "
 _RACY_NS = 2_000_000_000
 _ANNOTATION = re.compile(r"^(.*?)\s*\[(input|output|temp)\]\s*$")
 _DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+class FoldersBusy(RuntimeError):
+    """Another LatentGraph process holds these folders."""
+
+
+def hold_lock(path: Path) -> BinaryIO:
+    """An exclusive OS lock on path, held while the returned file stays open (the OS releases it
+    when the process dies, however it dies); FoldersBusy when another process holds it.
+
+    Two servers sharing one queue would each think the other's running prompt was left over
+    from a crash and run it again, and each would empty the other's temp/.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+b")
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no protection
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise FoldersBusy(f"another LatentGraph server or run is using {path.parent} (found a lock on "
+                          f"{path.name}); stop it or give this one a different --user-directory") from None
+    return handle
 
 
 class UnsafePath(ValueError):
@@ -80,14 +110,18 @@ def safe_join(root: Path, *parts: str) -> Path:
 
 
 @dataclass
-class _Folder:
+class Folder:
+    """One folder key: its directories (first = default) and the file extensions it lists
+    (None or empty: any file; "diffusers": model folders)."""
+
     dirs: list[Path]
-    extensions: frozenset | None | str
+    extensions: set | None | str
 
 
 @dataclass
 class _Listing:
     dirs: tuple[Path, ...]
+    extensions: frozenset | None | str
     mtimes: dict[str, int | None]
     scanned_at: int
     names: list[str]
@@ -105,13 +139,14 @@ class FolderPaths:
         # always one we own, even when a user points the flag at /tmp.
         self.temp_dir = _abs(temp_directory) / "temp" if temp_directory else self.base / "temp"
         self.user_dir = _abs(user_directory) if user_directory else self.base / "user"
-        self._folders: dict[str, _Folder] = {}
+        self._folders: dict[str, Folder] = {}
         models = self.base / "models"
         for key, (model_subdirs, output_subdirs, extensions) in _DEFAULTS.items():
             dirs = [models / d for d in model_subdirs] + [self.output_dir / d for d in output_subdirs]
-            self._folders[key] = _Folder(dirs, extensions)
-        self._folders["custom_nodes"] = _Folder([self.base / "custom_nodes"], frozenset({".py"}))
+            self._folders[key] = Folder(dirs, set(extensions) if isinstance(extensions, frozenset) else extensions)
+        self._folders["custom_nodes"] = Folder([self.base / "custom_nodes"], {".py"})
         self._listings: dict[str, _Listing] = {}
+        self.lock: BinaryIO | None = None  # held by claim()
         if create:
             for key, (model_subdirs, _, _) in _DEFAULTS.items():
                 for d in model_subdirs:
@@ -119,28 +154,59 @@ class FolderPaths:
             for d in (self.input_dir, self.output_dir, self.temp_dir, self.user_dir, self.base / "custom_nodes"):
                 d.mkdir(parents=True, exist_ok=True)
 
+    def claim(self, exclusive: bool) -> bool:
+        """Take this user folder's lock for the life of the process, then empty temp/.
+
+        The lock comes before anything is removed, so a second server on the same folders stops
+        (FoldersBusy) without touching the running one's files. Not `exclusive` (the command
+        line): when another process holds the lock, temp/ is left alone and False returned.
+        """
+        if self.lock is None:
+            try:
+                self.lock = hold_lock(self.user_dir / LOCK_NAME)
+            except FoldersBusy:
+                if exclusive:
+                    raise
+                return False
+        self.clear_temp()
+        return True
+
     def clear_temp(self) -> None:
-        """Empty temp/ (previews of a past session), as ComfyUI does at start."""
-        if self.temp_dir.is_dir():
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
-        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        """Empty temp/ (previews of a past session), as ComfyUI does at start and exit."""
+        if not self.temp_dir.is_dir():
+            self.temp_dir.mkdir(parents=True, exist_ok=True)
+            return
+        for entry in self.temp_dir.iterdir():
+            try:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            except OSError as exc:
+                log.warning("cannot remove %s from the temp folder: %s", entry, exc)
 
     # -- keys and directories --------------------------------------------------------------
     @property
     def custom_nodes_dirs(self) -> list[Path]:
         return self._folders["custom_nodes"].dirs
 
-    def _folder(self, key: str) -> _Folder:
+    def folder(self, key: str) -> Folder:
+        """The live entry of a folder key; changing its dirs or extensions changes the listings."""
         folder = self._folders.get(ALIASES.get(key, key))
         if folder is None:
             raise KeyError(f"unknown model folder {key!r}; known folders: {', '.join(self.folder_keys())}")
         return folder
 
+    def set_folder(self, key: str, dirs: Iterable, extensions: Iterable[str] | None) -> None:
+        """Define (or redefine) a folder key, as plugins do through folder_paths."""
+        exts = set(extensions) if extensions is not None and not isinstance(extensions, str) else extensions
+        self._folders[ALIASES.get(key, key)] = Folder([_abs(d) for d in dirs], exts)
+
     def folder_keys(self) -> list[str]:
         return list(self._folders)
 
     def model_dirs(self, key: str) -> list[Path]:
-        return list(self._folder(key).dirs)
+        return list(self.folder(key).dirs)
 
     def add_model_dir(self, key: str, path, is_default: bool = False, extensions: Iterable[str] | None = None) -> None:
         """Add a directory to a folder key; an unknown key becomes a new folder listing any file.
@@ -150,7 +216,7 @@ class FolderPaths:
         key = ALIASES.get(key, key)
         folder = self._folders.get(key)
         if folder is None:
-            folder = self._folders[key] = _Folder([], frozenset(extensions) if extensions else None)
+            folder = self._folders[key] = Folder([], set(extensions) if extensions else None)
         path = _abs(path)
         if path in folder.dirs:
             if not is_default:
@@ -161,10 +227,10 @@ class FolderPaths:
     # -- listings --------------------------------------------------------------------------
     def filenames(self, key: str) -> list[str]:
         """Files of a folder key as sorted relative posix paths, searched recursively."""
-        folder = self._folder(key)
+        folder = self.folder(key)
         key = ALIASES.get(key, key)
         listing = self._listings.get(key)
-        if listing is None or not _still_valid(listing, folder.dirs):
+        if listing is None or not _still_valid(listing, folder.dirs, folder.extensions):
             listing = _scan(folder.dirs, folder.extensions)
             self._listings[key] = listing
         return list(listing.names)
@@ -181,7 +247,7 @@ class FolderPaths:
             return None
         if not parts:
             return None
-        folder = self._folder(key)
+        folder = self.folder(key)
         for d in folder.dirs:
             candidate = d.joinpath(*parts)
             if candidate.is_file() or (folder.extensions == "diffusers" and candidate.is_dir()):
@@ -190,7 +256,7 @@ class FolderPaths:
 
     def input_images(self) -> list[str]:
         listing = self._listings.get("\0input")
-        if listing is None or not _still_valid(listing, [self.input_dir]):
+        if listing is None or not _still_valid(listing, [self.input_dir], IMAGE_EXTENSIONS):
             listing = _scan([self.input_dir], frozenset(IMAGE_EXTENSIONS))
             self._listings["\0input"] = listing
         return list(listing.names)
@@ -259,8 +325,12 @@ def _mtime(path: str) -> int | None:
         return None
 
 
-def _still_valid(listing: _Listing, dirs: list[Path]) -> bool:
-    if listing.dirs != tuple(dirs):
+def _frozen(extensions: set | None | str) -> frozenset | None | str:
+    return frozenset(extensions) if isinstance(extensions, (set, frozenset)) else extensions
+
+
+def _still_valid(listing: _Listing, dirs: list[Path], extensions: set | None | str) -> bool:
+    if listing.dirs != tuple(dirs) or listing.extensions != _frozen(extensions):
         return False
     newest = 0
     for d, recorded in listing.mtimes.items():
@@ -271,7 +341,7 @@ def _still_valid(listing: _Listing, dirs: list[Path]) -> bool:
     return newest < listing.scanned_at - _RACY_NS
 
 
-def _scan(dirs: list[Path], extensions: frozenset | None | str) -> _Listing:
+def _scan(dirs: list[Path], extensions: set | frozenset | None | str) -> _Listing:
     scanned_at = time.time_ns()
     mtimes: dict[str, int | None] = {}
     names: set[str] = set()
@@ -295,7 +365,7 @@ def _scan(dirs: list[Path], extensions: frozenset | None | str) -> _Listing:
                 for f in files:
                     if f.startswith("."):
                         continue
-                    if extensions is None or os.path.splitext(f)[1].lower() in extensions:
+                    if not extensions or os.path.splitext(f)[1].lower() in extensions:
                         names.add((rel_dir / f).as_posix())
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-    return _Listing(tuple(dirs), mtimes, scanned_at, sorted(names))
+    return _Listing(tuple(dirs), _frozen(extensions), mtimes, scanned_at, sorted(names))

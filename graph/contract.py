@@ -173,6 +173,11 @@ class Node:
     where `ctx` is the executor's NodeContext (progress, interrupt, folders, hidden values).
     Optional classmethods: `fingerprint(cls, env, **constants)` (IS_CHANGED) and
     `check(cls, env, **constants)` (VALIDATE_INPUTS; return True or an error string).
+
+    `comfy_function` names the method ComfyUI's class of the same name is called through
+    ("sample", "encode", ...; "execute" for ComfyUI's V3 nodes, a classmethod there). The class then
+    also carries that method, with run's parameters after ctx as its signature, plus INPUT_TYPES(),
+    IS_CHANGED and VALIDATE_INPUTS, so plugins call, subclass and inspect it as ComfyUI's own.
     """
 
     inputs: ClassVar[Sequence[Input]] = ()
@@ -184,19 +189,37 @@ class Node:
     input_is_list: ClassVar[bool] = False
     not_idempotent: ClassVar[bool] = False
 
+    comfy_function: ClassVar[str | None] = None
+
     FUNCTION = "run"
+    DESCRIPTION = ""
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
-        cls.RETURN_TYPES = tuple(o.type for o in cls.outputs)
-        cls.RETURN_NAMES = tuple(o.name or o.type for o in cls.outputs)
-        cls.OUTPUT_IS_LIST = tuple(o.is_list for o in cls.outputs)
-        cls.OUTPUT_TOOLTIPS = tuple(o.tooltip or "" for o in cls.outputs)
-        cls.CATEGORY = cls.category
-        cls.OUTPUT_NODE = cls.output_node
-        cls.INPUT_IS_LIST = cls.input_is_list
-        cls.NOT_IDEMPOTENT = cls.not_idempotent
-        cls.DESCRIPTION = inspect.cleandoc(cls.__doc__ or "")
+        # A plugin's subclass of a built-in node sets some classic attributes itself (its own
+        # RETURN_TYPES, CATEGORY, FUNCTION...); those win over what the declaration gives.
+        own = vars(cls)
+        derived = {
+            "RETURN_TYPES": lambda: tuple(o.type for o in cls.outputs),
+            "RETURN_NAMES": lambda: tuple(o.name or o.type for o in cls.outputs),
+            "OUTPUT_IS_LIST": lambda: tuple(o.is_list for o in cls.outputs),
+            "OUTPUT_TOOLTIPS": lambda: tuple(o.tooltip or "" for o in cls.outputs),
+            "CATEGORY": lambda: cls.category,
+            "OUTPUT_NODE": lambda: cls.output_node,
+            "INPUT_IS_LIST": lambda: cls.input_is_list,
+            "NOT_IDEMPOTENT": lambda: cls.not_idempotent,
+        }
+        for attr, value in derived.items():
+            if attr not in own:
+                setattr(cls, attr, value())
+        if "DESCRIPTION" not in own and own.get("__doc__"):
+            cls.DESCRIPTION = inspect.cleandoc(own["__doc__"])
+        _emit_comfy_methods(cls)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        """ComfyUI's spelling, for plugins: the inputs as the running engine offers them."""
+        return cls.input_types(_plugin_env())
 
     @classmethod
     def input_types(cls, env: Any) -> dict:
@@ -209,6 +232,111 @@ class Node:
 
     def run(self, ctx, **inputs):  # pragma: no cover - every subclass defines it
         raise TypeError(f"{type(self).__name__} does not define run()")
+
+
+# ---------------------------------------------------------------------------------------------
+# ComfyUI's calling convention on built-in nodes, for plugins that call or subclass them.
+
+_EMITTED = "__latentgraph_emitted__"
+
+
+def emitted(member: Any) -> bool:
+    """Whether a class member is one that Node wrote from the declaration (not a plugin's own)."""
+    return getattr(getattr(member, "__func__", member), _EMITTED, False)
+
+
+def _mark(fn: Callable) -> Callable:
+    setattr(fn, _EMITTED, True)
+    return fn
+
+
+_mark(vars(Node)["INPUT_TYPES"].__func__)
+
+
+def _plugin_env() -> Any:
+    """The environment of a call made by plugin code: the running node's, else the bound runtime's."""
+    from graph.context import current_context
+    ctx = current_context.get()
+    if ctx is not None:
+        return ctx.env
+    from app import compat
+    return compat.bound().env
+
+
+def _plugin_context(class_type: str) -> Any:
+    """The running node's context (its progress and interrupt), or a quiet one outside a prompt."""
+    import threading
+
+    from graph.context import NodeContext, current_context
+    ctx = current_context.get()
+    if ctx is not None:
+        return ctx
+    return NodeContext("", "", class_type, _plugin_env(), {}, {}, threading.Event(), lambda event, data: None)
+
+
+def _without_ctx(fn: Callable) -> inspect.Signature:
+    params = list(inspect.signature(fn).parameters.values())
+    return inspect.Signature([params[0]] + params[2:])
+
+
+def _emit_comfy_methods(cls: type) -> None:
+    own = vars(cls)
+    name = cls.comfy_function
+    declares = "comfy_function" in own or "run" in own  # a plugin's subclass declares neither
+    if name and declares and "FUNCTION" not in own:
+        cls.FUNCTION = name
+    if name and declares and name not in own:
+        setattr(cls, name, _comfy_call(cls, name))
+    if "fingerprint" in own and "IS_CHANGED" not in own:
+        fingerprint = own["fingerprint"].__func__
+        cls.IS_CHANGED = classmethod(_mark(_env_hook(fingerprint, "IS_CHANGED")))
+    if "check" in own and "VALIDATE_INPUTS" not in own:
+        check = own["check"].__func__
+        cls.VALIDATE_INPUTS = classmethod(_mark(_env_hook(check, "VALIDATE_INPUTS")))
+
+
+def _env_hook(fn: Callable, name: str) -> Callable:
+    """fingerprint/check(cls, env, ...) as ComfyUI's IS_CHANGED/VALIDATE_INPUTS(cls, ...)."""
+    signature = _without_ctx(fn)
+
+    def hook(cls, *args, **kwargs):
+        return fn(cls, _plugin_env(), *args, **kwargs)
+
+    hook.__name__ = hook.__qualname__ = name
+    hook.__signature__ = signature
+    return hook
+
+
+def _comfy_call(cls: type, name: str) -> Callable:
+    """ComfyUI's method: run's parameters without ctx; V3's "execute" is a classmethod."""
+    signature = _without_ctx(cls.run)
+
+    def method(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        return self.run(_plugin_context(type(self).__name__), *bound.args[1:], **bound.kwargs)
+
+    method.__signature__ = signature
+    method.__name__ = method.__qualname__ = name
+    if name != "execute":
+        return _mark(method)
+
+    def execute(cls_, *args, **kwargs):
+        return _node_output(method(cls_(), *args, **kwargs))
+
+    execute.__signature__ = signature
+    execute.__name__ = execute.__qualname__ = name
+    return classmethod(_mark(execute))
+
+
+def _node_output(result: Any) -> Any:
+    """A V3 node's return value: comfy_api's NodeOutput where it is importable, else the tuple."""
+    try:
+        from comfy_api.latest import io
+    except ImportError:
+        return result["result"] if isinstance(result, dict) else result
+    if isinstance(result, dict):
+        return io.NodeOutput(*(result.get("result") or ()), ui=result.get("ui"))
+    return io.NodeOutput(*result)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,6 +383,11 @@ class NodeType:
         self.declarative = isinstance(cls, type) and issubclass(cls, Node)
         self.v3 = _is_v3(cls)
         self.style = "declarative" if self.declarative else "v3" if self.v3 else "classic"
+        # A plugin's subclass of a built-in may replace INPUT_TYPES, its FUNCTION method or a hook:
+        # each replaced part is then read the classic way, the rest through the declaration.
+        self.declared_inputs = self.declarative and emitted(cls.INPUT_TYPES)
+        function = getattr(cls, "FUNCTION", None)
+        self.declared_call = self.declarative and (function == "run" or emitted(getattr(cls, function or "", None)))
         self.outputs: tuple = tuple(getattr(cls, "RETURN_TYPES", ()) or ())
         self.output_names: tuple = tuple(getattr(cls, "RETURN_NAMES", None) or self.outputs)
         is_list = getattr(cls, "OUTPUT_IS_LIST", None) or ()
@@ -267,7 +400,7 @@ class NodeType:
     # -- inputs ---------------------------------------------------------------------------
     def input_types(self) -> dict:
         """The raw INPUT_TYPES, evaluated now (file lists are read on every call)."""
-        if self.declarative:
+        if self.declared_inputs:
             return self.cls.input_types(self.env)
         return self.cls.INPUT_TYPES()
 
@@ -299,9 +432,20 @@ class NodeType:
         return info
 
     # -- hooks ----------------------------------------------------------------------------
+    def _style_of(self, hook: str) -> str:
+        """The style a hook is read in: a built-in's declared hook, or a plugin subclass's own."""
+        if self.style != "declarative":
+            return self.style
+        if hook == "function":
+            return "declarative" if self.declared_call else "classic"
+        if hook in ("is_changed", "validate"):
+            member = getattr(self.cls, _HOOK_NAMES["classic"][hook], None)
+            return "classic" if member is not None and not emitted(member) else "declarative"
+        return "declarative"
+
     def has_hook(self, hook: str) -> bool:
         """Whether the class defines 'is_changed', 'validate' or 'lazy' (check_lazy_status)."""
-        name = _HOOK_NAMES[self.style][hook]
+        name = _HOOK_NAMES[self._style_of(hook)][hook]
         if self.v3:
             return _v3_overrides(self.cls, name)
         return callable(getattr(self.cls, name, None))
@@ -313,15 +457,16 @@ class NodeType:
         """The callable behind 'is_changed', 'validate', 'lazy' or 'function' (FUNCTION), taking the
         inputs as keywords; it may return a coroutine. `hidden` maps hidden kinds (UNIQUE_ID, ...) to
         values for V3 nodes, which read them from the class rather than from their arguments."""
+        style = self._style_of(hook)
         if hook == "function":
-            if self.declarative:
+            if style == "declarative":
                 return lambda ctx, **kw: instance.run(ctx, **kw)
             if not self.function or not hasattr(self.cls, self.function):
                 raise TypeError(f"node class {self.name} has no FUNCTION method {self.function!r}")
-        name = self.function if hook == "function" else _HOOK_NAMES[self.style][hook]
+        name = self.function if hook == "function" else _HOOK_NAMES[style][hook]
         if self.v3:
             return getattr(self.cls.PREPARE_CLASS_CLONE(dict(hidden or {})), name)
-        if self.declarative and hook in ("is_changed", "validate"):
+        if style == "declarative" and hook in ("is_changed", "validate"):
             fn, env = getattr(self.cls, name), self.env
             return lambda **kw: fn(env, **kw)
         return getattr(instance if instance is not None and hook in ("function", "lazy") else self.cls, name)
@@ -331,13 +476,13 @@ class NodeType:
 
     def is_changed(self, constants: dict) -> Any:
         fn = self.hook("is_changed")
-        return fn(**constants) if self.declarative else fn(**_accepted(fn, constants))
+        return fn(**constants) if self._style_of("is_changed") == "declarative" else fn(**_accepted(fn, constants))
 
     def validator(self) -> tuple[Callable, set[str], bool, bool] | None:
         """(function, parameter names, takes **kwargs, wants input_types) of the custom validator."""
         if not self.has_hook("validate"):
             return None
-        target = getattr(self.cls, _HOOK_NAMES[self.style]["validate"])
+        target = getattr(self.cls, _HOOK_NAMES[self._style_of("validate")]["validate"])
         fn = self.hook("validate") if not self.v3 else (lambda **kw: self.hook("validate")(**kw))
         params = inspect.signature(target).parameters
         names = {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
@@ -352,7 +497,7 @@ class NodeType:
         """One call of the node's function (a coroutine for an async node), its result normalised
         to the classic shapes (a tuple, or a dict with "ui"/"result"/"expand")."""
         fn = self.hook("function", instance, hidden)
-        result = fn(ctx, **kwargs) if self.declarative else fn(**kwargs)
+        result = fn(ctx, **kwargs) if self._style_of("function") == "declarative" else fn(**kwargs)
         if inspect.isawaitable(result):
             return self._finish_async(result)
         return self.normalise(result)

@@ -16,6 +16,25 @@ class PromptError(Exception):
         return {"error": self.error, "node_errors": self.node_errors}
 
 
+OOM_HINT = ("This error means the device ran out of memory.\n\nTIPS: lower what this node has to hold at once: "
+            "the batch_size, the width and height (or the upscale factor), the number of images in a batch; "
+            "if the workflow worked before, a batch_size may have been set too high by accident.")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError (CUDA, MPS, XPU), Python's MemoryError, or a CPU allocation failure."""
+    if isinstance(exc, MemoryError) or any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text.lower() or "can't allocate memory" in text)
+
+
+def exception_message(exc: BaseException) -> str:
+    """What an execution_error says about a node's exception; out-of-memory errors get a hint."""
+    message = str(exc) or type(exc).__name__
+    return f"{message}\n{OOM_HINT}" if is_out_of_memory(exc) else message
+
+
 def error(type: str, message: str, details: str = "", **extra_info: Any) -> dict:
     return {"type": type, "message": message, "details": details, "extra_info": extra_info}
 

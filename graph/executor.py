@@ -28,7 +28,7 @@ from graph.cache import ClassicCache, Entry, OutputCache, safe_node_key
 from graph.context import Emit, Interrupted, NodeContext, current_context
 from graph.contract import NodeType
 from graph.dynprompt import DynamicPrompt
-from graph.errors import PromptError, describe_value
+from graph.errors import PromptError, describe_value, exception_message
 from graph.graph_builder import GraphBuilder
 from graph.progress import NodeProgress
 from graph.prompt import is_link, unwrap
@@ -677,7 +677,7 @@ class _Run:
             "node_id": real,
             "node_type": self.dyn.get_node(real)["class_type"],
             "executed": list(self.result.executed),
-            "exception_message": str(exc) or type(exc).__name__,
+            "exception_message": exception_message(exc),
             "exception_type": exception_type or _type_name(type(exc)),
             "traceback": traceback.format_exception(exc) if exception_type is None else [],
             "current_inputs": {k: [describe_value(x, 120) for x in v] for k, v in inputs.items()

@@ -280,9 +280,9 @@ def _cast(spec: InputSpec, value: Any) -> Any:
     if kind == "FLOAT":
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise TypeError(f"expected a number, got {type(value).__name__}")
-        result = float(value)
-        if math.isnan(result):
-            raise ValueError("NaN is not a number this input accepts")
+        result = float(value)  # "inf" and "nan" strings too
+        if not math.isfinite(result):
+            raise ValueError(f"{result} is not a finite number")
         return result
     if kind == "STRING":
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):

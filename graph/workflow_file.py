@@ -1,12 +1,16 @@
 """Reading workflow files: API-format JSON, UI-format JSON, or a PNG that carries them."""
 from __future__ import annotations
 
-import json
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from graph import strict_json
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MAX_TEXT_CHUNK = 64 << 20  # far above any workflow; ComfyUI's editor saves a few hundred KB
 
 
 class WorkflowFileError(ValueError):
@@ -37,17 +41,54 @@ class WorkflowDocument:
 
 
 def read_png_text(data_or_path: bytes | str | Path) -> dict[str, str]:
-    """The PNG's text chunks (tEXt, zTXt, iTXt) as a dict; ValueError when it is not a PNG."""
-    from io import BytesIO
-
-    from PIL import Image
-
+    """The PNG's text chunks (tEXt, zTXt, iTXt) as a dict; ValueError when it is not a PNG or a
+    text chunk is damaged. Only the chunks are read: the pixels are never decoded, so a huge or
+    hostile image costs nothing here."""
     data = data_or_path if isinstance(data_or_path, bytes) else Path(data_or_path).read_bytes()
     if not data.startswith(PNG_MAGIC):
         raise ValueError(f"{data_or_path if not isinstance(data_or_path, bytes) else 'data'} is not a PNG file")
-    with Image.open(BytesIO(data)) as image:
-        image.load()
-        return {k: v for k, v in getattr(image, "text", {}).items() if isinstance(v, str)}
+    text: dict[str, str] = {}
+    pos = len(PNG_MAGIC)
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body_end = pos + 8 + length
+        if body_end + 4 > len(data):
+            raise ValueError(f"the {kind.decode('latin-1')!r} chunk is cut short")
+        if kind in (b"tEXt", b"zTXt", b"iTXt"):
+            body = data[pos + 8:body_end]
+            if zlib.crc32(kind + body) != struct.unpack(">I", data[body_end:body_end + 4])[0]:
+                raise ValueError(f"the {kind.decode()} chunk is damaged (CRC mismatch)")
+            key, value = _text_chunk(kind, body)
+            text.setdefault(key, value)
+        elif kind == b"IEND":
+            return text
+        pos = body_end + 4
+    raise ValueError("the file ends before its IEND chunk (cut short?)")
+
+
+def _text_chunk(kind: bytes, body: bytes) -> tuple[str, str]:
+    """(keyword, text) of one text chunk (PNG spec 11.3.4)."""
+    key, _, rest = body.partition(b"\0")
+    if kind == b"tEXt":
+        return key.decode("latin-1"), rest.decode("latin-1")
+    if kind == b"zTXt":
+        return key.decode("latin-1"), _inflate(rest[1:]).decode("latin-1")
+    compressed, rest = rest[:1] == b"\1", rest[2:]
+    _language, _, rest = rest.partition(b"\0")
+    _translated, _, rest = rest.partition(b"\0")
+    return key.decode("latin-1"), (_inflate(rest) if compressed else rest).decode("utf-8", "replace")
+
+
+def _inflate(data: bytes) -> bytes:
+    """zlib data, refused once it inflates past MAX_TEXT_CHUNK (a chunk can be a zip bomb too)."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, MAX_TEXT_CHUNK + 1)
+    except zlib.error as exc:
+        raise ValueError(f"a compressed text chunk is damaged: {exc}") from None
+    if len(out) > MAX_TEXT_CHUNK:
+        raise ValueError(f"a compressed text chunk inflates to more than {MAX_TEXT_CHUNK // (1 << 20)} MB")
+    return out
 
 
 def parse_document(doc: Any, source: str) -> WorkflowDocument:
@@ -77,11 +118,11 @@ def read_workflow_file(path: str | Path) -> WorkflowDocument:
     if data.startswith(PNG_MAGIC):  # the bytes decide, not the name
         return _from_png(data, str(path))
     try:
-        doc = json.loads(data.decode("utf-8-sig"))
+        doc = strict_json.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise WorkflowFileError(f"{path}: not a PNG and not UTF-8 JSON") from None
-    except json.JSONDecodeError as exc:
-        raise WorkflowFileError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except strict_json.StrictJSONError as exc:
+        raise WorkflowFileError(f"{path}: {exc}") from None
     return parse_document(doc, str(path))
 
 
@@ -94,9 +135,9 @@ def _from_png(data: bytes, source: str) -> WorkflowDocument:
     for key in ("prompt", "workflow"):
         if key in text:
             try:
-                found[key] = json.loads(text[key])
-            except json.JSONDecodeError as exc:
-                raise WorkflowFileError(f"{source}: the PNG's '{key}' chunk is malformed JSON: {exc.msg}") from None
+                found[key] = strict_json.loads(text[key])
+            except strict_json.StrictJSONError as exc:
+                raise WorkflowFileError(f"{source}: the PNG's '{key}' chunk is not acceptable JSON: {exc}") from None
     if not found:
         raise WorkflowFileError(f"{source}: the PNG carries no 'prompt' or 'workflow' text chunk")
     prompt = found.get("prompt") if isinstance(found.get("prompt"), dict) else None

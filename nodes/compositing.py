@@ -67,6 +67,7 @@ def _fit(image: Tensor, height: int, width: int) -> Tensor:
 
 class PorterDuffImageComposite(Node):
     display_name = "Porter-Duff Image Composite"
+    comfy_function = "execute"
     category = COMPOSITING
     comfy_module = COMPOSITING_MODULE
     inputs = (
@@ -107,6 +108,7 @@ class SplitImageWithAlpha(Node):
     """The RGB channels, and the alpha channel as a mask (1 - alpha; all 0 without alpha)."""
 
     display_name = "Split Image with Alpha"
+    comfy_function = "execute"
     category = COMPOSITING
     comfy_module = COMPOSITING_MODULE
     inputs = (Socket("image", "IMAGE"),)
@@ -122,6 +124,7 @@ class JoinImageWithAlpha(Node):
     """RGB plus 1 - mask as the alpha channel; the mask is resized (bilinear) to the image."""
 
     display_name = "Join Image with Alpha"
+    comfy_function = "execute"
     category = COMPOSITING
     comfy_module = COMPOSITING_MODULE
     inputs = (Socket("image", "IMAGE"), Socket("alpha", "MASK"))

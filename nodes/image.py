@@ -94,6 +94,7 @@ def as_batch(images: Any) -> torch.Tensor:
 class EmptyImage(Node):
     """A batch of images filled with one colour."""
 
+    comfy_function = "generate"
     category = "image"
     inputs = (
         Int("width", 512, min=1, max=MAX_RESOLUTION, step=1),
@@ -200,6 +201,7 @@ class LoadImage(Node):
     """Loads an image from the input folder; the mask is the inverted alpha channel."""
 
     display_name = "Load Image"
+    comfy_function = "load_image"
     category = "image"
     inputs = (Combo("image", lambda env: env.folders.input_images(), image_upload=True),)
     outputs = (Output("IMAGE"), Output("MASK"))
@@ -306,6 +308,7 @@ class SaveImage(Node):
     """Saves images to the output folder as PNGs carrying the prompt and workflow."""
 
     display_name = "Save Image"
+    comfy_function = "save_images"
     category = "image"
     output_node = True
     inputs = (
@@ -316,15 +319,25 @@ class SaveImage(Node):
     hidden = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
     outputs = ()
 
+    def __init__(self):
+        # ComfyUI's instance attributes, which plugins' subclasses set in their __init__ (a
+        # preview node writing to temp/, say). output_dir None: the `type` folder of the engine.
+        self.output_dir: str | None = None
+        self.type = "output"
+        self.prefix_append = ""
+        self.compress_level = SAVE_COMPRESS_LEVEL
+
     def run(self, ctx, images, filename_prefix: str = "ComfyUI", prompt=None, extra_pnginfo=None):
-        return save_images(ctx, images, ctx.env.folders.output_dir, filename_prefix, "output",
-                           SAVE_COMPRESS_LEVEL, prompt, extra_pnginfo)
+        root = Path(self.output_dir) if self.output_dir else ctx.env.folders.typed_dir(self.type)
+        return save_images(ctx, images, root, filename_prefix + self.prefix_append, self.type,
+                           self.compress_level, prompt, extra_pnginfo)
 
 
-class PreviewImage(Node):
+class PreviewImage(SaveImage):
     """Shows images in the editor; they are written to the temp folder, which is wiped."""
 
     display_name = "Preview Image"
+    comfy_function = "save_images"
     category = "image"
     output_node = True
     inputs = (Socket("images", "IMAGE"),)
@@ -332,12 +345,11 @@ class PreviewImage(Node):
     outputs = ()
 
     def __init__(self):
+        super().__init__()
+        self.type = "temp"
         # Per instance, so two preview nodes never number into the same file series.
-        self.prefix = "ComfyUI_temp_" + "".join(random.choices(string.ascii_lowercase, k=5))
-
-    def run(self, ctx, images, prompt=None, extra_pnginfo=None):
-        return save_images(ctx, images, ctx.env.folders.temp_dir, self.prefix, "temp",
-                           PREVIEW_COMPRESS_LEVEL, prompt, extra_pnginfo)
+        self.prefix_append = "_temp_" + "".join(random.choices(string.ascii_lowercase, k=5))
+        self.compress_level = PREVIEW_COMPRESS_LEVEL
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ class LoadImageOutput(LoadImage):
     update the image list and automatically select the first image, allowing for easy iteration."""
 
     display_name = "Load Image (from Outputs)"
+    comfy_function = "load_image"
     category = "image"
     EXPERIMENTAL = True
     # The editor fetches the list from the route itself, so the declaration carries none.
@@ -54,6 +55,7 @@ class SaveAnimatedPNG(Node):
     """Saves the batch as one animated PNG (APNG); prompt and workflow ride in "comf" chunks after
     the image data, as ComfyUI writes them."""
 
+    comfy_function = "save_images"
     category = ANIMATION
     comfy_module = IMAGES_MODULE
     output_node = True
@@ -87,6 +89,7 @@ class SaveAnimatedWEBP(Node):
     """Saves the batch as one animated WebP; prompt and workflow ride in EXIF text fields
     ("prompt:{...}" in Model, "workflow:{...}" in Make), as ComfyUI writes them."""
 
+    comfy_function = "save_images"
     category = ANIMATION
     comfy_module = IMAGES_MODULE
     output_node = True
@@ -99,7 +102,10 @@ class SaveAnimatedWEBP(Node):
     hidden = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
     outputs = ()
 
-    def run(self, ctx, images, fps, filename_prefix, lossless, quality, method, prompt=None, extra_pnginfo=None):
+    def run(self, ctx, images, fps, filename_prefix, lossless, quality, method, num_frames=0, prompt=None,
+            extra_pnginfo=None):
+        if num_frames:  # ComfyUI's method parameter (no input) that splits the animation into files
+            raise ValueError("SaveAnimatedWEBP: num_frames (one file per num_frames frames) is not supported")
         if method not in WEBP_METHODS:
             raise ValueError(f"method must be one of {list(WEBP_METHODS)}, got {method!r}")
         frames = animation_frames(images)

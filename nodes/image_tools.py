@@ -61,6 +61,7 @@ def filter_image(image: torch.Tensor, kernel: torch.Tensor, radius: int) -> torc
 
 class ImageInvert(Node):
     display_name = "Invert Image"
+    comfy_function = "invert"
     category = "image"
     inputs = (Socket("image", "IMAGE"),)
     outputs = (Output("IMAGE"),)
@@ -76,6 +77,7 @@ class ImageBatch(Node):
     """Joins two batches; the second is resized (bilinear, centre crop) to the first's size."""
 
     display_name = "Batch Images"
+    comfy_function = "batch"
     category = "image"
     inputs = (Socket("image1", "IMAGE"), Socket("image2", "IMAGE"))
     outputs = (Output("IMAGE"),)
@@ -97,6 +99,7 @@ class ImageBatch(Node):
 
 class ImageCrop(Node):
     display_name = "Image Crop"
+    comfy_function = "crop"
     category = "image/transform"
     comfy_module = "comfy_extras.nodes_images"
     inputs = (
@@ -117,6 +120,7 @@ class ImageCrop(Node):
 
 
 class ImageBlur(Node):
+    comfy_function = "execute"
     category = "image/postprocessing"
     comfy_module = "comfy_extras.nodes_post_processing"
     display_name = None
@@ -144,6 +148,7 @@ def sharpen_kernel(radius: int, sigma: float, alpha: float, device=None) -> torc
 
 
 class ImageSharpen(Node):
+    comfy_function = "execute"
     category = "image/postprocessing"
     comfy_module = "comfy_extras.nodes_post_processing"
     display_name = None
@@ -166,6 +171,7 @@ class ImageSharpen(Node):
 class Canny(Node):
     """Canny edges (kornia's, as ComfyUI uses) of the image's grey level, as a white-on-black image."""
 
+    comfy_function = "execute"
     category = "image/preprocessors"
     comfy_module = "comfy_extras.nodes_canny"
     display_name = None
@@ -213,6 +219,7 @@ class ImageBlend(Node):
     """image1 mixed with blend_mode(image1, image2) by blend_factor, clamped to 0..1; image2 is
     first resized (bicubic, centre crop) to image1's size when they differ."""
 
+    comfy_function = "execute"
     category = "image/postprocessing"
     comfy_module = POSTPROCESSING
     display_name = None
@@ -265,6 +272,7 @@ class ImageQuantize(Node):
     """Reduces each image to a palette of at most `colors` colours (Pillow's median cut), mapped
     with no dithering, Floyd-Steinberg error diffusion or a Bayer ordered dither."""
 
+    comfy_function = "execute"
     category = "image/postprocessing"
     comfy_module = POSTPROCESSING
     display_name = None
@@ -306,6 +314,7 @@ class Morphology(Node):
     """Grey-level morphology (kornia's, as ComfyUI uses) with a kernel_size x kernel_size square."""
 
     display_name = "ImageMorphology"
+    comfy_function = "execute"
     category = "image/postprocessing"
     comfy_module = "comfy_extras.nodes_morphology"
     inputs = (
@@ -332,6 +341,7 @@ IMAGES_MODULE = "comfy_extras.nodes_images"
 class ImageAddNoise(Node):
     """Adds strength x standard normal noise (drawn on the CPU from `seed`), clamped to 0..1."""
 
+    comfy_function = "repeat"
     category = "image"
     comfy_module = IMAGES_MODULE
     inputs = (
@@ -352,6 +362,7 @@ class GetImageSize(Node):
     """Returns width and height of the image, and passes it through unchanged."""
 
     display_name = "Get Image Size"
+    comfy_function = "get_size"
     category = "image"
     comfy_module = IMAGES_MODULE
     inputs = (Socket("image", "IMAGE"),)
@@ -366,6 +377,7 @@ class GetImageSize(Node):
 class ImageFromBatch(Node):
     """`length` images from `batch_index` on, both clamped to the batch."""
 
+    comfy_function = "frombatch"
     category = "image/batch"
     comfy_module = IMAGES_MODULE
     inputs = (Socket("image", "IMAGE"), Int("batch_index", 0, min=0, max=4095), Int("length", 1, min=1, max=4096))
@@ -379,6 +391,7 @@ class ImageFromBatch(Node):
 
 
 class RepeatImageBatch(Node):
+    comfy_function = "repeat"
     category = "image/batch"
     comfy_module = IMAGES_MODULE
     inputs = (Socket("image", "IMAGE"), Int("amount", 1, min=1, max=4096))

@@ -26,6 +26,9 @@ def scale_image(image, factor: float, method: str):
 
 class ImageScale(Node):
     display_name = "Upscale Image"
+    comfy_function = "upscale"
+    upscale_methods = IMAGE_METHODS  # ComfyUI's class attributes, read by plugins
+    crop_methods = CROP_METHODS
     category = "image/upscaling"
     inputs = (
         Socket("image", "IMAGE"),
@@ -49,6 +52,8 @@ class ImageScale(Node):
 
 class ImageScaleBy(Node):
     display_name = "Upscale Image By"
+    comfy_function = "upscale"
+    upscale_methods = IMAGE_METHODS  # ComfyUI's class attributes, read by plugins
     category = "image/upscaling"
     inputs = (
         Socket("image", "IMAGE"),
@@ -68,6 +73,7 @@ class ImageScaleBy(Node):
 class ImageScaleToTotalPixels(Node):
     """Resizes to about `megapixels` x 2^20 pixels, keeping the aspect ratio."""
 
+    comfy_function = "execute"
     category = "image/upscaling"
     comfy_module = "comfy_extras.nodes_post_processing"
     display_name = None
@@ -86,6 +92,7 @@ class ImageScaleToTotalPixels(Node):
 class ImageScaleToMaxDimension(Node):
     """Resizes so the longer side is `largest_size` pixels, keeping the aspect ratio."""
 
+    comfy_function = "upscale"
     category = "image/upscaling"
     comfy_module = "comfy_extras.nodes_images"
     # ComfyUI lists "bilinear" twice; the list is kept as it is so saved workflows match.
@@ -114,6 +121,7 @@ class ResizeAndPadImage(Node):
     """Fits the image inside target_width x target_height (aspect kept, sizes truncated to whole
     pixels) and centres it on a white or black canvas of exactly that size."""
 
+    comfy_function = "resize_and_pad"
     category = "image/transform"
     comfy_module = "comfy_extras.nodes_images"
     inputs = (
@@ -146,6 +154,7 @@ class ResizeAndPadImage(Node):
 
 
 class ImageFlip(Node):
+    comfy_function = "flip"
     category = "image/transform"
     comfy_module = "comfy_extras.nodes_images"
     inputs = (Socket("image", "IMAGE"), Combo("flip_method", ["x-axis: vertically", "y-axis: horizontally"]))
@@ -162,6 +171,7 @@ class ImageFlip(Node):
 class ImageRotate(Node):
     """Clockwise rotation by quarter turns."""
 
+    comfy_function = "rotate"
     category = "image/transform"
     comfy_module = "comfy_extras.nodes_images"
     inputs = (Socket("image", "IMAGE"), Combo("rotation", ["none", "90 degrees", "180 degrees", "270 degrees"]))
@@ -212,6 +222,7 @@ class ImageStitch(Node):
     Optional spacing can be added between images."""
 
     display_name = "Image Stitch"
+    comfy_function = "stitch"
     category = "image/transform"
     comfy_module = "comfy_extras.nodes_images"
     inputs = (

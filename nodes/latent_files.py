@@ -33,6 +33,7 @@ def latent_metadata(prompt: Any, extra_pnginfo: Any) -> dict[str, str]:
 class SaveLatent(Node):
     """Writes the samples to output/<prefix>_<counter>_.latent."""
 
+    comfy_function = "save"
     category = "_for_testing"
     output_node = True
     inputs = (Socket("samples", "LATENT"), Input("filename_prefix", "STRING", options=dict(default="latents/ComfyUI")))
@@ -61,6 +62,7 @@ def latent_files(env: Any) -> list[str]:
 class LoadLatent(Node):
     """Reads a .latent file from the input folder ("name [output]" reads from the output folder)."""
 
+    comfy_function = "load"
     category = "_for_testing"
     inputs = (Combo("latent", latent_files),)
     outputs = (Output("LATENT"),)

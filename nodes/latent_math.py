@@ -26,6 +26,7 @@ class _LatentNode(Node):
 
 class LatentAdd(_LatentNode):
     """samples1 + samples2 (samples2 resized bilinearly with centre crop and batch-cycled to fit)."""
+    comfy_function = "execute"
 
     comfy_module = LATENT_MODULE
     inputs = (Socket("samples1", "LATENT"), Socket("samples2", "LATENT"))
@@ -37,6 +38,7 @@ class LatentAdd(_LatentNode):
 
 class LatentSubtract(_LatentNode):
     """samples1 - samples2 (samples2 fitted to samples1 as in LatentAdd)."""
+    comfy_function = "execute"
 
     comfy_module = LATENT_MODULE
     inputs = (Socket("samples1", "LATENT"), Socket("samples2", "LATENT"))
@@ -47,6 +49,7 @@ class LatentSubtract(_LatentNode):
 
 
 class LatentMultiply(_LatentNode):
+    comfy_function = "execute"
     comfy_module = LATENT_MODULE
     inputs = (Socket("samples", "LATENT"), Float("multiplier", 1.0, min=-10.0, max=10.0, step=0.01))
 
@@ -68,6 +71,7 @@ def _channel_norms(samples: torch.Tensor) -> torch.Tensor:
 class LatentInterpolate(_LatentNode):
     """Spherical-style blend: directions mixed by `ratio` (samples1's weight) and renormalised,
     lengths mixed linearly."""
+    comfy_function = "execute"
 
     comfy_module = LATENT_MODULE
     inputs = (Socket("samples1", "LATENT"), Socket("samples2", "LATENT"),
@@ -89,6 +93,7 @@ AXES = {"x": -1, "y": -2, "t": -3}  # on a [B, C, h, w] image latent, "t" is the
 class LatentConcat(_LatentNode):
     """samples2 appended to samples1 along x (width), y (height) or t; a leading "-" puts samples2
     first. samples2's batch is cycled or cut to samples1's."""
+    comfy_function = "execute"
 
     comfy_module = LATENT_MODULE
     inputs = (Socket("samples1", "LATENT"), Socket("samples2", "LATENT"), Choice("dim", CONCAT_DIMS))
@@ -111,6 +116,7 @@ class LatentConcat(_LatentNode):
 class LatentCut(_LatentNode):
     """`amount` cells from `index` along x, y or t; a negative index counts from the end. Both are
     clamped to the latent."""
+    comfy_function = "execute"
 
     comfy_module = LATENT_MODULE
     inputs = (Socket("samples", "LATENT"), Choice("dim", ["x", "y", "t"]),
@@ -135,6 +141,7 @@ class LatentCut(_LatentNode):
 class LatentBatchSeedBehavior(_LatentNode):
     """"fixed": every latent of the batch gets the first one's noise (its batch index repeated);
     "random": the batch indices are dropped, so each latent gets its own noise."""
+    comfy_function = "execute"
 
     comfy_module = LATENT_MODULE
     inputs = (Socket("samples", "LATENT"), Choice("seed_behavior", ["random", "fixed"], default="fixed"))

@@ -57,6 +57,7 @@ def sharpen(radius: int, sigma: float, alpha: float) -> LatentOperation:
 
 
 class LatentOperationTonemapReinhard(_OperationNode):
+    comfy_function = "execute"
     comfy_module = LATENT_MODULE
     inputs = (Float("multiplier", 1.0, min=0.0, max=100.0, step=0.01),)
     outputs = (Output("LATENT_OPERATION"),)
@@ -66,6 +67,7 @@ class LatentOperationTonemapReinhard(_OperationNode):
 
 
 class LatentOperationSharpen(_OperationNode):
+    comfy_function = "execute"
     comfy_module = LATENT_MODULE
     inputs = (Int("sharpen_radius", 9, min=1, max=31, step=1), Float("sigma", 1.0, min=0.1, max=10.0, step=0.1),
               Float("alpha", 0.1, min=0.0, max=5.0, step=0.01))
@@ -76,6 +78,7 @@ class LatentOperationSharpen(_OperationNode):
 
 
 class LatentApplyOperation(_OperationNode):
+    comfy_function = "execute"
     comfy_module = LATENT_MODULE
     inputs = (Socket("samples", "LATENT"), Socket("operation", "LATENT_OPERATION"))
     outputs = (Output("LATENT"),)

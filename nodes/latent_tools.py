@@ -74,12 +74,15 @@ class LatentComposite(Node):
     target's edges, optionally cross-fading over `feather` pixels."""
 
     display_name = "Latent Composite"
+    comfy_function = "composite"
     category = "latent"
     inputs = (Socket("samples_to", "LATENT"), Socket("samples_from", "LATENT"), PixelInt("x", 0),
               PixelInt("y", 0), PixelInt("feather", 0))
     outputs = (Output("LATENT"),)
 
-    def run(self, ctx, samples_to, samples_from, x, y, feather):
+    def run(self, ctx, samples_to, samples_from, x, y, composite_method="normal", feather=0):
+        if composite_method != "normal":
+            raise ValueError(f"LatentComposite: unknown composite_method {composite_method!r}; only 'normal' exists")
         target = latent_samples(samples_to, "samples_to")
         source = latent_samples(samples_from, "samples_from")
         _same_channels(target, source, "LatentComposite")
@@ -105,12 +108,15 @@ class LatentBlend(Node):
     and it has no widget."""
 
     display_name = "Latent Blend"
+    comfy_function = "blend"
     category = "_for_testing"
     inputs = (Socket("samples1", "LATENT"), Socket("samples2", "LATENT"),
               Float("blend_factor", 0.5, min=0, max=1, step=0.01))
     outputs = (Output("LATENT"),)
 
-    def run(self, ctx, samples1, samples2, blend_factor):
+    def run(self, ctx, samples1, samples2, blend_factor, blend_mode="normal"):
+        if blend_mode != "normal":
+            raise ValueError(f"LatentBlend: unsupported blend mode {blend_mode!r}; only 'normal' exists")
         s1, s2 = latent_samples(samples1, "samples1"), latent_samples(samples2, "samples2")
         _same_channels(s1, s2, "LatentBlend")
         if s1.shape != s2.shape:
@@ -127,6 +133,7 @@ class LatentFromBatch(Node):
     recorded in "batch_index", so the sampler draws the same noise they had in the full batch."""
 
     display_name = "Latent From Batch"
+    comfy_function = "frombatch"
     category = "latent/batch"
     inputs = (Socket("samples", "LATENT"), Int("batch_index", 0, min=0, max=63), Int("length", 1, min=1, max=64))
     outputs = (Output("LATENT"),)
@@ -155,6 +162,7 @@ class RepeatLatentBatch(Node):
     range so each copy gets fresh noise."""
 
     display_name = "Repeat Latent Batch"
+    comfy_function = "repeat"
     category = "latent/batch"
     inputs = (Socket("samples", "LATENT"), Int("amount", 1, min=1, max=64))
     outputs = (Output("LATENT"),)
@@ -177,6 +185,7 @@ class LatentBatch(Node):
     """samples2 appended to samples1 (resized bilinearly with centre crop to samples1's size if it
     differs). Batch indices are concatenated, defaulting to 0..B-1 for each side."""
 
+    comfy_function = "execute"
     category = "latent/batch"
     comfy_module = "comfy_extras.nodes_latent"
     display_name = None
@@ -199,6 +208,7 @@ class LatentBatch(Node):
 
 class LatentFlip(Node):
     display_name = "Flip Latent"
+    comfy_function = "flip"
     category = "latent/transform"
     inputs = (Socket("samples", "LATENT"), Combo("flip_method", ["x-axis: vertically", "y-axis: horizontally"]))
     outputs = (Output("LATENT"),)
@@ -218,6 +228,7 @@ class LatentRotate(Node):
     """Clockwise rotation by quarter turns."""
 
     display_name = "Rotate Latent"
+    comfy_function = "rotate"
     category = "latent/transform"
     inputs = (Socket("samples", "LATENT"), Combo("rotation", list(ROTATIONS)))
     outputs = (Output("LATENT"),)
@@ -235,6 +246,7 @@ class LatentCrop(Node):
     that at least 8 cells remain to their right and below."""
 
     display_name = "Crop Latent"
+    comfy_function = "crop"
     category = "latent/transform"
     inputs = (Socket("samples", "LATENT"), PixelInt("width", 512, min=64), PixelInt("height", 512, min=64),
               PixelInt("x", 0), PixelInt("y", 0))

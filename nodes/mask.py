@@ -95,6 +95,7 @@ def paste(destination: torch.Tensor, source: torch.Tensor, x: int, y: int, mask:
 class ImageCompositeMasked(Node):
     """Pastes `source` onto `destination` at (x, y), weighted by the optional mask."""
 
+    comfy_function = "composite"
     category = "image"
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (
@@ -117,6 +118,7 @@ class ImageCompositeMasked(Node):
 class LatentCompositeMasked(Node):
     """Pastes the source latent onto the destination at (x, y) pixels (x / 8 in the latent)."""
 
+    comfy_function = "composite"
     category = "latent"
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (
@@ -145,7 +147,9 @@ class LoadImageMask(LoadImage):
     """Loads one channel of an input image as a mask; "alpha" is inverted (1 = transparent)."""
 
     display_name = "Load Image (as Mask)"
+    comfy_function = "load_image"
     category = MASK_CATEGORY
+    _color_channels = LOAD_CHANNELS
     inputs = LoadImage.inputs + (Combo("channel", LOAD_CHANNELS),)
     outputs = (Output("MASK"),)
 
@@ -160,6 +164,7 @@ class LoadImageMask(LoadImage):
 
 class MaskToImage(Node):
     display_name = "Convert Mask to Image"
+    comfy_function = "mask_to_image"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (Socket("mask", "MASK"),)
@@ -171,6 +176,7 @@ class MaskToImage(Node):
 
 class ImageToMask(Node):
     display_name = "Convert Image to Mask"
+    comfy_function = "image_to_mask"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (Socket("image", "IMAGE"), Combo("channel", IMAGE_CHANNELS))
@@ -185,6 +191,7 @@ class ImageToMask(Node):
 
 
 class SolidMask(Node):
+    comfy_function = "solid"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (
@@ -199,6 +206,7 @@ class SolidMask(Node):
 
 
 class InvertMask(Node):
+    comfy_function = "invert"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (Socket("mask", "MASK"),)
@@ -209,6 +217,7 @@ class InvertMask(Node):
 
 
 class CropMask(Node):
+    comfy_function = "crop"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (
@@ -229,6 +238,7 @@ class CropMask(Node):
 
 
 class ThresholdMask(Node):
+    comfy_function = "image_to_mask"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (Socket("mask", "MASK"), Float("value", 0.5, min=0.0, max=1.0, step=0.01))
@@ -241,6 +251,7 @@ class ThresholdMask(Node):
 class ImageColorToMask(Node):
     """1 where a pixel's 8-bit colour (rounded) is exactly `color` (0xRRGGBB), else 0."""
 
+    comfy_function = "image_to_mask"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (Socket("image", "IMAGE"), Int("color", 0, min=0, max=0xFFFFFF, step=1, display="color"))
@@ -258,6 +269,7 @@ class ImageColorToMask(Node):
 class MaskPreview(Node):
     """Shows masks in the editor as grey images (written to the temp folder, which is wiped)."""
 
+    comfy_function = "execute"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     output_node = True
@@ -268,12 +280,12 @@ class MaskPreview(Node):
 
     def __init__(self):
         # Per instance, so two previews never number into the same file series.
-        self.prefix = "ComfyUI_temp_" + "".join(random.choice(string.ascii_lowercase) for _ in range(5))
+        self.prefix_append = "_temp_" + "".join(random.choice(string.ascii_lowercase) for _ in range(5))
 
-    def run(self, ctx, mask, prompt=None, extra_pnginfo=None):
+    def run(self, ctx, mask, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
         grey = as_mask_batch(mask).unsqueeze(-1).expand(-1, -1, -1, 3)
-        return save_images(ctx, grey, ctx.env.folders.temp_dir, self.prefix, "temp", self.COMPRESS_LEVEL,
-                           prompt, extra_pnginfo)
+        return save_images(ctx, grey, ctx.env.folders.temp_dir, filename_prefix + self.prefix_append, "temp",
+                           self.COMPRESS_LEVEL, prompt, extra_pnginfo)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,6 +321,7 @@ def _pair_batches(output: torch.Tensor, source: torch.Tensor) -> tuple[torch.Ten
 class MaskComposite(Node):
     """Combines `source` into `destination` at (x, y); the result is clamped to 0..1."""
 
+    comfy_function = "combine"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (
@@ -347,6 +360,7 @@ def _ramp(length: int, size: int) -> torch.Tensor:
 class FeatherMask(Node):
     """Fades the mask linearly to 1/n at each edge over the given number of pixels."""
 
+    comfy_function = "feather"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (
@@ -371,6 +385,7 @@ class FeatherMask(Node):
 class GrowMask(Node):
     """Dilates (expand > 0) or erodes (expand < 0) the mask by one pixel per step."""
 
+    comfy_function = "expand_mask"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (

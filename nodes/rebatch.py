@@ -22,6 +22,7 @@ def BatchSize() -> Int:
 class RebatchImages(Node):
     # No docstring: ComfyUI lists this node with an empty description.
     display_name = "Rebatch Images"
+    comfy_function = "execute"
     category = "image/batch"
     comfy_module = "comfy_extras.nodes_rebatch"
     input_is_list = True
@@ -56,6 +57,7 @@ def _as_latent(parts: list) -> dict:
 class RebatchLatents(Node):
     # No docstring: ComfyUI lists this node with an empty description.
     display_name = "Rebatch Latents"
+    comfy_function = "execute"
     category = "latent/batch"
     comfy_module = "comfy_extras.nodes_rebatch"
     input_is_list = True

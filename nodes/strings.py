@@ -28,6 +28,7 @@ CASES = {"UPPERCASE": str.upper, "lowercase": str.lower, "Capitalize": str.capit
 
 
 class CaseConverter(_StringNode):
+    comfy_function = "execute"
     comfy_module = STRING_MODULE
     display_name = "Case Converter"
     inputs = (Text("string"), Choice("mode", list(CASES)))
@@ -42,6 +43,7 @@ TRIMS = {"Both": str.strip, "Left": str.lstrip, "Right": str.rstrip}
 
 class StringTrim(_StringNode):
     """Removes whitespace from both ends, the start or the end."""
+    comfy_function = "execute"
 
     comfy_module = STRING_MODULE
     display_name = "Trim"
@@ -54,6 +56,7 @@ class StringTrim(_StringNode):
 
 class StringSubstring(_StringNode):
     """string[start:end], with Python's slice rules (negative positions count from the end)."""
+    comfy_function = "execute"
 
     comfy_module = STRING_MODULE
     display_name = "Substring"
@@ -64,6 +67,7 @@ class StringSubstring(_StringNode):
 
 
 class StringLength(_StringNode):
+    comfy_function = "execute"
     comfy_module = STRING_MODULE
     display_name = "Length"
     inputs = (Text("string"),)
@@ -75,6 +79,7 @@ class StringLength(_StringNode):
 
 class StringReplace(_StringNode):
     """Replaces every occurrence of `find` (literal text, not a pattern)."""
+    comfy_function = "execute"
 
     comfy_module = STRING_MODULE
     display_name = "Replace"
@@ -85,6 +90,7 @@ class StringReplace(_StringNode):
 
 
 class StringContains(_StringNode):
+    comfy_function = "execute"
     comfy_module = STRING_MODULE
     display_name = "Contains"
     inputs = (Text("string"), Text("substring"), Boolean("case_sensitive", True))
@@ -100,6 +106,7 @@ COMPARISONS = {"Starts With": str.startswith, "Ends With": str.endswith, "Equal"
 
 
 class StringCompare(_StringNode):
+    comfy_function = "execute"
     comfy_module = STRING_MODULE
     display_name = "Compare"
     inputs = (Text("string_a"), Text("string_b"), Choice("mode", list(COMPARISONS)),
@@ -125,6 +132,7 @@ def FlagInputs() -> tuple:
 
 class RegexMatch(_StringNode):
     """Whether the pattern matches anywhere in the string (re.search)."""
+    comfy_function = "execute"
 
     comfy_module = STRING_MODULE
     display_name = "Regex Match"
@@ -161,6 +169,7 @@ def _extract(pattern: str, string: str, mode: str, flags: int, group_index: int)
 class RegexExtract(_StringNode):
     """The first or every match, or group `group_index` of the first or every match, one per line;
     an unmatched group gives ""."""
+    comfy_function = "execute"
 
     comfy_module = STRING_MODULE
     display_name = "Regex Extract"
@@ -183,6 +192,7 @@ COUNT_TIP = ("Maximum number of replacements to make. Set to 0 to replace all oc
 
 class RegexReplace(_StringNode):
     """Find and replace text using regex patterns."""
+    comfy_function = "execute"
 
     comfy_module = STRING_MODULE
     display_name = "Regex Replace"

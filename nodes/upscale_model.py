@@ -12,6 +12,7 @@ UPSCALE_MODULE = "comfy_extras.nodes_upscale_model"
 
 class UpscaleModelLoader(Node):
     display_name = "Load Upscale Model"
+    comfy_function = "execute"
     category = "loaders"
     comfy_module = UPSCALE_MODULE
     inputs = (Choice("model_name", lambda env: env.folders.filenames("upscale_models")),)
@@ -26,6 +27,7 @@ class ImageUpscaleWithModel(Node):
     """Upscales by the model's own factor, in 512-pixel tiles blended over 32 pixels."""
 
     display_name = "Upscale Image (using Model)"
+    comfy_function = "execute"
     category = "image/upscaling"
     comfy_module = UPSCALE_MODULE
     inputs = (Socket("upscale_model", "UPSCALE_MODEL"), Socket("image", "IMAGE"))

@@ -21,6 +21,7 @@ class VAEDecodeTiled(Node):
     """Decodes latents tile by tile; `tile_size` and `overlap` are in pixels."""
 
     display_name = "VAE Decode (Tiled)"
+    comfy_function = "decode"
     category = "_for_testing"
     inputs = (
         Socket("samples", "LATENT"),
@@ -31,7 +32,7 @@ class VAEDecodeTiled(Node):
     )
     outputs = (Output("IMAGE"),)
 
-    def run(self, ctx, samples, vae, tile_size, overlap=64, temporal_size=64, temporal_overlap=8):
+    def run(self, ctx, vae, samples, tile_size, overlap=64, temporal_size=64, temporal_overlap=8):
         # An overlap above a quarter of the tile would leave the narrow passes without a core.
         if tile_size < overlap * 4:
             overlap = tile_size // 4
@@ -44,6 +45,7 @@ class VAEEncodeTiled(Node):
     """Encodes pixels tile by tile; `tile_size` and `overlap` are in pixels."""
 
     display_name = "VAE Encode (Tiled)"
+    comfy_function = "encode"
     category = "_for_testing"
     inputs = (
         Socket("pixels", "IMAGE"),
@@ -54,7 +56,7 @@ class VAEEncodeTiled(Node):
     )
     outputs = (Output("LATENT"),)
 
-    def run(self, ctx, pixels, vae, tile_size, overlap, temporal_size=64, temporal_overlap=8):
+    def run(self, ctx, vae, pixels, tile_size, overlap, temporal_size=64, temporal_overlap=8):
         latent = vae.encode_tiled(pixels[..., :3], tile_x=tile_size, tile_y=tile_size, overlap=overlap,
                                   progress=ctx.progress if ctx else None)
         return ({"samples": latent},)

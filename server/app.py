@@ -4,19 +4,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import gc
 import logging
-import shutil
 import signal
 import sys
-from pathlib import Path
 
 from aiohttp import web
 
+from app.folders import FoldersBusy
 from app.runtime import Runtime, create_runtime
 from server import routes_files, routes_info, routes_prompt
 from server.config import ServerConfig, listen_warning
 from server.preview import Previewer
-from server.queue import DB_NAME, PromptStore, StoreBusy
+from server.queue import DB_NAME, PromptStore
 from server.routes_static import add_static_routes, cache_headers, index
 from server.security import make_cors, make_error_middleware, make_guard
 from server.state import STATE, ServerState, state_of
@@ -26,11 +26,12 @@ from server.ws import Hub
 log = logging.getLogger("latentgraph.server")
 
 API_PREFIX = "/api"
+LINGER_S = 2.0
 
 
 def create_state(runtime: Runtime, config: ServerConfig) -> ServerState:
     folders = runtime.env.folders
-    store = PromptStore(folders.user_dir / DB_NAME)
+    store = PromptStore(folders.user_dir / DB_NAME, folders.lock)
     hub = Hub(server_flags={"supports_preview_metadata": True, "max_upload_size": config.max_upload_bytes})
     previewer = Previewer(config.preview_method, folders.model_dirs("vae_approx"), config.preview_max_size)
     state = ServerState(runtime, config, store, hub, previewer)
@@ -59,8 +60,14 @@ def build_app(state: ServerState) -> web.Application:
     middlewares = [make_error_middleware(config), make_guard(config), cache_headers]
     if config.cors_origin:
         middlewares.insert(0, make_cors(config))
-    app = web.Application(client_max_size=config.max_upload_bytes, middlewares=middlewares)
+    # The application plugins saw as PromptServer.instance.app while importing (their routes and
+    # middlewares are already on it); ours go first.
+    plugin_server = state.runtime.plugin_server
+    app = plugin_server.app
+    for position, middleware in enumerate(middlewares):
+        app.middlewares.insert(position, middleware)
     app[STATE] = state
+    plugin_server.attach(state)
     for module in (routes_prompt, routes_files, routes_info):
         for method, path, handler in module.ROUTES:
             # the stock frontend calls /api/...; older scripts call the bare paths
@@ -87,20 +94,6 @@ def build_app(state: ServerState) -> web.Application:
     return app
 
 
-def wipe_temp(folder: Path) -> None:
-    """temp/ holds previews of past sessions only; ComfyUI empties it at start and exit too."""
-    if not folder.is_dir():
-        return
-    for entry in folder.iterdir():
-        try:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        except OSError as exc:
-            log.warning("cannot remove %s from the temp folder: %s", entry, exc)
-
-
 async def _listen(runner: web.AppRunner, config: ServerConfig) -> list[str]:
     """Bind every --listen address; returns problems. With --port 0 the first bind picks the port."""
     problems = []
@@ -121,19 +114,21 @@ async def _listen(runner: web.AppRunner, config: ServerConfig) -> list[str]:
 
 
 async def run_server(runtime: Runtime, config: ServerConfig) -> int:
-    try:
-        state = create_state(runtime, config)
-    except StoreBusy as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
-    # only once the queue lock says no other server shares these folders
-    wipe_temp(runtime.env.folders.temp_dir)
+    state = create_state(runtime, config)
     if state.store.recovered:
         log.warning("%d prompt(s) were running when the server last stopped; they will run again",
                     len(state.store.recovered))
     app = build_app(state)
+    # Everything loaded so far (torch, nodes, plugins) lives as long as the process; a full
+    # collection walking it takes ~0.1 s, which every request would feel. Later garbage is
+    # still collected.
+    gc.freeze()
     access_log = logging.getLogger("aiohttp.access") if log.isEnabledFor(logging.DEBUG) else None
-    runner = web.AppRunner(app, access_log=access_log, handle_signals=False)
+    # Bodies are never inflated (compressed ones are refused). The unread rest of a refused body
+    # is drained, not parsed, for at most LINGER_S (closing on unread data would make the kernel
+    # reset the connection and the client lose the answer), then the connection is closed.
+    runner = web.AppRunner(app, access_log=access_log, handle_signals=False, auto_decompress=False,
+                           lingering_time=LINGER_S, keepalive_timeout=config.http_timeout_s)
     await runner.setup()
     try:
         problems = await _listen(runner, config)
@@ -164,12 +159,17 @@ async def run_server(runtime: Runtime, config: ServerConfig) -> int:
         return 0
     finally:
         await runner.cleanup()
-        wipe_temp(runtime.env.folders.temp_dir)
+        runtime.env.folders.clear_temp()
 
 
 def serve(args: argparse.Namespace) -> int:
     """`python main.py`: start the engine and serve until interrupted; returns the exit code."""
-    runtime = create_runtime(args, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    try:
+        # exclusive: a second server on these folders stops here, before touching any file
+        runtime = create_runtime(args, log=lambda msg: print(msg, file=sys.stderr, flush=True), exclusive=True)
+    except FoldersBusy as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
     config = ServerConfig.from_args(args)
     try:
         return asyncio.run(run_server(runtime, config))

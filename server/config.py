@@ -22,6 +22,9 @@ class ServerConfig:
     preview_max_size: int = 512
     preview_interval_s: float = 0.1  # at most ~10 preview frames per second per prompt
     cpu: bool = False
+    # A connection must send a request's headers within this many seconds of opening or of its
+    # last reply, else it is closed: slow or idle clients cannot hold connections open.
+    http_timeout_s: float = 10.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ServerConfig":
@@ -29,7 +32,8 @@ class ServerConfig:
         max_mb = getattr(args, "max_upload_size", 100)
         return cls(hosts=hosts, port=args.port, max_upload_bytes=int(max_mb * 1024 * 1024),
                    preview_method=getattr(args, "preview_method", "auto") or "auto",
-                   cors_origin=getattr(args, "enable_cors_header", None), cpu=bool(getattr(args, "cpu", False)))
+                   cors_origin=getattr(args, "enable_cors_header", None), cpu=bool(getattr(args, "cpu", False)),
+                   http_timeout_s=getattr(args, "http_timeout", 10.0))
 
     @property
     def loopback_only(self) -> bool:

@@ -16,11 +16,17 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from graph.strict_json import has_surrogates
+
 ANNOTATION = re.compile(r"^(.*?)\s*\[(input|output|temp)\]\s*$")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 IMAGE_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF"})
-MAX_PIXELS = 16384 * 16384
+# Enough for a 4x upscale of a 2048x2048 image; decoding more takes seconds and gigabytes
+# (a 20 KB PNG can claim 13000x13000 pixels).
+MAX_PIXELS = 8192 * 8192
 _DRIVE = re.compile(r"^[A-Za-z]:")
+NAME_MAX = 255  # bytes in one file name, on every common filesystem
+PATH_MAX = 4096  # bytes in a whole path (Linux)
 
 
 class PathRefused(Exception):
@@ -36,6 +42,8 @@ def name_parts(text: str, what: str) -> list[str]:
         raise PathRefused(400, f"{what} must be text")
     if "\x00" in text:
         raise PathRefused(400, f"{what} contains a NUL byte")
+    if has_surrogates(text):
+        raise PathRefused(400, f"{what} is not valid UTF-8 text")
     if "\\" in text:
         raise PathRefused(400, f"{what} contains a backslash; use '/' between folders")
     if text.startswith("/") or _DRIVE.match(text):
@@ -43,6 +51,8 @@ def name_parts(text: str, what: str) -> list[str]:
     parts = [p for p in text.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise PathRefused(400, f"{what} must not refer to a parent folder ('..')")
+    if any(len(p.encode()) > NAME_MAX for p in parts):
+        raise PathRefused(400, f"{what} has a name longer than {NAME_MAX} bytes")
     return parts
 
 
@@ -55,7 +65,12 @@ def resolve_inside(root: Path, subfolder: str, filename: str | None = None) -> P
             raise PathRefused(400, "filename is empty")
         parts += file_parts
     base = Path(root).resolve()
-    target = base.joinpath(*parts).resolve()
+    try:
+        target = base.joinpath(*parts).resolve()
+    except OSError as exc:  # a symlink loop, ...
+        raise PathRefused(400, f"that path cannot be used: {exc.strerror or exc}") from None
+    if len(str(target).encode()) > PATH_MAX:
+        raise PathRefused(400, f"that path is longer than {PATH_MAX} bytes")
     if target != base and not target.is_relative_to(base):
         raise PathRefused(403, "that path leads outside its folder")
     return target
@@ -78,9 +93,15 @@ def check_image(data: bytes) -> str:
         raise ValueError(f"the file is not an image pillow can read ({type(exc).__name__})") from None
     if fmt not in IMAGE_FORMATS:
         raise ValueError(f"image format {fmt} is not accepted")
-    if width * height > MAX_PIXELS:
-        raise ValueError(f"the image is too large ({width}x{height})")
+    check_pixels(width, height)
     return fmt
+
+
+def check_pixels(width: int, height: int) -> None:
+    """ValueError for an image over MAX_PIXELS, read from its header before anything is decoded."""
+    if width * height > MAX_PIXELS:
+        raise ValueError(f"the image is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels); "
+                         f"at most {MAX_PIXELS / 1e6:.0f} megapixels (8192x8192) are accepted")
 
 
 def merge_mask(original_path: Path, mask_data: bytes) -> bytes:
@@ -90,8 +111,7 @@ def merge_mask(original_path: Path, mask_data: bytes) -> bytes:
     carries the workflow that made it.
     """
     with Image.open(original_path) as original:
-        if original.size[0] * original.size[1] > MAX_PIXELS:
-            raise ValueError("the original image is too large")
+        check_pixels(*original.size)
         info = PngImagePlugin.PngInfo()
         for key, value in (original.info or {}).items():
             if isinstance(key, str) and isinstance(value, str):

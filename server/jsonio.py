@@ -1,8 +1,8 @@
 """JSON in and out of the server: strict parsing of request bodies, safe encoding of replies.
 
 Request bodies come from anyone who can reach the port, so parsing refuses what would later
-break storage or browsers (NaN/Infinity, absurd nesting, giant integers) with a 4xx that says
-why, instead of letting it surface as a 500 deep inside the engine.
+break storage or browsers (NaN/Infinity, absurd nesting, giant integers, lone surrogates) with
+a 4xx that says what and where, instead of letting it surface as a 500 deep inside the engine.
 """
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-# Deep enough for any real workflow (UI workflows nest a handful of levels), shallow enough
-# that recursive code downstream (validation, json.dumps, SQLite storage) never overflows.
-MAX_DEPTH = 128
+from graph import strict_json
 
 
 class BadRequest(Exception):
@@ -31,38 +29,12 @@ class BadRequest(Exception):
         return error_response(self.status, self.type, self.message, self.details)
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse_json(text: str | bytes) -> Any:
-    """json.loads that refuses NaN/Infinity and nesting beyond MAX_DEPTH; raises BadRequest."""
+    """A request body parsed strictly (see graph.strict_json); raises BadRequest."""
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
-    except UnicodeDecodeError as exc:
-        raise BadRequest(400, "invalid_json", "The request body is not UTF-8 text", str(exc)) from None
-    except RecursionError:
-        raise BadRequest(400, "invalid_json", "The request body is nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, NaN, or an integer with too many digits
-        raise BadRequest(400, "invalid_json", "The request body is not valid JSON", str(exc)) from None
-    if nesting_depth(value, MAX_DEPTH) > MAX_DEPTH:
-        raise BadRequest(400, "invalid_json", f"The request body is nested deeper than {MAX_DEPTH} levels")
-    return value
-
-
-def nesting_depth(value: Any, limit: int) -> int:
-    """Depth of nested lists/dicts, counted iteratively and stopping once past `limit`."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            deepest = max(deepest, depth)
-            if deepest > limit:
-                return deepest
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return deepest
+        return strict_json.loads(text)
+    except strict_json.StrictJSONError as exc:
+        raise BadRequest(400, "invalid_json", f"The request body is not acceptable JSON: {exc}") from None
 
 
 async def read_json(request: web.Request, *, empty: Any = None) -> Any:

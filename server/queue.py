@@ -17,8 +17,9 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from app.folders import FoldersBusy, hold_lock
 from server.jsonio import dumps
 
 DB_NAME = "latentgraph.db"
@@ -51,28 +52,7 @@ class DuplicatePromptId(ValueError):
     pass
 
 
-class StoreBusy(RuntimeError):
-    """Another server process already owns this queue."""
-
-
-def _lock_exclusively(path: Path):
-    """Hold an OS lock on path for the life of the process (released by the OS if it dies).
-
-    Two servers sharing one queue would each think the other's running prompt was left over
-    from a crash and run it again.
-    """
-    handle = open(path, "a+b")
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no protection, as before
-        return handle
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise StoreBusy(f"another LatentGraph server is using {path.parent} (found a lock on {path.name}); "
-                        "stop it or give this one a different --user-directory") from None
-    return handle
+StoreBusy = FoldersBusy  # another server process already owns this queue
 
 
 @dataclass(frozen=True)
@@ -98,10 +78,12 @@ class Job:
 class PromptStore:
     """Queue and history. Thread-safe: the event loop and the worker thread share it."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, lock: BinaryIO | None = None):
+        """`lock`: the held lock of path's folder (FolderPaths.claim), else one is taken here."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._owner = _lock_exclusively(self.path.with_name(self.path.name + ".lock"))
+        self._own_lock = lock is None
+        self._owner = lock or hold_lock(self.path.with_name(self.path.name + ".lock"))
         self._lock = threading.Lock()
         # `with self._db:` blocks are transactions: committed whole or rolled back.
         self._db = sqlite3.connect(str(self.path), check_same_thread=False)
@@ -115,7 +97,8 @@ class PromptStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-        self._owner.close()
+        if self._own_lock:
+            self._owner.close()
 
     def _recover(self) -> list[str]:
         """Rows left running by a process that died go back to the queue."""

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import mimetypes
 import os
 from pathlib import Path
@@ -11,10 +10,12 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from PIL import Image
 
-from server.files import (IMAGE_SUFFIXES, PathRefused, check_image, merge_mask, resolve_inside, save_upload,
-                          split_annotation)
+from graph import strict_json
+from server.files import (IMAGE_SUFFIXES, PathRefused, check_image, check_pixels, merge_mask, resolve_inside,
+                          save_upload, split_annotation)
 from server.jsonio import BadRequest, json_response
 from server.state import state_of
 
@@ -56,10 +57,18 @@ def _converted(path: Path, channel: str, preview: str | None) -> tuple[bytes, st
     """The image re-encoded for ?channel=rgb|a or ?preview=webp;90; None for non-images."""
     try:
         img = Image.open(path)
-        img.load()
     except Exception:
         return None
     with img:
+        try:
+            check_pixels(*img.size)
+        except ValueError as exc:
+            raise BadRequest(400, "image_too_large", f"{path.name}: {exc}; without 'channel' and 'preview' "
+                                                     "the file is sent as it is") from None
+        try:
+            img.load()
+        except Exception:
+            return None
         if channel == "a":
             alpha = img.getchannel("A") if "A" in img.getbands() else Image.new("L", img.size, 255)
             img = Image.new("RGBA", img.size, (0, 0, 0, 0))
@@ -72,7 +81,9 @@ def _converted(path: Path, channel: str, preview: str | None) -> tuple[bytes, st
             fmt = fmt.strip().lower()
             if fmt not in ("webp", "jpeg") or (fmt == "jpeg" and channel == "a"):
                 fmt = "webp"
-            quality = int(quality_text) if quality_text.strip().isdigit() else 90
+            quality_text = quality_text.strip()
+            quality = int(quality_text) if quality_text.isascii() and quality_text.isdigit() \
+                and len(quality_text) <= 3 else 90
             out = img if fmt == "webp" or img.mode in ("RGB", "L") else img.convert("RGB")
             out.save(buf, format=fmt.upper(), quality=max(1, min(quality, 100)))
             return buf.getvalue(), f"image/{fmt}"
@@ -117,7 +128,7 @@ async def _upload_form(request: web.Request) -> tuple[Any, dict[str, str]]:
         form = await request.post()
     except web.HTTPException:
         raise
-    except (ValueError, AssertionError) as exc:
+    except (ValueError, AssertionError, HttpProcessingError) as exc:
         raise BadRequest(400, "invalid_request", f"Malformed multipart body: {exc}") from None
     image = form.get("image")
     if not isinstance(image, web.FileField):
@@ -171,9 +182,10 @@ async def upload_mask(request: web.Request) -> web.Response:
     root, kind, subfolder, overwrite = _upload_target(state, fields)
     name = _checked_name(image)
     try:
-        ref = json.loads(fields.get("original_ref", ""))
-    except ValueError:
-        raise BadRequest(400, "invalid_request", "'original_ref' must be JSON: {filename, subfolder, type}") from None
+        ref = strict_json.loads(fields.get("original_ref", ""))
+    except strict_json.StrictJSONError as exc:
+        raise BadRequest(400, "invalid_request",
+                         f"'original_ref' must be JSON: {{filename, subfolder, type}} ({exc})") from None
     if not isinstance(ref, dict) or not isinstance(ref.get("filename"), str) or not ref["filename"]:
         raise BadRequest(400, "invalid_request", "'original_ref' needs a 'filename'")
     ref_name, ref_kind = split_annotation(ref["filename"], str(ref.get("type") or "output"))

@@ -34,8 +34,10 @@ async def object_info_one(request: web.Request) -> web.Response:
     name = request.match_info["node_class"]
     try:
         info = await asyncio.to_thread(registry.describe, name)
-    except Exception as exc:  # a plugin's INPUT_TYPES raising
-        raise BadRequest(500, "node_info_failed", f"cannot describe {name}: {exc}") from None
+    except Exception as exc:  # a plugin's INPUT_TYPES raising: the node's fault, reported as such
+        raise BadRequest(422, "node_declaration_failed",
+                         f"node {name!r} cannot be described: its INPUT_TYPES raised {type(exc).__name__}: {exc}",
+                         name) from None
     return json_response(info)
 
 

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # Secrets some clients put in extra_data for paid API nodes; never stored or listed.
 _SECRET_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 MAX_PROMPT_ID = 256
+_INT64 = 2 ** 63
 
 
 def _prompt_error(status: int, err: dict, node_errors: dict | None = None) -> web.Response:
@@ -30,20 +31,21 @@ def _bad_field(message: str) -> web.Response:
     return _prompt_error(400, error_doc("invalid_prompt", "Invalid prompt", message))
 
 
-def _priority(body: dict, state) -> float | int | web.Response:
-    if "number" in body and body["number"] is not None:
-        number = body["number"]
-        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
-                or abs(number) > 2 ** 53:
-            return _bad_field("'number' must be a finite number")
-        return number
-    return state.store.next_number(front=bool(body.get("front")))
+def _given_number(body: dict) -> float | int | None | web.Response:
+    """The client's own priority number, None when it leaves it to the queue."""
+    number = body.get("number")
+    if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float))
+                               or not math.isfinite(number) or abs(number) > 2 ** 53):
+        return _bad_field("'number' must be a finite number")
+    return number
 
 
 @expects_json
 async def post_prompt(request: web.Request) -> web.Response:
     state = state_of(request)
-    body = await read_json_object(request)
+    body = state.runtime.plugin_server.trigger_on_prompt(await read_json_object(request))
+    if not isinstance(body, dict):
+        return _bad_field("an on_prompt handler of a custom node returned something other than an object")
     if "prompt" not in body:
         return _prompt_error(400, error_doc("no_prompt", "No prompt provided", "No prompt provided"))
     prompt = body["prompt"]
@@ -84,12 +86,19 @@ async def post_prompt(request: web.Request) -> web.Response:
     if not checked.ok:
         return _prompt_error(400, checked.error or error_doc("invalid_prompt", "Invalid prompt"), checked.node_errors)
 
-    number = _priority(body, state)
+    number = _given_number(body)
     if isinstance(number, web.Response):
         return number
-    job = Job(number, prompt_id, prompt, extra_data, list(checked.outputs))
+    front = bool(body.get("front"))
+
+    def store() -> float | int:
+        # a commit can wait for the worker's; the event loop must not
+        given = number if number is not None else state.store.next_number(front=front)
+        state.store.enqueue(Job(given, prompt_id, prompt, extra_data, list(checked.outputs)))
+        return given
+
     try:
-        state.store.enqueue(job)
+        number = await asyncio.to_thread(store)
     except DuplicatePromptId:
         return _bad_field(f"prompt_id {prompt_id!r} is already queued or in the history")
     state.worker.submit(prompt_id, checked)
@@ -153,22 +162,25 @@ async def post_free(request: web.Request) -> web.Response:
     return json_response({})
 
 
-def _int_param(request: web.Request, name: str) -> int | None:
+def _int_param(request: web.Request, name: str, minimum: int) -> int | None:
+    """An integer query parameter within what SQLite can take (64-bit), or None when absent."""
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
     try:
-        value = int(raw)
+        value = int(raw) if len(raw) <= 24 else None
     except ValueError:
-        raise BadRequest(400, "invalid_request", f"'{name}' must be an integer, got {raw!r}") from None
-    if name == "max_items" and value < 0:
-        raise BadRequest(400, "invalid_request", "'max_items' must not be negative")
+        raise BadRequest(400, "invalid_request", f"'{name}' must be an integer, got {raw[:40]!r}") from None
+    if value is None or not minimum <= value < _INT64:
+        raise BadRequest(400, "invalid_request", f"'{name}' must be an integer from {minimum} to {_INT64 - 1}, "
+                                                 f"got {raw[:40]}")
     return value
 
 
 async def get_history(request: web.Request) -> web.Response:
     store = state_of(request).store
-    max_items, offset = _int_param(request, "max_items"), _int_param(request, "offset")
+    # ComfyUI's offset -1 (or any negative) means "no offset"
+    max_items, offset = _int_param(request, "max_items", 0), _int_param(request, "offset", -_INT64)
     text = await asyncio.to_thread(store.history_text, max_items, offset)
     return raw_json_response(text)
 

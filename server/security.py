@@ -9,6 +9,8 @@ user visits. Three guards stop that:
 * Content type: JSON routes refuse the form encodings a page can post cross-site without a
   CORS preflight, unless the request carries no browser marks at all (urllib's default
   form type, which ComfyUI's own API example relies on).
+Besides, compressed bodies are refused unread on every route (a gzip bomb), and a response to a
+body that was not read to its end closes the connection.
 """
 from __future__ import annotations
 
@@ -97,6 +99,13 @@ def make_guard(config: ServerConfig) -> Callable:
                 return _refuse(403, "forbidden_origin",
                                f"Cross-origin request from {origin!r} refused (start the server with "
                                "--enable-cors-header to allow other origins)")
+        encoding = headers.get("Content-Encoding", "").strip().lower()
+        if encoding not in ("", "identity") and request.body_exists:
+            # A 2 MB gzip body can inflate to gigabytes; inflating it at all, even only up to
+            # the size limit, costs the one thread that serves every request.
+            return _refuse(415, "unsupported_media_type",
+                           f"Compressed request bodies (Content-Encoding: {encoding}) are not accepted; "
+                           "send the body uncompressed")
         upgrading = headers.get("Upgrade", "").lower() == "websocket"
         if (request.method in STATE_CHANGING or upgrading) and not cors_ok \
                 and headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
@@ -159,6 +168,12 @@ def make_error_middleware(config: ServerConfig) -> Callable:
 
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await _answer(request, handler)
+        if request.body_exists and not request.content.is_eof() and not response.prepared:
+            response.force_close()  # a body we did not read to the end: no more requests on it
+        return response
+
+    async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except BadRequest as exc:

@@ -1,21 +1,34 @@
 """Websocket connections: who is connected, who gets which event, and binary preview frames.
 
-Every connection has its own outbox drained by its own task, so one slow browser never holds
-up the others or the worker, and frames reach each client in the order they were sent. Events
-come from the worker thread through `post*`, which hop onto the event loop first.
+Sending costs the event loop (which also answers every HTTP request) next to nothing per
+client, so API latency does not grow with the number of connected clients:
+* an event is encoded once, as a finished websocket frame, on the thread that raised it
+  (the worker's events never touch the loop until they are bytes);
+* each client has an outbox of frames; queueing a frame is a list append, and a flush every
+  FLUSH_DELAY_S writes each client's outbox to its socket in a single write;
+* back-pressure: a client whose socket is not draining gets no previews once
+  PREVIEW_BUFFER_LIMIT bytes wait for it, and is disconnected past BUFFER_LIMIT, never waited
+  for.
+Frames keep the order they were sent in, per client.
+
+`send(event, data, sid)` (event loop) and `post(event, data, sid)` (any thread) are the whole
+sending API: sid is a client id, ALL, or None for nobody.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import struct
+import threading
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from aiohttp import WSMsgType, web
 
+from graph import strict_json
 from server.jsonio import dumps
 
 log = logging.getLogger(__name__)
@@ -29,11 +42,32 @@ _MIME = {FORMAT_JPEG: "image/jpeg", FORMAT_PNG: "image/png"}
 
 ALL = object()  # target: every connected client
 
-# Previews are worth dropping for a client that cannot keep up; events are not, up to a point
-# past which the client is clearly gone and is disconnected rather than growing memory.
-MAX_PREVIEW_BACKLOG = 8
-MAX_BACKLOG = 20_000
+# Bytes waiting for one client (in its outbox and its socket's buffer). Previews are worth
+# dropping early; events are not, up to the point where the client is clearly not reading.
+PREVIEW_BUFFER_LIMIT = 1 << 20
+BUFFER_LIMIT = 16 << 20
+FLUSH_AT = 256 << 10
+# Frames queued within this time go out in one write per client: at hundreds of events a second
+# that is a few socket writes per client instead of one per event, for 10 ms of delay.
+FLUSH_DELAY_S = 0.01
 MAX_CLIENT_ID = 256
+_TEXT, _BINARY = 0x1, 0x2
+
+
+def ws_frame(payload: bytes, opcode: int) -> bytes:
+    """One unmasked, uncompressed, final websocket frame (RFC 6455 5.2), as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        head = struct.pack(">BB", 0x80 | opcode, n)
+    elif n < 1 << 16:
+        head = struct.pack(">BBH", 0x80 | opcode, 126, n)
+    else:
+        head = struct.pack(">BBQ", 0x80 | opcode, 127, n)
+    return head + payload
+
+
+def event_frame(event: str, data: dict) -> bytes:
+    return ws_frame(dumps({"type": event, "data": data}).encode(), _TEXT)
 
 
 @dataclass(frozen=True)
@@ -63,42 +97,52 @@ def target_for(event: str, client_id: str | None):
 
 
 class Connection:
-    def __init__(self, sid: str, ws: web.WebSocketResponse):
+    def __init__(self, sid: str, ws: web.WebSocketResponse, transport: asyncio.Transport):
         self.sid = sid
         self.ws = ws
-        self.outbox: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        self.transport = transport
+        self.outbox: list[bytes] = []
+        self.waiting = 0  # bytes in the outbox
         self.flags: dict = {}  # the client's feature flags, from its first message
+        self.dropped = False
 
     @property
     def wants_preview_metadata(self) -> bool:
         return self.flags.get("supports_preview_metadata") is True
 
-    def put(self, message: str | bytes, droppable: bool = False) -> None:
-        size = self.outbox.qsize()
-        if droppable and size >= MAX_PREVIEW_BACKLOG:
-            return
-        if size >= MAX_BACKLOG:
-            log.warning("websocket client %s is not reading; disconnecting it", self.sid)
-            self.close()
-            return
-        self.outbox.put_nowait(message)
+    def backlog(self) -> int:
+        return self.waiting + self.transport.get_write_buffer_size()
 
-    def close(self) -> None:
-        self.outbox.put_nowait(None)
+    def put(self, frame: bytes) -> None:
+        """Queue a frame; a client with BUFFER_LIMIT bytes waiting is not reading, and is dropped."""
+        if self.dropped:
+            return
+        backlog = self.backlog() + len(frame)
+        if backlog > BUFFER_LIMIT:
+            log.warning("websocket client %s is not reading (%d bytes waiting); disconnecting it", self.sid, backlog)
+            self.drop()
+            return
+        self.outbox.append(frame)
+        self.waiting += len(frame)
+        if self.waiting > FLUSH_AT:  # a burst: hand it to the socket now rather than hold it
+            self.flush()
 
-    async def pump(self) -> None:
-        """Send queued frames until closed; a broken socket just ends the pump."""
-        try:
-            while (message := await self.outbox.get()) is not None:
-                if isinstance(message, str):
-                    await self.ws.send_str(message)
-                else:
-                    await self.ws.send_bytes(message)
-        except (ConnectionError, RuntimeError, asyncio.CancelledError):
-            pass
-        finally:
-            if not self.ws.closed:
-                await self.ws.close()
+    def flush(self) -> None:
+        """Write the outbox in one go."""
+        if not self.outbox:
+            return
+        data = b"".join(self.outbox) if len(self.outbox) > 1 else self.outbox[0]
+        self.outbox.clear()
+        self.waiting = 0
+        if not (self.ws.closed or self.transport.is_closing()):
+            self.transport.write(data)
+
+    def drop(self) -> None:
+        """Cut the connection now, never waiting for the client; its handler then cleans up."""
+        self.dropped = True
+        self.outbox.clear()
+        self.waiting = 0
+        self.transport.abort()
 
 
 class Hub:
@@ -108,6 +152,12 @@ class Hub:
         self.server_flags = server_flags
         self.clients: dict[str, Connection] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._dirty: dict[Connection, None] = {}  # connections with frames to flush, in order
+        self._flush_scheduled = False
+        self._posted: collections.deque = collections.deque()  # (fn, args) from other threads
+        self._posted_lock = threading.Lock()
+        self._drain_scheduled = False
+        self._closing: set[asyncio.Task] = set()
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -120,55 +170,99 @@ class Hub:
         return [conn] if conn else []
 
     def send(self, event: str, data: dict, sid=ALL) -> None:
-        targets = self._targets(sid)
-        if targets:
-            text = dumps({"type": event, "data": data})
-            for conn in targets:
-                conn.put(text)
+        """Send an event to one client (its id) or ALL; None sends nothing."""
+        if sid is not None:
+            self.send_frame(event_frame(event, data), sid)
+
+    def send_frame(self, frame: bytes, sid=ALL) -> None:
+        for conn in self._targets(sid):
+            self._queue(conn, frame)
 
     def send_preview(self, preview: PreviewFrame, sid=ALL) -> None:
         frames: dict[bool, bytes] = {}
         for conn in self._targets(sid):
+            if conn.backlog() > PREVIEW_BUFFER_LIMIT:
+                continue  # a client that cannot keep up loses previews, not events
             meta = conn.wants_preview_metadata
             if meta not in frames:
-                frames[meta] = preview.frame(meta)
-            conn.put(frames[meta], droppable=True)
+                frames[meta] = ws_frame(preview.frame(meta), _BINARY)
+            self._queue(conn, frames[meta])
+
+    def _queue(self, conn: Connection, frame: bytes) -> None:
+        conn.put(frame)
+        self._dirty[conn] = None
+        if not self._flush_scheduled and self.loop is not None:
+            self._flush_scheduled = True
+            self.loop.call_later(FLUSH_DELAY_S, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, {}
+        for conn in dirty:
+            conn.flush()
 
     # -- sending (any thread) --------------------------------------------------------------
     def post(self, event: str, data: dict, sid=ALL) -> None:
+        """`send` from any thread; the frame is encoded here, off the event loop."""
         if sid is not None:
-            self._hop(self.send, event, data, sid)
+            self._hop(self.send_frame, event_frame(event, data), sid)
 
     def post_preview(self, preview: PreviewFrame, sid=ALL) -> None:
         if sid is not None:
             self._hop(self.send_preview, preview, sid)
 
+    def post_bytes(self, message: bytes, sid=ALL) -> None:
+        """A binary frame as given (a plugin's own binary event)."""
+        if sid is not None:
+            self._hop(self._send_bytes, message, sid)
+
+    def _send_bytes(self, message: bytes, sid) -> None:
+        for conn in self._targets(sid):
+            conn.put(message)
+
     def _hop(self, fn, *args) -> None:
+        """Hand a call to the event loop; calls made in a burst share one wake-up."""
         loop = self.loop
         if loop is None or loop.is_closed():
             return
+        self._posted.append((fn, args))
+        with self._posted_lock:
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
         try:
-            loop.call_soon_threadsafe(fn, *args)
+            loop.call_soon_threadsafe(self._drain_posted)
         except RuntimeError:  # the loop closed meanwhile (shutdown): nobody is listening anyway
             pass
+
+    def _drain_posted(self) -> None:
+        with self._posted_lock:
+            self._drain_scheduled = False
+        posted = self._posted
+        while posted:
+            fn, args = posted.popleft()
+            fn(*args)
 
     # -- connections -----------------------------------------------------------------------
     async def handle(self, request: web.Request,
                      greeting: Callable[[str], list[tuple[str, dict]]]) -> web.StreamResponse:
-        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=1 << 20)
+        # No compression: frames are written pre-built, the same bytes for every client.
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=1 << 20, compress=False)
         await ws.prepare(request)
+        transport = request.transport
+        if transport is None:  # the client went away during the handshake
+            return ws
         sid = request.query.get("clientId") or ""
-        if not sid or len(sid) > MAX_CLIENT_ID or not sid.isprintable():
+        if not sid or len(sid) > MAX_CLIENT_ID or not sid.isprintable():  # lone surrogates are not printable
             sid = uuid.uuid4().hex
         old = self.clients.get(sid)
         if old is not None:  # a reconnect with the same id replaces the old socket
-            old.close()
-        conn = Connection(sid, ws)
+            self._close(old)
+        conn = Connection(sid, ws, transport)
         self.clients[sid] = conn
-        pump = asyncio.create_task(conn.pump())
         try:
             for event, data in greeting(sid):
-                conn.put(dumps({"type": event, "data": data}))
+                self._queue(conn, event_frame(event, data))
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
                     self._on_text(conn, msg.data)
@@ -177,21 +271,29 @@ class Hub:
         finally:
             if self.clients.get(sid) is conn:
                 del self.clients[sid]
-            conn.close()
-            await asyncio.wait([pump], timeout=5)
+            self._dirty.pop(conn, None)
         return ws
+
+    def _close(self, conn: Connection) -> None:
+        conn.flush()
+        task = asyncio.ensure_future(conn.ws.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _on_text(self, conn: Connection, text: str) -> None:
         try:
-            msg = json.loads(text)
+            msg = strict_json.loads(text)
         except ValueError:
             return  # clients may send anything; only feature_flags means something
         if isinstance(msg, dict) and msg.get("type") == "feature_flags":
             data = msg.get("data")
             conn.flags = data if isinstance(data, dict) else {}
-            conn.put(dumps({"type": "feature_flags", "data": self.server_flags}))
+            self._queue(conn, event_frame("feature_flags", self.server_flags))
 
     async def close_all(self) -> None:
-        for conn in list(self.clients.values()):
-            conn.close()
-            await conn.ws.close()
+        conns = list(self.clients.values())
+        for conn in conns:
+            conn.flush()
+        await asyncio.gather(*(conn.ws.close() for conn in conns), return_exceptions=True)
+
+

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,14 @@ _URL = re.compile(r"To see the GUI go to: (http://[^\s]+)")
 
 
 class LiveServer:
-    def __init__(self, base: Path, *flags: str, packs: tuple[str, ...] = ("lg_test_nodes.py",)):
+    def __init__(self, base: Path, *flags: str, packs: tuple[str, ...] = ("lg_test_nodes.py",),
+                 launcher: list[str] | None = None, env: dict[str, str] | None = None):
+        """`launcher`: a command main.py runs under (default: this Python); `env`: extra variables."""
         self.base = Path(base)
         self.flags = list(flags)
         self.packs = packs
+        self.launcher = launcher or [sys.executable]
+        self.extra_env = env or {}
         self.proc: subprocess.Popen | None = None
         self.url = ""
         self.log_path = self.base / "server.log"
@@ -41,12 +46,15 @@ class LiveServer:
     def start(self, timeout: float = 60) -> "LiveServer":
         (self.base / "custom_nodes").mkdir(parents=True, exist_ok=True)
         for pack in self.packs:
-            shutil.copy(PACKS / pack, self.base / "custom_nodes" / pack)
+            if (PACKS / pack).is_dir():
+                shutil.copytree(PACKS / pack, self.base / "custom_nodes" / pack, dirs_exist_ok=True)
+            else:
+                shutil.copy(PACKS / pack, self.base / "custom_nodes" / pack)
         self._log = open(self.log_path, "ab")
         offset = self.log_path.stat().st_size
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
         self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "main.py"), "--base-directory", str(self.base), "--port", "0", *self.flags],
+            [*self.launcher, str(REPO / "main.py"), "--base-directory", str(self.base), "--port", "0", *self.flags],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO), env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -120,6 +128,19 @@ def image_prompt(prefix: str, width: int = 16, height: int = 8, color: int = 0x0
     return {"1": {"class_type": "EmptyImage", "inputs": {"width": width, "height": height, "batch_size": 1,
                                                          "color": color}},
             "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}}}
+
+
+def gzip_bomb(compressed_size: int = 2 * 1024 * 1024, block: int = 1 << 20) -> bytes:
+    """A gzip stream of about `compressed_size` bytes that inflates ~1000-fold to zeros.
+
+    After a full flush the compressor starts afresh, so every further block of zeros
+    compresses to the same bytes: one block is compressed and repeated, which builds a
+    2 GiB bomb in milliseconds. The trailer is left off; a server never gets that far.
+    """
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)
+    head = comp.compress(b"\0" * block) + comp.flush(zlib.Z_FULL_FLUSH)
+    unit = comp.compress(b"\0" * block) + comp.flush(zlib.Z_FULL_FLUSH)
+    return head + unit * max(1, (compressed_size - len(head)) // len(unit))
 
 
 # -- client helpers -------------------------------------------------------------------------

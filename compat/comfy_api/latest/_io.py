@@ -708,6 +708,8 @@ def _locked(meta: type) -> type:
     must not change the node class for later calls)."""
     if meta not in _LOCKED_META:
         def refuse(cls, name, value):
+            if name == "__abstractmethods__" or name.startswith("_abc_"):  # ABCMeta sets these while creating it
+                return meta.__setattr__(cls, name, value)
             raise AttributeError(f"Cannot modify class attribute '{name}' on locked class '{cls.__name__}'")
         _LOCKED_META[meta] = type(f"Locked{meta.__name__}", (meta,), {"__setattr__": refuse})
     return _LOCKED_META[meta]
