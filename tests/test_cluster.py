@@ -209,15 +209,15 @@ def test_priorities_and_deletions_as_in_the_single_process_queue(server):
             jumped = await queue(session, server, probe(5013, steps=10, delay=0.1), front=True)
             status, doc = await post_json(session, server.url + "/queue", {"delete": [dropped]})
             assert status == 200 and doc["deleted"] == [dropped]
-            for p in busy + [first, second, jumped]:
-                await wait_history(session, server, p, timeout=TIMEOUT)
-            status, order = await get_json(session, server.url + "/history")
-            return list(order), first, second, dropped, jumped
+            started = {p: (await wait_history(session, server, p, timeout=TIMEOUT))["outputs"]["1"]["started"][0]
+                       for p in busy + [first, second, jumped]}
+            status, done = await get_json(session, server.url + "/history")
+            return started, list(done), first, second, dropped, jumped
 
-    order, first, second, dropped, jumped = run(main())
-    assert dropped not in order
+    started, done, first, second, dropped, jumped = run(main())
+    assert dropped not in done
     # once the busy pair is done, `jumped` and `first` take both workers; `second` waits for one
-    assert order.index(jumped) < order.index(second) and order.index(first) < order.index(second)
+    assert started[jumped] < started[second] and started[first] < started[second]
 
 
 def test_dispatch_prefers_the_worker_holding_the_checkpoint(server):

@@ -26,6 +26,7 @@ class ClusterProbe:
                 "optional": {"anything": ("*",)}}
 
     def run(self, value, steps, delay, anything=None):
+        started = time.time()
         running = os.path.join(folder_paths.get_output_directory(), "running")
         os.makedirs(running, exist_ok=True)
         with open(os.path.join(running, f"{value}.pid"), "w") as f:
@@ -34,7 +35,7 @@ class ClusterProbe:
         for _ in range(steps):
             time.sleep(delay)
             bar.update(1)  # raises when the prompt is interrupted
-        return {"ui": {"pid": [os.getpid()], "value": [value]}}
+        return {"ui": {"pid": [os.getpid()], "value": [value], "started": [started]}}
 
 
 class ClusterCheckpoint:
