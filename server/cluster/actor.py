@@ -125,9 +125,12 @@ class PromptWorker:
     # -- the prompt's thread ---------------------------------------------------------------------
     def _execute(self, prompt_id: str, prompt: dict, extra_data: dict, outputs: list[str],
                  outbox: queue.Queue) -> None:
+        result: dict = {"status": "failed", "message": "no result"}
         try:
             self._apply_free()
             result = self._run(prompt_id, prompt, extra_data, outputs, outbox)
+            self._checkpoints_seen |= checkpoint_names(prompt)
+            result["held"] = self.held_checkpoints()
         except BaseException as exc:  # reported to the server, which records the failure
             result = {"status": "failed", "message": f"{type(exc).__name__}: {exc}",
                       "traceback": traceback.format_exc()}
@@ -136,9 +139,7 @@ class PromptWorker:
                 self._running = self._outbox = None
                 if self._interrupt_for == prompt_id:
                     self._interrupt_for = None
-        self._checkpoints_seen |= checkpoint_names(prompt)
-        result["held"] = self.held_checkpoints()
-        outbox.put(("result", result))
+            outbox.put(("result", result))  # always: the stream ends with it
 
     def _run(self, prompt_id: str, prompt: dict, extra_data: dict, outputs: list[str],
              outbox: queue.Queue) -> dict:
@@ -200,10 +201,10 @@ class _PluginRelay:
 
 class _RelayHub:
     loop = None  # never a running loop here: PromptServer falls back to one that never runs
-    clients: dict = {}
 
     def __init__(self, worker: PromptWorker):
         self._worker = worker
+        self.clients: dict = {}  # no websockets in a worker
 
     @staticmethod
     def _wire(sid: Any) -> Any:
