@@ -245,14 +245,16 @@ class _Run:
     async def _plan(self) -> None:
         """Key every node the outputs could use, tell the cache, and announce the cache hits."""
         wanted = reachable(self.graph.pred, self.outputs)
-        for node_id in _sources_first(self.graph, wanted):
+        sources = {node_id: self._sources(node_id) & wanted for node_id in wanted}
+        for node_id in _sources_first(sources):
             self.keys[node_id] = await self._key(node_id)
         self.ex.cache.begin_prompt(self.keys.values())
         self.result.cached = sorted(n for n in wanted if self.ex.cache.get(self.keys[n]) is not None)
         self.emit("execution_cached", {"nodes": self.result.cached, "prompt_id": self.prompt_id, "timestamp": _now()})
         if not self.ex.cache.retains:
-            for node_id in wanted:
-                self._consumers[node_id] = {c for c in self.graph.succ[node_id] if c in wanted}
+            for node_id, linked in sources.items():
+                for source in linked:
+                    self._consumers.setdefault(source, set()).add(node_id)
 
     async def _key(self, node_id: str) -> str:
         """A node's cache key, from its class, literals, IS_CHANGED and its sources' keys."""
@@ -687,17 +689,21 @@ class _Run:
         }
 
 
-def _sources_first(graph: nx.DiGraph, nodes: set[str]) -> list[str]:
-    """`nodes` in an order where every node comes after the nodes it links to (Kahn's algorithm
-    on the subgraph; validation has refused cycles among the nodes an output needs)."""
-    waiting = {n: sum(1 for s in graph.pred[n] if s in nodes) for n in nodes}
-    order = [n for n, count in waiting.items() if count == 0]
+def _sources_first(sources: dict[str, set[str]]) -> list[str]:
+    """The nodes of `sources` (node -> the nodes it links to, all among them) in an order where
+    each comes after its sources: Kahn's algorithm (validation has refused cycles among the nodes
+    an output needs)."""
+    waiting = {node_id: len(linked) for node_id, linked in sources.items()}
+    consumers: dict[str, list[str]] = {}
+    for node_id, linked in sources.items():
+        for source in linked:
+            consumers.setdefault(source, []).append(node_id)
+    order = [node_id for node_id, count in waiting.items() if count == 0]
     for node_id in order:  # grows while it is walked
-        for consumer in graph.succ[node_id]:
-            if consumer in waiting:
-                waiting[consumer] -= 1
-                if waiting[consumer] == 0:
-                    order.append(consumer)
+        for consumer in consumers.get(node_id, ()):
+            waiting[consumer] -= 1
+            if waiting[consumer] == 0:
+                order.append(consumer)
     return order
 
 

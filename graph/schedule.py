@@ -145,11 +145,15 @@ class ExecutionList:
 
     def _ready(self) -> list[str]:
         """Ready nodes in the order they became pending (ComfyUI's order, so ties break alike)."""
+        if len(self.ready) < 2:
+            return list(self.ready)
         return sorted(self.ready, key=self.pending.__getitem__)
 
     def _pick(self, ready: list[str]) -> str:
         """ComfyUI's choice: an output or async node first (previews show early, async work
         starts early), then a node an output waits for, then one two steps from an output."""
+        if len(ready) == 1:
+            return ready[0]
         for node_id in ready:
             if any(self.is_preferred(node_id)):
                 return node_id

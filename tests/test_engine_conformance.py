@@ -241,3 +241,24 @@ def test_node_instances_live_while_their_node_is_in_the_prompt(runtime):
     runtime.executor.run(prompt(["7"]))
     gc.collect()
     assert len(alive) == 1  # instances of nodes gone from the prompt were dropped
+
+
+def test_the_executing_context_names_the_running_node(runtime):
+    from comfy_execution.utils import get_executing_context
+
+    class Where:
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {}}
+        RETURN_TYPES = ()
+        OUTPUT_NODE = True
+        FUNCTION = "go"
+
+        def go(self):
+            ctx = get_executing_context()
+            return {"ui": {"text": [f"{ctx.prompt_id}/{ctx.node_id}"]}}
+
+    runtime.registry.register("LGWhere", Where)
+    result = runtime.executor.run({"12": {"class_type": "LGWhere", "inputs": {}}}, prompt_id="p9")
+    assert result.outputs["12"] == {"text": ["p9/12"]}
+    assert get_executing_context() is None  # outside any node
