@@ -18,7 +18,9 @@ class PromptError(Exception):
 
 OOM_HINT = ("This error means the device ran out of memory.\n\nTIPS: lower what this node has to hold at once: "
             "the batch_size, the width and height (or the upscale factor), the number of images in a batch; "
-            "if the workflow worked before, a batch_size may have been set too high by accident.")
+            "if the workflow worked before, a batch_size may have been set too high by accident. Starting with "
+            "--lowvram (or --novram) loads models in parts. All models were unloaded, so the next prompt "
+            "starts with the memory free.")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

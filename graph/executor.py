@@ -28,7 +28,7 @@ from graph.cache import ClassicCache, Entry, OutputCache, safe_node_key
 from graph.context import Emit, Interrupted, NodeContext, current_context
 from graph.contract import NodeType
 from graph.dynprompt import DynamicPrompt
-from graph.errors import PromptError, describe_value, exception_message
+from graph.errors import PromptError, describe_value, exception_message, is_out_of_memory
 from graph.graph_builder import GraphBuilder
 from graph.progress import NodeProgress
 from graph.prompt import is_link, unwrap
@@ -86,6 +86,14 @@ class Executor:
 
     def interrupt(self) -> None:
         self.interrupt_flag.set()
+
+    def unload_models(self, why: str) -> None:
+        """Every model off the compute device through the model-lifetime service (as ComfyUI does
+        after an out-of-memory error), so that the next prompt has the room."""
+        models = getattr(self.registry.env, "models", None)
+        if models is not None:
+            log.error("%s; unloading all models", why)
+            models.unload_all_models()
 
     def validate(self, prompt: Any, targets: list | None = None) -> ValidationResult:
         return validate_prompt(prompt, self.registry, targets)
@@ -225,6 +233,8 @@ class _Run:
         except NodeFailure as failure:
             self.result.status = "error"
             self.result.error = failure.args[0]
+            if is_out_of_memory(failure.__cause__):
+                self.ex.unload_models("a node ran out of memory")
             self.emit("execution_error", failure.args[0])
         else:
             self.emit("execution_success", {"prompt_id": self.prompt_id, "timestamp": _now()})

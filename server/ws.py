@@ -102,7 +102,8 @@ class Connection:
         self.ws = ws
         self.transport = transport
         self.outbox: list[bytes] = []
-        self.waiting = 0  # bytes in the outbox
+        self.queued = 0  # bytes in the outbox
+        self.buffered = 0  # bytes in the socket's buffer, as of the last flush
         self.flags: dict = {}  # the client's feature flags, from its first message
         self.dropped = False
 
@@ -110,38 +111,44 @@ class Connection:
     def wants_preview_metadata(self) -> bool:
         return self.flags.get("supports_preview_metadata") is True
 
+    @property
     def backlog(self) -> int:
-        return self.waiting + self.transport.get_write_buffer_size()
+        return self.queued + self.buffered
 
     def put(self, frame: bytes) -> None:
-        """Queue a frame; a client with BUFFER_LIMIT bytes waiting is not reading, and is dropped."""
-        if self.dropped:
-            return
-        backlog = self.backlog() + len(frame)
-        if backlog > BUFFER_LIMIT:
-            log.warning("websocket client %s is not reading (%d bytes waiting); disconnecting it", self.sid, backlog)
+        """Queue a frame (the hot path: an append and a sum, for every client and event)."""
+        if not self.dropped:
+            self.outbox.append(frame)
+            self.queued += len(frame)
+            if self.queued + self.buffered > FLUSH_AT:
+                self.overfull()
+
+    def overfull(self) -> None:
+        """A burst, or a client behind: hand what is queued to the socket now. A client with
+        BUFFER_LIMIT bytes waiting is not reading, and is dropped rather than waited for."""
+        self.buffered = self.transport.get_write_buffer_size()
+        if self.queued + self.buffered > BUFFER_LIMIT:
+            log.warning("websocket client %s is not reading (%d bytes waiting); disconnecting it",
+                        self.sid, self.queued + self.buffered)
             self.drop()
-            return
-        self.outbox.append(frame)
-        self.waiting += len(frame)
-        if self.waiting > FLUSH_AT:  # a burst: hand it to the socket now rather than hold it
+        else:
             self.flush()
 
     def flush(self) -> None:
         """Write the outbox in one go."""
-        if not self.outbox:
-            return
-        data = b"".join(self.outbox) if len(self.outbox) > 1 else self.outbox[0]
-        self.outbox.clear()
-        self.waiting = 0
-        if not (self.ws.closed or self.transport.is_closing()):
-            self.transport.write(data)
+        if self.outbox:
+            data = b"".join(self.outbox) if len(self.outbox) > 1 else self.outbox[0]
+            self.outbox.clear()
+            self.queued = 0
+            if not (self.ws.closed or self.transport.is_closing()):
+                self.transport.write(data)
+        self.buffered = self.transport.get_write_buffer_size()
 
     def drop(self) -> None:
         """Cut the connection now, never waiting for the client; its handler then cleans up."""
         self.dropped = True
         self.outbox.clear()
-        self.waiting = 0
+        self.queued = 0
         self.transport.abort()
 
 
@@ -154,6 +161,7 @@ class Hub:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._dirty: dict[Connection, None] = {}  # connections with frames to flush, in order
         self._flush_scheduled = False
+        self._everyone_dirty = False  # a frame went to ALL since the last flush
         self._posted: collections.deque = collections.deque()  # (fn, args) from other threads
         self._posted_lock = threading.Lock()
         self._drain_scheduled = False
@@ -175,13 +183,19 @@ class Hub:
             self.send_frame(event_frame(event, data), sid)
 
     def send_frame(self, frame: bytes, sid=ALL) -> None:
-        for conn in self._targets(sid):
-            self._queue(conn, frame)
+        if sid is ALL:  # the common case, kept cheap per client
+            for conn in self.clients.values():
+                conn.put(frame)
+            self._everyone_dirty = True
+            self._schedule_flush()
+        else:
+            for conn in self._targets(sid):
+                self._queue(conn, frame)
 
     def send_preview(self, preview: PreviewFrame, sid=ALL) -> None:
         frames: dict[bool, bytes] = {}
         for conn in self._targets(sid):
-            if conn.backlog() > PREVIEW_BUFFER_LIMIT:
+            if conn.backlog > PREVIEW_BUFFER_LIMIT:
                 continue  # a client that cannot keep up loses previews, not events
             meta = conn.wants_preview_metadata
             if meta not in frames:
@@ -191,15 +205,21 @@ class Hub:
     def _queue(self, conn: Connection, frame: bytes) -> None:
         conn.put(frame)
         self._dirty[conn] = None
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
         if not self._flush_scheduled and self.loop is not None:
             self._flush_scheduled = True
             self.loop.call_later(FLUSH_DELAY_S, self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        dirty, self._dirty = self._dirty, {}
+        dirty = list(self.clients.values()) if self._everyone_dirty else list(self._dirty)
+        self._dirty.clear()
+        self._everyone_dirty = False
         for conn in dirty:
-            conn.flush()
+            if not conn.dropped:
+                conn.flush()
 
     # -- sending (any thread) --------------------------------------------------------------
     def post(self, event: str, data: dict, sid=ALL) -> None:
@@ -212,13 +232,9 @@ class Hub:
             self._hop(self.send_preview, preview, sid)
 
     def post_bytes(self, message: bytes, sid=ALL) -> None:
-        """A binary frame as given (a plugin's own binary event)."""
+        """A binary message as given (a plugin's own binary event), from any thread."""
         if sid is not None:
-            self._hop(self._send_bytes, message, sid)
-
-    def _send_bytes(self, message: bytes, sid) -> None:
-        for conn in self._targets(sid):
-            conn.put(message)
+            self._hop(self.send_frame, ws_frame(message, _BINARY), sid)
 
     def _hop(self, fn, *args) -> None:
         """Hand a call to the event loop; calls made in a burst share one wake-up."""

@@ -307,15 +307,27 @@ def test_deep_nesting_and_giant_integers_are_refused_naming_where(server):
 
 # -- running -----------------------------------------------------------------------------------
 
-def test_out_of_memory_gets_a_hint_and_the_next_prompt_runs(server):
-    failed = queue_prompt(server, {"1": {"class_type": "HostileOutOfMemory", "inputs": {"allocate": 10 ** 12}}})
+def loaded_models(server, tag: int) -> str:
+    entry = history_entry(server, queue_prompt(server, {"1": {"class_type": "HostileLoadedModels",
+                                                              "inputs": {"tag": tag}}}))
+    return entry["outputs"]["1"]["text"][0]
+
+
+def test_out_of_memory_gets_a_hint_models_are_unloaded_and_the_next_prompt_runs(server):
+    ok = queue_prompt(server, {"1": {"class_type": "HostileOutOfMemory", "inputs": {"allocate": 0, "load": True}}})
+    assert history_entry(server, ok)["status"]["status_str"] == "success"
+    assert loaded_models(server, 1) == "1"  # control: a loaded model stays loaded between prompts
+    failed = queue_prompt(server, {"1": {"class_type": "HostileOutOfMemory",
+                                         "inputs": {"allocate": 10 ** 12, "load": True}}})
     entry = history_entry(server, failed)
     assert entry["status"]["status_str"] == "error"
     error = entry["status"]["messages"][-1][1]
     assert error["exception_type"] == "torch.OutOfMemoryError"
     assert "Tried to allocate" in error["exception_message"]
-    assert "ran out of memory" in error["exception_message"] and "batch_size" in error["exception_message"]
-    ok = queue_prompt(server, {"1": {"class_type": "HostileOutOfMemory", "inputs": {"allocate": 0}}})
+    for hint in ("ran out of memory", "batch_size", "--lowvram"):
+        assert hint in error["exception_message"]
+    assert loaded_models(server, 2) == "0"  # everything was unloaded through the lifetime service
+    ok = queue_prompt(server, {"1": {"class_type": "HostileOutOfMemory", "inputs": {"allocate": 0, "load": False}}})
     assert history_entry(server, ok)["status"]["status_str"] == "success"
 
 

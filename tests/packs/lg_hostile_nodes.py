@@ -2,7 +2,11 @@
 
 Loaded like any custom node pack (next to lg_test_nodes.py), in ComfyUI's classic contract.
 """
+import comfy.model_management
+import comfy.model_patcher
 import torch
+
+HELD = []
 
 
 class HostileBrokenDeclaration:
@@ -37,7 +41,8 @@ class HostileFloat:
 
 
 class HostileOutOfMemory:
-    """Runs out of device memory the way torch reports it; succeeds when `allocate` is 0."""
+    """Runs out of device memory the way torch reports it (when `allocate` is not 0), after loading
+    a model through comfy.model_management as plugins do (when `load`)."""
 
     CATEGORY = "testing"
     FUNCTION = "run"
@@ -46,12 +51,34 @@ class HostileOutOfMemory:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"allocate": ("INT", {"default": 0, "min": 0, "max": 1 << 40})}}
+        return {"required": {"allocate": ("INT", {"default": 0, "min": 0, "max": 1 << 40}),
+                             "load": ("BOOLEAN", {"default": False})}}
 
-    def run(self, allocate):
+    def run(self, allocate, load):
+        if load:
+            patcher = comfy.model_patcher.ModelPatcher(torch.nn.Linear(4, 4), torch.device("cpu"),
+                                                       torch.device("cpu"))
+            HELD.append(patcher)  # as a loader's cache would hold it
+            comfy.model_management.load_models_gpu([patcher])
         if allocate:
             raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {allocate} bytes.")
         return {"ui": {"text": ["ok"]}}
+
+
+class HostileLoadedModels:
+    """Reports how many models comfy.model_management has loaded."""
+
+    CATEGORY = "testing"
+    FUNCTION = "run"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"tag": ("INT", {"default": 0, "min": 0, "max": 1 << 30})}}
+
+    def run(self, tag):
+        return {"ui": {"text": [str(len(comfy.model_management.loaded_models()))]}}
 
 
 class HostileBigOutput:
@@ -72,4 +99,4 @@ class HostileBigOutput:
 
 
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in [HostileBrokenDeclaration, HostileFloat, HostileOutOfMemory,
-                                                     HostileBigOutput]}
+                                                     HostileLoadedModels, HostileBigOutput]}
