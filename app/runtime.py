@@ -17,7 +17,6 @@ from graph.cache import make_cache
 from graph.executor import Executor
 from graph.registry import NodeRegistry
 from nodes import register_builtin_nodes
-from server.config import ServerConfig
 from server.prompt_server import PromptServer
 
 
@@ -49,8 +48,8 @@ def create_runtime(args: argparse.Namespace, log=print, exclusive: bool = False,
     registry = NodeRegistry(env)
     register_builtin_nodes(registry)
     executor = Executor(registry, make_cache(args.cache), call_context=inference_mode)
-    runtime = Runtime(env, registry, executor, args=args,
-                      plugin_server=PromptServer(client_max_size=ServerConfig.from_args(args).max_upload_bytes))
+    max_upload = int(getattr(args, "max_upload_size", 100) * 1024 * 1024)  # as ServerConfig reads it
+    runtime = Runtime(env, registry, executor, args=args, plugin_server=PromptServer(client_max_size=max_upload))
     compat.bind(runtime)  # before packs import: they call folder_paths & co. at import time
     if not args.disable_all_custom_nodes:
         dirs = [REPO_ROOT / "custom_nodes"] + [d for d in folders.custom_nodes_dirs

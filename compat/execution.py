@@ -17,8 +17,17 @@ from server.prompt_server import PromptQueue
 SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 MAXIMUM_HISTORY_SIZE = 10000
 
-__all__ = ["CacheType", "DuplicateNodeError", "ExecutionResult", "MAXIMUM_HISTORY_SIZE", "PromptQueue",
-           "SENSITIVE_EXTRA_DATA_KEYS", "format_value", "full_type_name", "validate_prompt"]
+__all__ = [
+    "MAXIMUM_HISTORY_SIZE",
+    "SENSITIVE_EXTRA_DATA_KEYS",
+    "CacheType",
+    "DuplicateNodeError",
+    "ExecutionResult",
+    "PromptQueue",
+    "format_value",
+    "full_type_name",
+    "validate_prompt",
+]
 
 
 class ExecutionResult(Enum):

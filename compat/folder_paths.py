@@ -11,9 +11,9 @@ import logging
 import mimetypes
 import os
 import time
-from collections.abc import Collection, MutableMapping, MutableSequence, MutableSet
+from collections.abc import Collection, Iterable, Iterator, MutableMapping, MutableSequence, MutableSet
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Literal
 
 from app import compat
 from app.folders import MODEL_EXTENSIONS, FolderPaths, UnsafePath, safe_join
@@ -350,7 +350,7 @@ class CacheHelper:
     def clear(self) -> None:
         self.cache.clear()
 
-    def __enter__(self) -> "CacheHelper":
+    def __enter__(self) -> CacheHelper:
         self.active = True
         return self
 
@@ -370,8 +370,9 @@ def get_save_image_path(filename_prefix: str, output_dir: str, image_width: int 
                         image_height: int = 0) -> tuple[str, str, int, str, str]:
     """(folder, file name stem, next counter, subfolder, expanded prefix) for numbered saves, as
     SaveImage numbers them ("<stem>_<counter:05>_.png"); a prefix leading out of output_dir raises."""
-    from nodes.image import expand_prefix, save_target
     from datetime import datetime
+
+    from nodes.image import expand_prefix, save_target
 
     now = datetime.now()
     target = save_target(Path(output_dir), filename_prefix, image_width, image_height, now)

@@ -8,14 +8,15 @@ their own previews ComfyUI's previewer objects.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
-
-import torch
-from PIL import Image
+from collections.abc import Callable
+from typing import Any
 
 import comfy.utils
 import folder_paths
+import torch
 from comfy.cli_args import LatentPreviewMethod, args
+from PIL import Image
+
 from graph.context import LatentPreview
 
 log = logging.getLogger(__name__)

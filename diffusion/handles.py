@@ -22,7 +22,7 @@ import torch
 from diffusion import tiling
 from diffusion.checkpoint import load_checkpoint, load_unet, load_vae, read_state_dict, split_components, detect
 from diffusion.model import model_class_for
-from diffusion.model_management import ModelManagement, load_models_gpu
+from diffusion.model_management import ModelManagement, use_models
 from diffusion.model_patcher import ModelPatcher
 from diffusion.model_sampling import ModelSamplingDiscrete
 from diffusion.prompt_weights import EmbeddingDirectory
@@ -102,7 +102,7 @@ class CLIP:
         return pooled_dict
 
     def load_model(self) -> ModelPatcher:
-        load_models_gpu([self.patcher])
+        use_models([self.patcher])
         return self.patcher
 
     def encode_from_tokens(self, tokens: dict, return_pooled=False, return_dict: bool = False):
@@ -215,7 +215,7 @@ class VAE:
         return crop_to_multiple(pixels, self.downscale_ratio)
 
     def _load(self, memory_required: int) -> None:
-        load_models_gpu([self.patcher], memory_required=memory_required, force_full_load=self.disable_offload)
+        use_models([self.patcher], memory_required=memory_required, force_full_load=self.disable_offload)
 
     def decode(self, samples_in: torch.Tensor, vae_options: dict | None = None) -> torch.Tensor:
         """Latent [B, C, h, w] -> IMAGE [B, h*f, w*f, 3] in 0..1 on the CPU."""

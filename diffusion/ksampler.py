@@ -34,7 +34,7 @@ from . import patcher_extension as pe
 from . import samplers as _samplers
 from . import schedules as _schedules
 from .conds import repeat_to_batch_size
-from .model_management import load_models_gpu
+from .model_management import use_models
 from .model_patcher import create_model_options_clone
 from .noise import DisableNoise, RandomNoise, prepare_noise
 from .overrides import comfy_function
@@ -622,10 +622,6 @@ def sampler_object(name: str) -> KSAMPLER:
 # the guider
 
 
-def _model_management(name: str, ours):
-    return comfy_function("comfy.model_management", name, ours)
-
-
 def get_models_from_cond(cond, model_type: str) -> list:
     models = []
     for c in cond:
@@ -662,9 +658,8 @@ def prepare_sampling(model, noise_shape, conds, model_options=None):
         models, inference_memory = get_additional_models(conds, model.model_dtype())
         models += model.get_nested_additional_models()
         memory, minimum = estimate_memory(model, noise_shape, conds)
-        _model_management("load_models_gpu", load_models_gpu)(
-            [model] + models, memory_required=memory + inference_memory,
-            minimum_memory_required=minimum + inference_memory)
+        use_models([model] + models, memory_required=memory + inference_memory,
+                   minimum_memory_required=minimum + inference_memory)
         return model.model, conds, models
 
     run = pe.wrapped(_prepare, pe.WrappersMP.PREPARE_SAMPLING, model_options, is_model_options=True)

@@ -581,6 +581,13 @@ def load_models_gpu(models, memory_required=0, force_patch_weights=False, minimu
         m.partially_load(m.load_device, 1e32, force_patch_weights=force_patch_weights)
 
 
+def use_models(models, **kwargs) -> None:
+    """How the engine asks for models before using them: through comfy.model_management's
+    load_models_gpu when a plugin may have replaced it, else `load_models_gpu` above."""
+    from .overrides import comfy_function
+    comfy_function("comfy.model_management", "load_models_gpu", load_models_gpu)(list(models), **kwargs)
+
+
 def _trim_heap() -> None:
     """Hand freed heap pages back to the OS (glibc keeps them otherwise, and RSS would not fall)."""
     try:
@@ -591,4 +598,4 @@ def _trim_heap() -> None:
 
 
 __all__ = ["CPUState", "LoadedModel", "MemoryOptions", "ModelManagement", "VRAMState", "adopt_tensors",
-           "load_models_gpu", "release_tensors"]
+           "load_models_gpu", "release_tensors", "use_models"]

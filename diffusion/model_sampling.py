@@ -137,7 +137,7 @@ class ModelSamplingDiscrete:
                       max_denoise: bool = False) -> torch.Tensor:
         """The sampler's starting point. From the top of the schedule ComfyUI scales the noise by
         sqrt(1 + sigma^2) rather than sigma, so the VP-scaled input the UNet sees has unit variance."""
-        sigma = torch.as_tensor(sigma, dtype=noise.dtype, device=noise.device)
+        sigma = _per_sample(sigma, noise)  # one sigma, or one per batch item as ComfyUI allows
         if max_denoise:
             noise = noise * torch.sqrt(1.0 + sigma ** 2.0)
         else:

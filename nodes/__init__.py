@@ -12,8 +12,8 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
-from collections.abc import MutableMapping
-from typing import Any, Iterator
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
 
 def builtin_modules() -> list[str]:

@@ -7,7 +7,7 @@ each conditioning entry's extras under "control".
 from __future__ import annotations
 
 from diffusion.controlnet import ControlBase, load_controlnet
-from diffusion.model_management import load_models_gpu
+from diffusion.model_management import use_models
 from graph.contract import Combo, Node, Output, Socket
 from nodes.conditioning_tools import Fraction, Strength
 from nodes.loaders import model_file
@@ -26,7 +26,7 @@ def _load(ctx, control_net_name: str, model=None) -> ControlBase:
         return models.cached("controlnet", path, lambda p: load_controlnet(p, None, **options))
     # A diff ControlNet's weights are added to the model's as this MODEL has them (LoRA patches
     # applied), so it is not shared through the file cache.
-    load_models_gpu([model])
+    use_models([model])
     return load_controlnet(path, model.model.diffusion_model, **options)
 
 

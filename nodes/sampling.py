@@ -94,8 +94,11 @@ class ModelSamplingDiscrete(Node):
     outputs = (Output("MODEL"),)
 
     def run(self, ctx, model, sampling, zsnr):
+        # From the checkpoint's own schedule (ComfyUI rebuilds it from the model config), whatever
+        # sampling another node or patcher installed.
+        base = model.object_patches_backup.get("model_sampling", model.model.model_sampling)
         patched = model.clone()
-        patched.add_object_patch("model_sampling", model.get_model_object("model_sampling").with_prediction(sampling, zsnr))
+        patched.add_object_patch("model_sampling", base.with_prediction(sampling, zsnr))
         return (patched,)
 
 

@@ -14,7 +14,8 @@ import io
 import json
 import logging
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -37,7 +38,7 @@ class _Instance:
     """PromptServer.instance: the bound runtime's server (AttributeError before any is bound, so
     `hasattr(PromptServer, "instance")` answers as in ComfyUI before the server exists)."""
 
-    def __get__(self, obj, owner) -> "PromptServer":
+    def __get__(self, obj, owner) -> PromptServer:
         if not compat.is_bound():
             raise AttributeError("PromptServer.instance does not exist before LatentGraph's runtime starts")
         return compat.bound().plugin_server
@@ -148,7 +149,7 @@ class PromptServer:
         return job.prompt_id if job is not None else None
 
     @property
-    def prompt_queue(self) -> "PromptQueue":
+    def prompt_queue(self) -> PromptQueue:
         return PromptQueue(self._state)
 
     def get_queue_info(self) -> dict:

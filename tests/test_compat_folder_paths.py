@@ -4,9 +4,8 @@ through it is what the engine's own loaders and /object_info see."""
 import os
 from pathlib import Path
 
-import pytest
-
 import folder_paths
+import pytest
 
 
 def touch(path: Path, data: bytes = b"x") -> Path:

@@ -5,19 +5,18 @@ import asyncio
 import hashlib
 import math
 
-import numpy as np
-import pytest
-import torch
-from PIL import Image
-
 import comfy.utils
 import execution
 import latent_preview
 import node_helpers
+import numpy as np
+import pytest
+import torch
 from comfy.cli_args import LatentPreviewMethod, args
+from PIL import Image
+
 from graph.context import LatentPreview, current_context
 from tests.node_helpers import node_context
-
 
 # -- comfy.utils --------------------------------------------------------------------------------
 
@@ -73,7 +72,7 @@ def test_batch_helpers():
 
 def test_tiled_scale_reassembles_what_the_function_does_to_the_whole():
     x = torch.rand(2, 3, 40, 52)
-    upscale2 = lambda t: torch.nn.functional.interpolate(t, scale_factor=2, mode="nearest")  # noqa: E731
+    upscale2 = lambda t: torch.nn.functional.interpolate(t, scale_factor=2, mode="nearest")
     ticks = []
 
     class Bar:
@@ -269,9 +268,9 @@ def test_k_diffusion_names():
 
 
 def test_diffusers_vae_weights_convert_to_the_layout_our_vae_loads():
+    from comfy.diffusers_convert import convert_vae_state_dict
     from diffusers import AutoencoderKL as DiffusersVAE
 
-    from comfy.diffusers_convert import convert_vae_state_dict
     from diffusion.checkpoint import load_vae
     torch.manual_seed(0)
     reference = DiffusersVAE(block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
@@ -318,6 +317,7 @@ print("ok")
 
 def test_comfy_extras_modules_hold_our_nodes_under_comfyuis_module_names():
     from comfy_extras import nodes_custom_sampler, nodes_mask, nodes_upscale_model
+
     from nodes.mask import SolidMask
     from nodes.sampling import SamplerCustom
     assert nodes_custom_sampler.SamplerCustom is SamplerCustom

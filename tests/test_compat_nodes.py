@@ -190,8 +190,9 @@ def test_plugin_subclasses_of_core_nodes_run_through_the_engine(runtime, tmp_pat
 
 
 def test_comfyui_methods_on_a_real_checkpoint_match_the_engine(tiny_checkpoint, tmp_path):
-    from tests.conftest import make_runtime
     import shutil
+
+    from tests.conftest import make_runtime
     runtime = make_runtime(tmp_path)
     shutil.copy(tiny_checkpoint("sd15"), tmp_path / "models" / "checkpoints" / "tiny.safetensors")
     with torch.inference_mode():
@@ -202,7 +203,16 @@ def test_comfyui_methods_on_a_real_checkpoint_match_the_engine(tiny_checkpoint, 
         samples = nodes.KSampler().sample(model, 5, 2, 6.0, "euler", "normal", positive, negative, latent)[0]
         again = nodes.common_ksampler(model, 5, 2, 6.0, "euler", "normal", positive, negative, latent)[0]
         image = nodes.VAEDecode().decode(vae, samples)[0]
+        encoded = nodes.VAEEncode().encode(vae, image)[0]
+        by_name = runtime.registry.get("VAEEncode")
+        engine_encoded = by_name.call(by_name.instantiate(), node_context(runtime.registry), {"pixels": image,
+                                                                                            "vae": vae})[0]
+        tiled = nodes.VAEDecodeTiled().decode(vae, samples, 64, 32)[0]
+        combined = nodes.ConditioningCombine().combine(positive, negative)[0]
     assert torch.equal(samples["samples"], again["samples"])
+    assert torch.equal(encoded["samples"], engine_encoded["samples"]) and encoded["samples"].shape == (1, 4, 8, 8)
+    assert tiled.shape == image.shape == (1, 64, 64, 3)
+    assert len(combined) == 2 and combined[0][0] is positive[0][0] and combined[1][0] is negative[0][0]
     prompt = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}},
               "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a red cube"}},
               "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},

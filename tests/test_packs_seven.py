@@ -3,9 +3,8 @@ one real server: each registers every node ComfyUI lists for it, its web folder 
 workflow per pack runs through the server with its outputs checked (worked out by hand, or the
 same value through our own core nodes).
 
-Packs that import ComfyUI's model modules (comfy.sd, comfy.samplers, comfy.model_management,
-comfy.sdxl_clip...) at import time wait for those modules (the `model` branch); their checks are
-marked xfail(strict) with that reason, so they turn into failures to remove once the modules land.
+Five of the packs import ComfyUI's model modules (comfy.sd, comfy.samplers, comfy.model_management,
+comfy.sdxl_clip, ...) at import time; their workflows run on the tiny checkpoint through them.
 """
 from __future__ import annotations
 
@@ -20,21 +19,6 @@ from PIL import Image
 
 from tests.pack_env import EXPECTED_NODES, PACKS, pack_server
 from tests.server_helpers import get_json, queue, run, wait_history
-
-NEEDS_MODEL_MODULES = {
-    "ComfyUI_essentials": "imports comfy.samplers and comfy.sample at import time",
-    "was-node-suite-comfyui": "imports comfy.sd, comfy.samplers, comfy.clip_vision, comfy.diffusers_convert",
-    "ComfyUI_ADV_CLIP_emb": "imports comfy.model_management and comfy.sdxl_clip at import time",
-    "ComfyUI_Comfyroll_CustomNodes": "imports comfy.sd and comfy.controlnet at import time",
-    "ComfyUI_UltimateSDUpscale": "lists comfy.samplers.KSampler.SAMPLERS in its INPUT_TYPES",
-}
-
-
-def waits_for_model(pack: str):
-    reason = NEEDS_MODEL_MODULES.get(pack)
-    return pytest.param(pack, marks=pytest.mark.xfail(strict=True, reason=f"{reason} (model branch)")) \
-        if reason else pack
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_checkpoint):
@@ -80,7 +64,7 @@ def saved_pixels(server, entry: dict, node: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(path.read_bytes())))
 
 
-@pytest.mark.parametrize("pack", [waits_for_model(p) for p in EXPECTED_NODES])
+@pytest.mark.parametrize("pack", [p for p in EXPECTED_NODES])
 def test_every_node_comfyui_lists_is_registered(object_info, pack):
     ours = [name for name, info in object_info.items() if info["python_module"] == f"custom_nodes.{pack}"]
     assert len(ours) == EXPECTED_NODES[pack], sorted(ours)
@@ -95,8 +79,7 @@ def test_packs_are_loaded_from_shared_and_nothing_is_written_there(server):
 
 
 @pytest.mark.parametrize("pack, folder, file, listed", [
-    pytest.param("ComfyUI_essentials", "js", "DisplayAny.js", True, marks=pytest.mark.xfail(
-        strict=True, reason=NEEDS_MODEL_MODULES["ComfyUI_essentials"] + " (model branch)")),
+    ("ComfyUI_essentials", "js", "DisplayAny.js", True),
     ("Derfuu_ComfyUI_ModdedNodes", "scripts", "debugNode.js", True),
     ("cg-use-everywhere", "js", "use_everywhere.js", True),
     ("ComfyUI_UltimateSDUpscale", "js", "docs/UltimateSDUpscale.md", False),  # node docs the frontend reads
@@ -149,16 +132,15 @@ def test_use_everywhere_nodes_run_and_pass_their_values(server):
     assert (shown(entry, "2"), shown(entry, "5")) == ("42", "broadcast me")
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_MODEL_MODULES["ComfyUI_essentials"] + " (model branch)")
 def test_essentials_simple_math_evaluates_the_expression(server):
     prompt = {"1": {"class_type": "SimpleMath+", "inputs": {"value": "a * b + 2", "a": 3, "b": 4.5}},
               "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
               "3": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}}
     entry = run_prompt(server, prompt)
-    assert (shown(entry, "2"), float(shown(entry, "3"))) == ("15", 15.5)  # INT output rounds 15.5 down
+    # the pack's INT output is Python's round(): 15.5 rounds half to even, 16
+    assert (shown(entry, "2"), float(shown(entry, "3"))) == ("16", 15.5)
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_MODEL_MODULES["was-node-suite-comfyui"] + " (model branch)")
 def test_was_number_operation(server):
     prompt = {"1": {"class_type": "Constant Number", "inputs": {"number_type": "float", "number": 2.5}},
               "2": {"class_type": "Constant Number", "inputs": {"number_type": "integer", "number": 4}},
@@ -170,7 +152,6 @@ def test_was_number_operation(server):
     assert (float(shown(entry, "4")), shown(entry, "5")) == (10.0, "10")
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_MODEL_MODULES["ComfyUI_Comfyroll_CustomNodes"] + " (model branch)")
 def test_comfyroll_integer_multiple_and_math(server):
     prompt = {"1": {"class_type": "CR Integer Multiple", "inputs": {"integer": 7, "multiple": 8}},
               "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}},
@@ -195,7 +176,6 @@ def _txt2img(encoder: dict, prefix: str) -> dict:
     }
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_MODEL_MODULES["ComfyUI_ADV_CLIP_emb"] + " (model branch)")
 def test_adv_clip_encode_with_comfy_weights_equals_our_clip_text_encode(server):
     text = "a (red:1.2) cube, blue sky"
     advanced = {name: {"class_type": "BNK_CLIPTextEncodeAdvanced",
@@ -208,7 +188,6 @@ def test_adv_clip_encode_with_comfy_weights_equals_our_clip_text_encode(server):
     assert np.array_equal(saved_pixels(server, theirs, "7"), saved_pixels(server, ours, "7"))
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_MODEL_MODULES["ComfyUI_UltimateSDUpscale"] + " (model branch)")
 def test_ultimate_sd_upscale_without_redraw_returns_the_image(server):
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny.safetensors"}},

@@ -25,8 +25,8 @@ def _unet_of(model):
     """The UNet weights a diff ControlNet adds to: the MODEL's as patched (loaded first)."""
     if model is None:
         return None
-    from diffusion.model_management import load_models_gpu
-    load_models_gpu([model])
+    from diffusion.model_management import use_models
+    use_models([model])
     return model.model.diffusion_model
 
 

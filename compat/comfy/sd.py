@@ -175,9 +175,9 @@ def save_checkpoint(output_path, model, clip=None, vae=None, clip_vision=None, m
     """One safetensors file holding the MODEL's weights as patched, the CLIP's and the VAE's."""
     from safetensors.torch import save_file
 
-    from diffusion.model_management import load_models_gpu
+    from diffusion.model_management import use_models
 
-    load_models_gpu([m for m in (model, getattr(clip, "patcher", None), getattr(vae, "patcher", None)) if m])
+    use_models([m for m in (model, getattr(clip, "patcher", None), getattr(vae, "patcher", None)) if m])
     clip_sd = clip.cond_stage_model.state_dict_original() if clip is not None else None
     vae_sd = {"first_stage_model." + k: v for k, v in vae.get_sd().items()} if vae is not None else None
     sd = model.model.state_dict_for_saving(clip_sd, vae_sd)

@@ -14,14 +14,19 @@ from __future__ import annotations
 import logging
 import math
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from diffusion import tiling as _tiling
 from diffusion import upscale as _upscale
-from diffusion.model import repeat_to_batch_size as _repeat_batch
+from diffusion.conds import repeat_to_batch_size as _repeat_batch
 from diffusion.model import resize_to_batch_size
+from diffusion.model_patcher import copy_to_param as _copy_to_param
+from diffusion.model_patcher import get_attr as _get_attr
+from diffusion.model_patcher import set_attr as _set_attr
+from diffusion.model_patcher import set_attr_param as _set_attr_param
 from graph.context import NodeContext, current_context
 
 log = logging.getLogger(__name__)
@@ -31,11 +36,32 @@ MMAP_TORCH_FILES = False
 DISABLE_MMAP = False
 
 __all__ = [
-    "ALWAYS_SAFE_LOAD", "ProgressBar", "bislerp", "calculate_parameters", "common_upscale", "convert_sd_to",
-    "copy_to_param", "get_attr", "lanczos", "load_torch_file", "repeat_to_batch_size", "reshape_mask",
-    "resize_list_to_batch_size", "resize_to_batch_size", "safetensors_header", "save_torch_file", "set_attr",
-    "set_attr_param", "set_progress_bar_enabled", "set_progress_bar_global_hook", "state_dict_key_replace",
-    "state_dict_prefix_replace", "weight_dtype", "get_tiled_scale_steps", "tiled_scale", "tiled_scale_multidim",
+    "ALWAYS_SAFE_LOAD",
+    "ProgressBar",
+    "bislerp",
+    "calculate_parameters",
+    "common_upscale",
+    "convert_sd_to",
+    "copy_to_param",
+    "get_attr",
+    "get_tiled_scale_steps",
+    "lanczos",
+    "load_torch_file",
+    "repeat_to_batch_size",
+    "reshape_mask",
+    "resize_list_to_batch_size",
+    "resize_to_batch_size",
+    "safetensors_header",
+    "save_torch_file",
+    "set_attr",
+    "set_attr_param",
+    "set_progress_bar_enabled",
+    "set_progress_bar_global_hook",
+    "state_dict_key_replace",
+    "state_dict_prefix_replace",
+    "tiled_scale",
+    "tiled_scale_multidim",
+    "weight_dtype",
 ]
 
 
@@ -119,40 +145,15 @@ def convert_sd_to(state_dict: dict, dtype: torch.dtype) -> dict:
 # attributes by dotted path
 
 
-def get_attr(obj: Any, attr: str) -> Any:
-    for name in attr.split("."):
-        obj = getattr(obj, name)
-    return obj
-
-
-def set_attr(obj: Any, attr: str, value: Any) -> Any:
-    """Set a dotted attribute and return what it held before."""
-    *path, last = attr.split(".")
-    for name in path:
-        obj = getattr(obj, name)
-    previous = getattr(obj, last)
-    setattr(obj, last, value)
-    return previous
-
-
-def set_attr_param(obj: Any, attr: str, value: torch.Tensor) -> Any:
-    return set_attr(obj, attr, torch.nn.Parameter(value, requires_grad=False))
-
-
-def copy_to_param(obj: Any, attr: str, value: torch.Tensor) -> None:
-    """Copy into an existing parameter in place (its storage is kept)."""
-    get_attr(obj, attr).data.copy_(value)
+# The MODEL's own helpers (diffusion/model_patcher.py): one implementation for ComfyUI's names.
+get_attr, set_attr, set_attr_param, copy_to_param = _get_attr, _set_attr, _set_attr_param, _copy_to_param
 
 
 # ---------------------------------------------------------------------------------------------
 # batches, masks, resizing
 
 
-def repeat_to_batch_size(tensor: torch.Tensor, batch_size: int, dim: int = 0) -> torch.Tensor:
-    """Cycle or trim `dim` to batch_size."""
-    if dim == 0:
-        return _repeat_batch(tensor, batch_size)
-    return _repeat_batch(tensor.movedim(dim, 0), batch_size).movedim(0, dim)
+repeat_to_batch_size = _repeat_batch  # cycle or trim `dim` to batch_size (diffusion/conds.py)
 
 
 def resize_list_to_batch_size(items: list, batch_size: int) -> list:
