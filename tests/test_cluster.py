@@ -101,6 +101,23 @@ def wait_file(path: Path, timeout: float = TIMEOUT) -> str:
     raise AssertionError(f"{path} never appeared")
 
 
+def test_worker_count_follows_the_cluster_and_flags(cluster):
+    from app.args import parse_args
+    from server.cluster.ray_setup import plan_workers, worker_args
+
+    def plan(*flags):
+        return plan_workers(parse_args(["--ray", cluster, *flags]))
+
+    assert (plan("--ray-cpus-per-worker", "1").count, plan("--ray-cpus-per-worker", "1").threads) == (2, 1)
+    # no machine has 4 CPUs: one worker gets both
+    assert (plan().count, plan().num_cpus, plan().threads) == (1, 2, 2)
+    assert plan("--ray-workers", "3", "--ray-cpus-per-worker", "1").count == 3
+    shipped = worker_args(parse_args(["--ray", cluster, "--base-directory", "rel/base",
+                                      "--extra-model-paths-config", "a.yaml"]))
+    assert shipped.base_directory == Path.cwd() / "rel" / "base"
+    assert shipped.extra_model_paths_config == [Path.cwd() / "a.yaml"]
+
+
 def test_twenty_prompts_spread_over_both_workers_each_once(server, base):
     async def main():
         async with aiohttp.ClientSession() as session:
