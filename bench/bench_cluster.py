@@ -96,50 +96,48 @@ def wait_ready(server: LiveServer, workers: int) -> None:
 
 async def drain(server: LiveServer, prompts: list[dict]) -> float:
     """Queue all prompts at once; seconds from the first POST to the last completion."""
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{server.url}/ws?clientId=bench") as ws:
-            started = time.perf_counter()
-            ids = set()
-            for prompt in prompts:
-                async with session.post(server.url + "/prompt", json={"prompt": prompt, "client_id": "bench"}) as r:
-                    doc = await r.json()
-                    assert r.status == 200, doc
-                    ids.add(doc["prompt_id"])
-            left = set(ids)
-            while left:
-                msg = await asyncio.wait_for(ws.receive(), TIMEOUT)
-                if msg.type != aiohttp.WSMsgType.TEXT:
-                    continue
-                doc = msg.json()
-                data = doc.get("data") or {}
-                if doc["type"] == "execution_error":
-                    raise RuntimeError(f"prompt failed: {data.get('exception_message')}")
-                if doc["type"] == "executing" and data.get("node") is None:
-                    left.discard(data.get("prompt_id"))
-            elapsed = time.perf_counter() - started
-            async with session.get(server.url + "/history") as r:
-                history = await r.json()
-            assert all(p in history for p in ids), "a prompt is missing from the history"
-            return elapsed
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"{server.url}/ws?clientId=bench") as ws:
+        started = time.perf_counter()
+        ids = set()
+        for prompt in prompts:
+            async with session.post(server.url + "/prompt", json={"prompt": prompt, "client_id": "bench"}) as r:
+                doc = await r.json()
+                assert r.status == 200, doc
+                ids.add(doc["prompt_id"])
+        left = set(ids)
+        while left:
+            msg = await asyncio.wait_for(ws.receive(), TIMEOUT)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            doc = msg.json()
+            data = doc.get("data") or {}
+            if doc["type"] == "execution_error":
+                raise RuntimeError(f"prompt failed: {data.get('exception_message')}")
+            if doc["type"] == "executing" and data.get("node") is None:
+                left.discard(data.get("prompt_id"))
+        elapsed = time.perf_counter() - started
+        async with session.get(server.url + "/history") as r:
+            history = await r.json()
+        assert all(p in history for p in ids), "a prompt is missing from the history"
+        return elapsed
 
 
 async def round_trips(server: LiveServer, count: int, first_value: int) -> list[float]:
     """Seconds from POST /prompt to `executing {node: null}`, one prompt at a time."""
     times = []
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{server.url}/ws?clientId=rt") as ws:
-            await ws.receive_json()
-            for value in range(first_value, first_value + count):
-                started = time.perf_counter()
-                async with session.post(server.url + "/prompt",
-                                        json={"prompt": value_prompt(value), "client_id": "rt"}) as r:
-                    prompt_id = (await r.json())["prompt_id"]
-                while True:
-                    doc = await asyncio.wait_for(ws.receive_json(), TIMEOUT)
-                    data = doc.get("data") or {}
-                    if doc["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
-                        break
-                times.append(time.perf_counter() - started)
+    async with aiohttp.ClientSession() as session, session.ws_connect(f"{server.url}/ws?clientId=rt") as ws:
+        await ws.receive_json()
+        for value in range(first_value, first_value + count):
+            started = time.perf_counter()
+            async with session.post(server.url + "/prompt",
+                                    json={"prompt": value_prompt(value), "client_id": "rt"}) as r:
+                prompt_id = (await r.json())["prompt_id"]
+            while True:
+                doc = await asyncio.wait_for(ws.receive_json(), TIMEOUT)
+                data = doc.get("data") or {}
+                if doc["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+                    break
+            times.append(time.perf_counter() - started)
     return times
 
 

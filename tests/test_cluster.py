@@ -195,7 +195,7 @@ def test_interrupt_reaches_the_worker_running_the_prompt(server):
             elapsed = time.monotonic() - started
             return long, got, elapsed, await wait_history(session, server, long)
 
-    long, got, elapsed, entry = run(main())
+    _, got, elapsed, entry = run(main())
     assert "execution_interrupted" in [m["type"] for m in got]
     assert elapsed < 10  # not the 20 s it would have run
     assert entry["status"]["status_str"] == "error" and messages(entry, "execution_interrupted")

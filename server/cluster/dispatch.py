@@ -23,7 +23,8 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ray
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
@@ -121,8 +122,8 @@ class ClusterWorker:
         for slot in self.slots:
             try:
                 ray.kill(slot.actor)
-            except Exception:  # already gone
-                pass
+            except Exception as exc:  # already gone
+                log.debug("worker #%d: %s", slot.index, exc)
         ray.shutdown()
 
     @property
