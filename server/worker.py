@@ -51,7 +51,7 @@ class Worker:
         self.current_node: str | None = None
         self._checked: dict[str, ValidationResult] = {}  # validated by POST /prompt; spares a re-run
         self._interrupt_job: str | None = None
-        self._free = {"unload_models": False, "free_memory": False}
+        self.free_requests = FreeRequests()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -83,9 +83,7 @@ class Worker:
 
     def request_free(self, unload_models: bool, free_memory: bool) -> None:
         """Applied after the running prompt, or right away when idle."""
-        with self._lock:
-            self._free["unload_models"] |= unload_models
-            self._free["free_memory"] |= free_memory
+        self.free_requests.add(unload_models, free_memory)
         self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -194,11 +192,7 @@ class Worker:
                       target_for("executing", job.client_id))
 
     def _apply_free(self) -> None:
-        """POST /free, between prompts."""
-        with self._lock:
-            free = dict(self._free)
-            self._free = {"unload_models": False, "free_memory": False}
-        release_memory(self.executor, **free)
+        self.free_requests.apply(self.executor)
 
     def _on_preview(self, preview: Any, ctx: NodeContext) -> None:
         """Called on the worker thread from a node's progress report."""
@@ -208,19 +202,35 @@ class Worker:
             self.hub.post_preview(frame, target_for("progress", job.client_id if job is not None else None))
 
 
-def release_memory(executor: Executor, unload_models: bool, free_memory: bool) -> None:
-    """POST /free: unload_models (also implied by free_memory, as in ComfyUI) takes every model off
-    the compute device and releases the weights of every model that can be read again from its
-    file, so process memory really falls; free_memory also drops the cached node outputs."""
-    if not (free_memory or unload_models):
-        return
-    if free_memory:
-        executor.cache.clear()
-    models = getattr(executor.registry.env, "models", None)
-    released = models.drop_all() if models is not None else 0
-    gc.collect()
-    asked = ", ".join(k for k, v in (("unload_models", unload_models), ("free_memory", free_memory)) if v)
-    log.info("freed memory (%s): %d model(s) released", asked, released)
+class FreeRequests:
+    """POST /free asks, applied between prompts: asks add up until applied.
+
+    unload_models (also implied by free_memory, as in ComfyUI) takes every model off the compute
+    device and releases the weights of every model that can be read again from its file, so
+    process memory really falls; free_memory also drops the cached node outputs."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._unload = self._free = False
+
+    def add(self, unload_models: bool, free_memory: bool) -> None:
+        with self._lock:
+            self._unload |= unload_models
+            self._free |= free_memory
+
+    def apply(self, executor: Executor) -> None:
+        with self._lock:
+            unload, free = self._unload, self._free
+            self._unload = self._free = False
+        if not (unload or free):
+            return
+        if free:
+            executor.cache.clear()
+        models = getattr(executor.registry.env, "models", None)
+        released = models.drop_all() if models is not None else 0
+        gc.collect()
+        asked = ", ".join(k for k, v in (("unload_models", unload), ("free_memory", free)) if v)
+        log.info("freed memory (%s): %d model(s) released", asked, released)
 
 
 class PreviewFrames:

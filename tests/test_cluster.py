@@ -46,7 +46,8 @@ def base(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(cluster, base):
     srv = LiveServer(base, "--ray", cluster, "--ray-cpus-per-worker", "1",
-                     packs=("lg_test_nodes.py", "lg_preview_nodes.py", "lg_cluster_nodes.py"))
+                     packs=("lg_test_nodes.py", "lg_preview_nodes.py", "lg_cluster_nodes.py"),
+                     env={"RAY_DEDUP_LOGS": "0"})  # each worker's log lines, even when alike
     srv.start(timeout=TIMEOUT)
     wait_workers(srv, WORKERS)
     yield srv
@@ -255,6 +256,21 @@ def test_dispatch_prefers_the_worker_holding_the_checkpoint(server):
     holder, runs = run(main())
     assert len(set(holder.values())) == WORKERS
     assert all(pid == holder[name] for name, pid in runs), (holder, runs)
+
+
+def test_free_reaches_every_worker(server):
+    offset = len(server.log())
+
+    async def main():
+        async with aiohttp.ClientSession() as session:
+            status, _ = await post_json(session, server.url + "/free", {"unload_models": True})
+            assert status == 200
+
+    run(main())
+    deadline = time.monotonic() + TIMEOUT
+    while len(re.findall(r"PromptWorker pid=(\d+).*freed memory \(unload_models\)", server.log()[offset:])) < WORKERS:
+        assert time.monotonic() < deadline, server.log()[offset:]
+        time.sleep(0.1)
 
 
 def test_a_worker_killed_mid_prompt_loses_nothing(server, base):

@@ -59,7 +59,7 @@ class PromptWorker:
         from app.runtime import create_runtime
         from server.config import ServerConfig
         from server.preview import Previewer
-        from server.worker import PreviewFrames
+        from server.worker import FreeRequests, PreviewFrames
 
         if threads:
             torch.set_num_threads(threads)
@@ -76,7 +76,7 @@ class PromptWorker:
         self._running: str | None = None
         self._interrupt_for: str | None = None
         self._outbox: queue.Queue | None = None
-        self._free = {"unload_models": False, "free_memory": False}
+        self.free_requests = FreeRequests()
         self._checkpoints_seen: set[str] = set()
         # custom nodes' PromptServer.send_sync from this worker goes to the server's clients
         self.runtime.plugin_server.attach(_PluginRelay(self, config))
@@ -116,19 +116,18 @@ class PromptWorker:
 
     def free(self, unload_models: bool, free_memory: bool) -> None:
         """POST /free: applied now when idle, else before the next prompt."""
+        self.free_requests.add(unload_models, free_memory)
         with self._lock:
-            self._free["unload_models"] |= unload_models
-            self._free["free_memory"] |= free_memory
             idle = self._running is None
         if idle:
-            self._apply_free()
+            self.free_requests.apply(self.executor)
 
     # -- the prompt's thread ---------------------------------------------------------------------
     def _execute(self, prompt_id: str, prompt: dict, extra_data: dict, outputs: list[str],
                  outbox: queue.Queue) -> None:
         result: dict = {"status": "failed", "message": "no result"}
         try:
-            self._apply_free()
+            self.free_requests.apply(self.executor)
             result = self._run(prompt_id, prompt, extra_data, outputs, outbox)
             self._checkpoints_seen |= checkpoint_names(prompt)
             result["held"] = self.held_checkpoints()
@@ -158,14 +157,6 @@ class PromptWorker:
         finally:
             self.previews.forget(prompt_id)
         return {"status": result.status, "outputs": result.outputs, "messages": result.messages, "meta": result.meta}
-
-    def _apply_free(self) -> None:
-        from server.worker import release_memory
-
-        with self._lock:
-            free = dict(self._free)
-            self._free = {"unload_models": False, "free_memory": False}
-        release_memory(self.executor, **free)
 
     def _on_preview(self, preview: Any, ctx: Any) -> None:
         frame = self.previews.frame(preview, ctx)
