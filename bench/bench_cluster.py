@@ -13,7 +13,8 @@ CPU and one torch thread. Then:
    out). Each worker runs a warm-up prompt first, so the checkpoint is loaded before timing.
 2. dispatch overhead: trivial prompts (two test nodes, well under a millisecond of work), one at
    a time, POST to `executing {node: null}` on the websocket: the median round trip through the
-   cluster minus the median through a single-process server.
+   cluster minus the median through a single-process server. Then --burst trivial prompts queued
+   at once, as a rate: what the server's dispatch sustains when the work itself costs nothing.
 Every prompt must end in the history exactly once. The load average is printed with the figures,
 and so is what the machine gives two processes right now: two busy single-thread processes'
 total work over one's (x2.0 on two idle cores; a shared machine gives less, and the worker
@@ -148,6 +149,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=4, help="sampling steps per model prompt")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels")
     parser.add_argument("--trivial", type=int, default=60, help="trivial prompts for the dispatch overhead")
+    parser.add_argument("--burst", type=int, default=200, help="trivial prompts queued at once (dispatch rate)")
     opts = parser.parse_args()
 
     import ray
@@ -191,6 +193,8 @@ def main() -> int:
 
         cluster_rt = asyncio.run(round_trips(servers[1], opts.trivial, 50_000))
         single_rt = asyncio.run(round_trips(single, opts.trivial, 50_000))
+        drained = {name: opts.burst / asyncio.run(drain(server, [value_prompt(60_000 + i) for i in range(opts.burst)]))
+                   for name, server in (("cluster, 2 workers", servers[2]), ("single process", single))}
         load = os.getloadavg()
     finally:
         for server in (*servers.values(), single):
@@ -207,6 +211,7 @@ def main() -> int:
     print(f"trivial prompt round trip, median of {opts.trivial}: cluster {statistics.median(cluster_rt) * 1000:.1f} ms, "
           f"single process {statistics.median(single_rt) * 1000:.1f} ms; dispatch overhead {overhead_ms:.1f} ms "
           f"per prompt (target < 20); cluster p90 {sorted(cluster_rt)[int(0.9 * len(cluster_rt))] * 1000:.1f} ms")
+    print("trivial prompts queued at once: " + ", ".join(f"{name} {rate:.0f} prompts/s" for name, rate in drained.items()))
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")
     ok = two / one >= 1.7 and overhead_ms < 20
     print("targets met" if ok else "targets NOT met")

@@ -119,6 +119,20 @@ def test_worker_count_follows_the_cluster_and_flags(cluster):
     assert shipped.extra_model_paths_config == [Path.cwd() / "a.yaml"]
 
 
+def test_an_unreachable_cluster_address_is_told_at_once():
+    import socket
+
+    from server.cluster.ray_setup import check_reachable
+
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(SystemExit, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}"):
+        check_reachable(f"127.0.0.1:{port}")
+    assert time.monotonic() - started < 5
+
+
 def test_twenty_prompts_spread_over_both_workers_each_once(server, base):
     async def main():
         async with aiohttp.ClientSession() as session:

@@ -5,6 +5,7 @@ import argparse
 import copy
 import logging
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 NAMESPACE = "latentgraph"
 # run, interrupt, free and describe: the last three must reach a worker while it runs a prompt
 ACTOR_CONCURRENCY = 4
+CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -28,13 +30,30 @@ class WorkerPlan:
 
 
 def connect(address: str) -> None:
-    """Join the cluster at `address`, or start a private one on this machine (LOCAL_RAY)."""
+    """Join the cluster at `address`, or start a private one on this machine (LOCAL_RAY). A
+    cluster that cannot be reached stops the program with a message (SystemExit)."""
     if ray.is_initialized():
         return
     if address == LOCAL_RAY:
         ray.init(namespace=NAMESPACE, include_dashboard=False, logging_level=logging.WARNING)
-    else:
+        return
+    check_reachable(address)
+    try:
         ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError) as exc:
+        raise SystemExit(f"error: cannot join the Ray cluster at {address!r}: {exc}") from None
+
+
+def check_reachable(address: str) -> None:
+    """Ray retries an unreachable HOST:PORT for minutes; a closed port is told at once."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return  # 'auto' finds the local cluster itself; ray:// goes through Ray's client
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise SystemExit(f"error: cannot reach the Ray cluster at {address}: {exc.strerror or exc} "
+                         "(start one with `ray start --head`, or use --ray alone for a local one)") from None
 
 
 def plan_workers(args: argparse.Namespace) -> WorkerPlan:
