@@ -13,14 +13,13 @@ the service to load it first.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from diffusion import tiling
-from diffusion.checkpoint import load_checkpoint, load_unet, load_vae, read_state_dict, split_components, detect
+from diffusion.checkpoint import load_checkpoint, load_unet, load_vae, read_state_dict, split_components
 from diffusion.model import model_class_for
 from diffusion.model_management import ModelManagement, use_models
 from diffusion.model_patcher import ModelPatcher

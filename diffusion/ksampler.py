@@ -1061,7 +1061,8 @@ __all__ = [
     "CFGGuider", "DisableNoise", "KSAMPLER", "KSampler", "KSamplerX0Inpaint", "RandomNoise", "SAMPLER_NAMES",
     "SCHEDULER_NAMES", "Sampler", "basic_scheduler", "calc_cond_batch", "calculate_sigmas", "cfg_function",
     "common_ksampler", "convert_cond", "exponential_scheduler", "fix_empty_latent_channels", "flip_sigmas",
-    "karras_scheduler", "ksampler", "ksampler_select", "ksampler_sigmas", "prepare_mask", "prepare_sampling", "process_conds",
+    "karras_scheduler", "ksampler", "ksampler_select", "ksampler_sigmas", "prepare_mask", "prepare_sampling",
+    "process_conds",
     "sample", "sample_custom", "sample_custom_latent", "sample_latent", "sampler_object", "sampling_function",
     "sd_turbo_scheduler", "slice_sigmas", "split_sigmas", "split_sigmas_denoise",
 ]

@@ -342,5 +342,6 @@ def model_class_for(family: str) -> type[DiffusionModel]:
     return DiffusionModel
 
 
-__all__ = ["DiffusionModel", "SDXL", "SDXLRefiner", "model_class_for", "ModelConfig", "ModelType", "SDXLAdm", "SDXLRefinerAdm", "repeat_to_batch_size",
-           "resize_to_batch_size", "sdxl_adm", "sdxl_refiner_adm", "timestep_embedding"]
+__all__ = ["DiffusionModel", "ModelConfig", "ModelType", "SDXL", "SDXLAdm", "SDXLRefiner", "SDXLRefinerAdm",
+           "model_class_for", "repeat_to_batch_size", "resize_to_batch_size", "sdxl_adm", "sdxl_refiner_adm",
+           "timestep_embedding"]

@@ -25,7 +25,7 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Hashable
@@ -33,7 +33,8 @@ from typing import Any, Callable, Hashable
 import torch
 from torch import nn
 
-from .device import CPU, DevicePolicy, file_identity, free_memory as device_free_memory
+from .device import CPU, DevicePolicy, file_identity
+from .device import free_memory as device_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,9 @@ def adopt_tensors(module: nn.Module, fresh: nn.Module) -> None:
         if value is None:
             raise RuntimeError(f"rebuilt {type(fresh).__name__} lacks {name!r}")
         if is_param:
-            owner._parameters[leaf] = value if isinstance(value, nn.Parameter) else nn.Parameter(value, requires_grad=False)
+            if not isinstance(value, nn.Parameter):
+                value = nn.Parameter(value, requires_grad=False)
+            owner._parameters[leaf] = value
         else:
             owner._buffers[leaf] = value
 

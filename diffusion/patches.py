@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable
 
 import torch
 

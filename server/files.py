@@ -27,6 +27,7 @@ MAX_PIXELS = 8192 * 8192
 _DRIVE = re.compile(r"^[A-Za-z]:")
 NAME_MAX = 255  # bytes in one file name, on every common filesystem
 PATH_MAX = 4096  # bytes in a whole path (Linux)
+MAX_NESTING = 64  # folders in a name; real ones nest a handful deep
 
 
 class PathRefused(Exception):
@@ -53,6 +54,8 @@ def name_parts(text: str, what: str) -> list[str]:
         raise PathRefused(400, f"{what} must not refer to a parent folder ('..')")
     if any(len(p.encode()) > NAME_MAX for p in parts):
         raise PathRefused(400, f"{what} has a name longer than {NAME_MAX} bytes")
+    if len(parts) > MAX_NESTING:  # pathlib's mkdir(parents=True) recurses once per level
+        raise PathRefused(400, f"{what} is nested deeper than {MAX_NESTING} folders")
     return parts
 
 

@@ -34,7 +34,7 @@ def parse_json(text: str | bytes) -> Any:
     try:
         return strict_json.loads(text)
     except strict_json.StrictJSONError as exc:
-        raise BadRequest(400, "invalid_json", f"The request body is not acceptable JSON: {exc}") from None
+        raise BadRequest(400, "invalid_json", f"The request body is not valid JSON: {exc}") from None
 
 
 async def read_json(request: web.Request, *, empty: Any = None) -> Any:

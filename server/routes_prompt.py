@@ -139,7 +139,7 @@ async def post_queue(request: web.Request) -> web.Response:
     state.worker.forget(deleted)
     if deleted:
         state.notify_queue()
-    return json_response({"deleted": deleted})
+    return web.Response(status=200)  # empty, as ComfyUI answers (so are /interrupt, /free, /history)
 
 
 @expects_json
@@ -149,8 +149,8 @@ async def post_interrupt(request: web.Request) -> web.Response:
     prompt_id = body.get("prompt_id")
     if prompt_id is not None and not isinstance(prompt_id, str):
         raise BadRequest(400, "invalid_request", "'prompt_id' must be a string")
-    hit = state.worker.interrupt(prompt_id)
-    return json_response({"interrupted": hit})
+    state.worker.interrupt(prompt_id)
+    return web.Response(status=200)
 
 
 @expects_json
@@ -159,7 +159,7 @@ async def post_free(request: web.Request) -> web.Response:
     unload, free = body.get("unload_models") is True, body.get("free_memory") is True
     if unload or free:
         state_of(request).worker.request_free(unload, free)
-    return json_response({})
+    return web.Response(status=200)
 
 
 def _int_param(request: web.Request, name: str, minimum: int) -> int | None:
@@ -200,7 +200,7 @@ async def post_history(request: web.Request) -> web.Response:
     ids = _id_list(body, "delete")
     if ids:
         store.delete_history(ids)
-    return json_response({})
+    return web.Response(status=200)
 
 
 ROUTES: list[tuple[str, str, Any]] = [

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from diffusion.handles import VAEHandle
+from diffusion.handles import VAE
 from diffusion.tiling import tiled_scale
 from diffusion.vae import AutoencoderKL, VAEConfig
 from tests import comfy_node_cases as cases
@@ -100,7 +100,7 @@ def test_tiled_scale_blends_as_comfyui(case, x, tile, overlap, scale, channels):
 def tiny_vae():
     vae = randomize_(AutoencoderKL(VAEConfig(base_channels=32, channel_mult=(1, 1, 1, 1), num_res_blocks=1)),
                      cases.VAE_SEED).eval()
-    return VAEHandle(vae, torch.device("cpu"), torch.float32)
+    return VAE(vae, torch.device("cpu"), torch.float32)
 
 
 def test_vae_handle_tiled_defaults_match_comfyui(tiny_vae):

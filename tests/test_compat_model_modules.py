@@ -5,7 +5,6 @@ and replacements of module functions reaching the built-in nodes, as in ComfyUI.
 import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest

@@ -443,7 +443,8 @@ def test_sdxl_te1_te2_and_unet_keys_reach_clip_l_bigg_and_the_unet(tmp_path):
     unet_map, text_map = unet_key_map(model.model.diffusion_model), text_key_map(encoder)
     d = "down_blocks.2.attentions.0.transformer_blocks.1.attn2.to_k"
     mods = {(kohya_name(d), "unet." + d): (unet_map[kohya_name(d)].shape, "linear")}
-    for tower, kohya_prefix, peft_prefix in (("l", "lora_te1_", "text_encoder."), ("g", "lora_te2_", "text_encoder_2.")):
+    towers = (("l", "lora_te1_", "text_encoder."), ("g", "lora_te2_", "text_encoder_2."))
+    for tower, kohya_prefix, peft_prefix in towers:
         for m in ("self_attn.q_proj", "mlp.fc2"):
             kohya = f"{kohya_prefix}text_model_encoder_layers_1_{m.replace('.', '_')}"
             assert text_map[kohya].key.startswith(f"clip_{tower}.transformer.text_model.")

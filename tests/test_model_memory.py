@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from safetensors.torch import save_file
 
-from tests.server_helpers import LiveServer, get_json, post_json, queue, run, wait_history
+from tests.server_helpers import LiveServer, post_json, queue, run, wait_history
 
 MB = 1 << 20
 

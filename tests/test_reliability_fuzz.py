@@ -174,3 +174,26 @@ def test_upload_image(server, name, how, fields, data):
     if status == 200:
         doc = json.loads(raw)
         assert (server.base / doc["type"] / doc["subfolder"] / doc["name"]).resolve().is_relative_to(server.base)
+
+
+ROUTE_TEMPLATES = [
+    ("GET", "/userdata?dir={a}&recurse=true&full_info={b}"), ("GET", "/v2/userdata?path={a}"),
+    ("GET", "/userdata/{a}"), ("POST", "/userdata/{a}?overwrite={b}"), ("DELETE", "/userdata/{a}"),
+    ("POST", "/userdata/{a}/move/{b}"), ("GET", "/settings/{a}"), ("POST", "/settings/{a}"), ("POST", "/settings"),
+    ("POST", "/users"), ("GET", "/experiment/models/{a}"), ("GET", "/experiment/models/preview/{a}/{b}/{a}"),
+    ("GET", "/object_info/{a}"), ("GET", "/models/{a}"), ("GET", "/extensions/{a}/{b}"), ("GET", "/{a}"),
+    ("GET", "/internal/files/{a}"), ("GET", "/api/workflow_templates/{a}/{b}"), ("GET", "/docs/{a}"),
+]
+
+
+@SETTINGS
+@given(template=st.sampled_from(ROUTE_TEMPLATES), a=query_text(), b=query_text(),
+       raw=bodies({"username": texts, "Comfy.Setting": values, "x": values}))
+@example(template=("POST", "/userdata/{a}?overwrite={b}"), a="a%2F" * 2000 + "x", b="true", raw=b"{}")
+@example(template=("GET", "/experiment/models/preview/{a}/{b}/{a}"), a="checkpoints", b="%C2%B2", raw=b"")
+@example(template=("GET", "/experiment/models/preview/{a}/{b}/{a}"), a="checkpoints", b="9" * 5000, raw=b"")
+def test_every_other_route(server, template, a, b, raw):
+    method, path = template
+    path = path.format(a=a or "x", b=b or "y")
+    status, answer = call(server, method, path, raw if method == "POST" else None, JSON if method == "POST" else {})
+    assert status < 500, (status, method, path[:200], answer[:300])

@@ -235,6 +235,14 @@ def test_rerun_executes_nothing_and_a_new_seed_reruns_only_sampler_decode_and_sa
     assert [d["node"] for e, d in events if e == "executing" and d.get("node")] == ["3", "8", "9", "10"]
 
 
+def test_a_loaded_unet_keeps_nhwc_conv_weights_for_the_cpu(sd15_base):
+    """The re-layout for the CPU happens once when the checkpoint loads (never per forward)."""
+    rt, captured = capturing_runtime(sd15_base)
+    run(rt, loader_only("v1-5-pruned-emaonly.safetensors"))
+    convs = [m for m in captured[0].model.diffusion_model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+
+
 def test_checkpoint_cache_hits_on_the_same_file_and_frees_the_old_model_on_a_switch(sd15_base, tiny_checkpoint):
     place_checkpoint(sd15_base, tiny_checkpoint("sd21_v"), "v2-1_768-ema-pruned.safetensors")
     # Without the node-output cache the loader node really runs each time and asks the ModelCache.

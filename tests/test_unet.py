@@ -266,3 +266,20 @@ def test_bf16_weights_track_float32():
     assert got.dtype == torch.float32  # the result comes back in the input's dtype
     rel = (got - ref).norm() / ref.norm()
     assert rel < 0.05, rel
+
+
+def test_conv_weights_are_relaid_once_at_load_not_per_forward():
+    """NHWC conv weights are made once (to_channels_last, which the checkpoint loader calls for the
+    CPU); forward passes then use the same Parameter objects, and the result equals the NCHW one."""
+    unet = tiny_unet("sd15")
+    x, t, ctx = torch.randn(1, 4, 8, 8), torch.tensor([500.0]), torch.randn(1, 7, tiny_unet_config("sd15").context_dim)
+    with torch.no_grad():
+        want = unet(x, t, ctx)
+        unet.to_channels_last()
+        convs = [m for m in unet.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+        params = [p for p in unet.parameters()]
+        got = unet(x, t, ctx)
+        unet(x, t, ctx)
+    assert all(a is b for a, b in zip(params, unet.parameters()))  # nothing re-laid out per call
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

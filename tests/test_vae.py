@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from diffusion.handles import VAE
 from diffusion.vae import AutoencoderKL, VAEConfig

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffusion.checkpoint import read_state_dict
-from diffusion.controlnet import (ControlBase, ControlNet, StrengthType, broadcast_image_to, is_shuffle_file,
-                                  load_controlnet_state_dict as _from_state_dict)
+from diffusion.controlnet import ControlBase, ControlNet, StrengthType, broadcast_image_to, is_shuffle_file
 from diffusion.controlnet import load_controlnet as _load
+from diffusion.controlnet import load_controlnet_state_dict as _from_state_dict
 
 
 def _service():

@@ -4,8 +4,6 @@ are its SDXL families. The other families' class names exist for plugins' isinst
 engine never builds such a model."""
 from __future__ import annotations
 
-import torch
-
 from diffusion.model import SDXL, DiffusionModel, ModelType, SDXLRefiner, _convert_tensor
 from diffusion.model_sampling import ModelSamplingDiscrete as _OurSampling
 

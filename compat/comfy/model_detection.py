@@ -56,7 +56,8 @@ def model_config_from_unet(state_dict, unet_key_prefix: str, use_base_if_no_matc
 
 
 def unet_config_from_diffusers_unet(state_dict, dtype=None):
-    raise NotImplementedError("diffusers-layout UNet files are not read by LatentGraph (convert to the original layout)")
+    raise NotImplementedError("diffusers-layout UNet files are not read by LatentGraph "
+                              "(convert to the original layout)")
 
 
 def model_config_from_diffusers_unet(state_dict):

@@ -1,10 +1,21 @@
 """ComfyUI's `comfy.model_patcher`: the MODEL object (diffusion.model_patcher.ModelPatcher) and its
 helpers. A plugin that builds `ModelPatcher(model, load_device, offload_device)` itself gets one the
 runtime's model-lifetime service loads like any other."""
-from diffusion.model_patcher import (Backup, LowVramPatch, ModelPatcher, copy_to_param, create_model_options_clone,
-                                     get_attr, module_size, set_attr, set_attr_param, set_model_options_patch_replace,
-                                     set_model_options_post_cfg_function, set_model_options_pre_cfg_function,
-                                     string_to_seed)
+from diffusion.model_patcher import (
+    Backup,
+    LowVramPatch,
+    ModelPatcher,
+    copy_to_param,
+    create_model_options_clone,
+    get_attr,
+    module_size,
+    set_attr,
+    set_attr_param,
+    set_model_options_patch_replace,
+    set_model_options_post_cfg_function,
+    set_model_options_pre_cfg_function,
+    string_to_seed,
+)
 from diffusion.patcher_extension import CallbacksMP, PatcherInjection, WrappersMP
 
 

@@ -64,14 +64,16 @@ class V_PREDICTION(EPS):
     def calculate_denoised(self, sigma, model_output, model_input):
         sigma = reshape_sigma(sigma, model_output.ndim)
         sd = self.sigma_data
-        return model_input * sd ** 2 / (sigma ** 2 + sd ** 2) - model_output * sigma * sd / (sigma ** 2 + sd ** 2) ** 0.5
+        return (model_input * sd ** 2 / (sigma ** 2 + sd ** 2)
+                - model_output * sigma * sd / (sigma ** 2 + sd ** 2) ** 0.5)
 
 
 class EDM(V_PREDICTION):
     def calculate_denoised(self, sigma, model_output, model_input):
         sigma = reshape_sigma(sigma, model_output.ndim)
         sd = self.sigma_data
-        return model_input * sd ** 2 / (sigma ** 2 + sd ** 2) + model_output * sigma * sd / (sigma ** 2 + sd ** 2) ** 0.5
+        return (model_input * sd ** 2 / (sigma ** 2 + sd ** 2)
+                + model_output * sigma * sd / (sigma ** 2 + sd ** 2) ** 0.5)
 
 
 class X0(EPS):

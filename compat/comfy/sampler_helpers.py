@@ -1,8 +1,16 @@
 """ComfyUI's `comfy.sampler_helpers`: what CFGGuider uses to prepare a sampling run."""
 from __future__ import annotations
 
-from diffusion.ksampler import (cleanup_models, convert_cond, estimate_memory, get_additional_models,
-                                get_models_from_cond, prepare_mask, prepare_model_patcher, prepare_sampling)
+from diffusion.ksampler import (
+    cleanup_models,
+    convert_cond,
+    estimate_memory,
+    get_additional_models,
+    get_models_from_cond,
+    prepare_mask,
+    prepare_model_patcher,
+    prepare_sampling,
+)
 
 
 def cleanup_additional_models(models) -> None:

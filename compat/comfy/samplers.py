@@ -12,13 +12,39 @@ from typing import Callable, NamedTuple
 import torch
 
 from diffusion import schedules as _schedules
-from diffusion.ksampler import (KSAMPLER, KSAMPLER_NAMES, SAMPLER_NAMES, SCHEDULER_NAMES, CFGGuider, CondObj, KSampler,
-                                KSamplerX0Inpaint, Sampler, add_area_dims, apply_empty_x_to_equal_area,
-                                calc_cond_batch, calc_cond_uncond_batch, calculate_sigmas, calculate_start_end_timesteps,
-                                can_concat_cond, cfg_function, cond_cat, cond_equal_size,
-                                create_cond_with_same_area_if_none, encode_model_conds, finalize_default_conds,
-                                get_area_and_mult, get_mask_aabb, ksampler, pre_run_control, process_conds,
-                                resolve_areas_and_cond_masks_multidim, sample, sampler_object, sampling_function)
+from diffusion.ksampler import (
+    KSAMPLER,
+    KSAMPLER_NAMES,
+    SAMPLER_NAMES,
+    SCHEDULER_NAMES,
+    CFGGuider,
+    CondObj,
+    KSampler,
+    KSamplerX0Inpaint,
+    Sampler,
+    add_area_dims,
+    apply_empty_x_to_equal_area,
+    calc_cond_batch,
+    calc_cond_uncond_batch,
+    calculate_sigmas,
+    calculate_start_end_timesteps,
+    can_concat_cond,
+    cfg_function,
+    cond_cat,
+    cond_equal_size,
+    create_cond_with_same_area_if_none,
+    encode_model_conds,
+    finalize_default_conds,
+    get_area_and_mult,
+    get_mask_aabb,
+    ksampler,
+    pre_run_control,
+    process_conds,
+    resolve_areas_and_cond_masks_multidim,
+    sample,
+    sampler_object,
+    sampling_function,
+)
 
 
 def resolve_areas_and_cond_masks(conditions, h, w, device):

@@ -148,8 +148,9 @@ def load_clip(ckpt_paths, embedding_directory=None, clip_type=CLIPType.STABLE_DI
             combined.update({_TEXT_PREFIX["g"] + k: v for k, v in out.items()})
         else:
             combined.update({_TEXT_PREFIX["l"] + "text_model." + k: v for k, v in inner.items()})
-    if any(k.startswith(_TEXT_PREFIX["g"]) for k in combined) and any(k.startswith(_TEXT_PREFIX["l"]) for k in combined):
-        combined = {k.replace(_TEXT_PREFIX["l"], "conditioner.embedders.0.transformer."): v for k, v in combined.items()}
+    if all(any(k.startswith(_TEXT_PREFIX[t]) for k in combined) for t in ("g", "l")):  # SDXL's pair
+        sdxl_l = "conditioner.embedders.0.transformer."
+        combined = {k.replace(_TEXT_PREFIX["l"], sdxl_l): v for k, v in combined.items()}
     service = _service()
     try:
         text = TextEncoder.from_state_dict(combined, dtype=service.text_encoder_dtype(),
