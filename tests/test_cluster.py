@@ -204,8 +204,8 @@ def test_interrupt_reaches_the_worker_running_the_prompt(server):
                 if msg["type"] == "progress" and msg["data"]["prompt_id"] == long:
                     break
             started = time.monotonic()
-            status, doc = await post_json(session, server.url + "/interrupt", {"prompt_id": long})
-            assert status == 200 and doc == {"interrupted": True}
+            status, _ = await post_json(session, server.url + "/interrupt", {"prompt_id": long})
+            assert status == 200
             got = await until_done(ws, long, timeout=TIMEOUT)
             elapsed = time.monotonic() - started
             return long, got, elapsed, await wait_history(session, server, long)
@@ -239,8 +239,10 @@ def test_priorities_and_deletions_as_in_the_single_process_queue(server):
             second = await queue(session, server, probe(5011, steps=1))
             dropped = await queue(session, server, probe(5012, steps=1))
             jumped = await queue(session, server, probe(5013, steps=10, delay=0.1), front=True)
-            status, doc = await post_json(session, server.url + "/queue", {"delete": [dropped]})
-            assert status == 200 and doc["deleted"] == [dropped]
+            status, _ = await post_json(session, server.url + "/queue", {"delete": [dropped]})
+            assert status == 200
+            status, pending = await get_json(session, server.url + "/queue")
+            assert dropped not in [item[1] for item in pending["queue_pending"] + pending["queue_running"]]
             started = {p: (await wait_history(session, server, p, timeout=TIMEOUT))["outputs"]["1"]["started"][0]
                        for p in busy + [first, second, jumped]}
             status, done = await get_json(session, server.url + "/history")
