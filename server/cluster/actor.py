@@ -91,6 +91,8 @@ class PromptWorker:
         outbox: queue.Queue = queue.Queue()
         with self._lock:
             self._running, self._outbox = prompt_id, outbox
+            if self._interrupt_for != prompt_id:  # a late one, for a prompt that ended here before
+                self._interrupt_for = None
         thread = threading.Thread(target=self._execute, args=(prompt_id, prompt, extra_data, outputs, outbox),
                                   name=f"prompt-{prompt_id}", daemon=True)
         thread.start()
@@ -117,10 +119,9 @@ class PromptWorker:
     def free(self, unload_models: bool, free_memory: bool) -> None:
         """POST /free: applied now when idle, else before the next prompt."""
         self.free_requests.add(unload_models, free_memory)
-        with self._lock:
-            idle = self._running is None
-        if idle:
-            self.free_requests.apply(self.executor)
+        with self._lock:  # a prompt cannot start meanwhile
+            if self._running is None:
+                self.free_requests.apply(self.executor)
 
     # -- the prompt's thread ---------------------------------------------------------------------
     def _execute(self, prompt_id: str, prompt: dict, extra_data: dict, outputs: list[str],
