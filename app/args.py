@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_RAY = "local"  # --ray without an address: start a Ray cluster on this machine
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-memory-budget", type=float, default=None, metavar="MB",
                    help="most memory loaded model weights may use on the compute device (the CPU: RAM); the "
                         "least recently used model beyond it is offloaded or released (default: what is free)")
+    ray = p.add_argument_group("cluster", "run prompts on a Ray cluster's worker actors (needs Ray: "
+                                          "pip install 'latentgraph[ray]'); see docs/cluster.md")
+    ray.add_argument("--ray", nargs="?", const=LOCAL_RAY, default=None, metavar="ADDRESS",
+                     help="run prompts on Ray actors; ADDRESS of an existing cluster ('auto', 'HOST:PORT', "
+                          "'ray://HOST:10001'); bare --ray starts a local one")
+    ray.add_argument("--ray-workers", type=int, default=0, metavar="N",
+                     help="worker actors to start (default 0: one per GPU, or on a CPU-only cluster one per "
+                          "--ray-cpus-per-worker cores)")
+    ray.add_argument("--ray-cpus-per-worker", type=int, default=4, metavar="N",
+                     help="CPU cores (and torch threads) of each worker on a CPU-only cluster (default 4)")
     vae = p.add_mutually_exclusive_group()
     vae.add_argument("--fp32-vae", action="store_true")
     vae.add_argument("--fp16-vae", action="store_true")
@@ -93,6 +105,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.http_timeout > 0:
         parser.error("--http-timeout needs a number of seconds above 0")
     args.cache = args.cache or "classic"
+    if args.ray is not None:
+        if args.ray_workers < 0 or args.ray_cpus_per_worker < 1:
+            parser.error("--ray-workers takes 0 or more, --ray-cpus-per-worker 1 or more")
+        if importlib.util.find_spec("ray") is None:
+            parser.error("--ray needs Ray: pip install 'latentgraph[ray]' (or pip install ray)")
     from server.frontend import FrontendError, choose_web_root
 
     try:

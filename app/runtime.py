@@ -30,14 +30,16 @@ class Runtime:
     plugin_server: Any = None  # server.PromptServer for plugins; served only by `main.py` (server mode)
 
 
-def create_runtime(args: argparse.Namespace, log=print, exclusive: bool = False) -> Runtime:
+def create_runtime(args: argparse.Namespace, log=print, exclusive: bool = False, claim: bool = True) -> Runtime:
     """`exclusive` (the server): FoldersBusy when another process holds the folders, raised
-    before anything in them is touched."""
+    before anything in them is touched. `claim` False (a cluster worker, which serves a server
+    that holds them): neither lock the folders nor empty temp/."""
     logging.basicConfig(level=getattr(logging, args.verbose, logging.INFO), format="%(levelname)s %(name)s: %(message)s")
     folders = FolderPaths(args.base_directory, output_directory=args.output_directory,
                           input_directory=args.input_directory, temp_directory=args.temp_directory,
                           user_directory=args.user_directory)
-    folders.claim(exclusive)
+    if claim:
+        folders.claim(exclusive)
     for config in args.extra_model_paths_config:
         folders.load_extra_model_paths(config)
     policy = DevicePolicy.from_args(args)

@@ -365,6 +365,11 @@ class ModelManagement:
             slot[key] = obj
         return obj
 
+    def cached_paths(self, kind: str) -> list[str]:
+        """Resolved paths of the files of one kind in the file cache (what a worker holds)."""
+        with self._lock:
+            return [key[0] for key in self._files.get(kind, ())]
+
     def cached_count(self) -> int:
         with self._lock:
             return sum(len(slot) for slot in self._files.values())

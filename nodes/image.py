@@ -296,10 +296,18 @@ def save_images(ctx, images: Any, root: Path, prefix: str, kind: str, compress_l
     target.folder.mkdir(parents=True, exist_ok=True)
     metadata = None if ctx.env.options.get("disable_metadata") else png_metadata(prompt, extra_pnginfo)
     results = []
+    counter = target.counter
     for index, image in enumerate(batch):
         ctx.check_interrupt()
-        name = f"{target.stem.replace('%batch_num%', str(index))}_{target.counter + index:05d}_.png"
-        tensor_to_pil(image).save(target.folder / name, pnginfo=metadata, compress_level=compress_level)
+        while True:
+            name = f"{target.stem.replace('%batch_num%', str(index))}_{counter + index:05d}_.png"
+            try:  # another process (a cluster worker) may be saving under the same prefix right now
+                file = open(target.folder / name, "xb")
+                break
+            except FileExistsError:
+                counter = next_counter(target.folder, target.stem) - index
+        with file:
+            tensor_to_pil(image).save(file, format="PNG", pnginfo=metadata, compress_level=compress_level)
         results.append({"filename": name, "subfolder": target.subfolder, "type": kind})
     return {"ui": {"images": results}}
 

@@ -38,8 +38,12 @@ def create_state(runtime: Runtime, config: ServerConfig) -> ServerState:
     hub = Hub(server_flags={"supports_preview_metadata": True, "max_upload_size": config.max_upload_bytes})
     previewer = Previewer(config.preview_method, folders.model_dirs("vae_approx"), config.preview_max_size)
     state = ServerState(runtime, config, store, hub, previewer)
-    state.worker = Worker(runtime.executor, store, hub, previewer, state.notify_queue_threadsafe,
-                          config.preview_interval_s)
+    parts = (runtime.executor, store, hub, previewer, state.notify_queue_threadsafe, config.preview_interval_s)
+    if getattr(runtime.args, "ray", None) is not None:  # prompts run on a Ray cluster's actors
+        from server.cluster import ClusterWorker
+        state.worker = ClusterWorker(runtime.args, *parts)
+    else:
+        state.worker = Worker(*parts)
     return state
 
 
@@ -48,10 +52,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
 
     def greeting(sid: str) -> list[tuple[str, dict]]:
         messages = [("status", {"status": state.queue_status(), "sid": sid})]
-        job, node = state.worker.current, state.worker.current_node
-        if job is not None and job.client_id == sid and node is not None:
-            # a reconnecting editor learns which node of its prompt is running
-            messages.append(("executing", {"node": node, "display_node": node, "prompt_id": job.prompt_id}))
+        for job, node in state.worker.running():
+            if job.client_id == sid and node is not None:
+                # a reconnecting editor learns which node of its prompt is running
+                messages.append(("executing", {"node": node, "display_node": node, "prompt_id": job.prompt_id}))
         return messages
 
     return await state.hub.handle(request, greeting)

@@ -45,19 +45,17 @@ class Worker:
         self.executor = executor
         self.store = store
         self.hub = hub
-        self.previewer = previewer
         self.on_queue_change = on_queue_change
-        self.limiter = RateLimiter(preview_interval_s)
+        self.previews = PreviewFrames(previewer, preview_interval_s)
         self.current: Job | None = None
         self.current_node: str | None = None
         self._checked: dict[str, ValidationResult] = {}  # validated by POST /prompt; spares a re-run
         self._interrupt_job: str | None = None
-        self._free = {"unload_models": False, "free_memory": False}
+        self.free_requests = FreeRequests()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="prompt-worker", daemon=True)
-        self._preview_failed = False
         executor.on_preview = self._on_preview
 
     # -- control (any thread) --------------------------------------------------------------
@@ -85,17 +83,14 @@ class Worker:
 
     def request_free(self, unload_models: bool, free_memory: bool) -> None:
         """Applied after the running prompt, or right away when idle."""
-        with self._lock:
-            self._free["unload_models"] |= unload_models
-            self._free["free_memory"] |= free_memory
+        self.free_requests.add(unload_models, free_memory)
         self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop after interrupting the running prompt; it stays 'running' in the store, so the
         next start runs it again and marks its history."""
         self._stopping.set()
-        if self.current is not None:
-            self.executor.interrupt()
+        self.interrupt()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -105,7 +100,7 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 self._apply_free()
-                job = self.store.claim_next()
+                job = self._next_job()
             except Exception:
                 log.exception("prompt queue unavailable; retrying")
                 time.sleep(1)
@@ -151,12 +146,24 @@ class Worker:
             self.hub.post(event, data, target_for(event, client))
 
         started = time.perf_counter()
-        result = self.executor.execute(checked, job.prompt_id, job.extra_data, emit, original=job.prompt)
-        self.limiter.forget(job.prompt_id)
+        result = self._execute(job, checked, emit)
+        self.previews.forget(job.prompt_id)
         if self._stopping.is_set() and result.status == "interrupted":
             return  # left 'running' on purpose: it runs again after the restart
         self._finish(job, result)
         log.info("prompt %s: %s in %.2fs", job.prompt_id, result.status, time.perf_counter() - started)
+
+    # -- the seam a cluster replaces (server/cluster): where jobs come from and run -------------
+    def _next_job(self) -> Job | None:
+        return self.store.claim_next()
+
+    def _execute(self, job: Job, checked: ValidationResult, emit: Callable[[str, dict], None]) -> RunResult:
+        return self.executor.execute(checked, job.prompt_id, job.extra_data, emit, original=job.prompt)
+
+    def running(self) -> list[tuple[Job, str | None]]:
+        """(job, node running now) of each running prompt."""
+        job = self.current
+        return [] if job is None else [(job, self.current_node)]
 
     def _finish(self, job: Job, result: RunResult) -> None:
         messages = [restart_marker(job.prompt_id) for _ in range(job.restarts)] + result.messages
@@ -185,36 +192,67 @@ class Worker:
                       target_for("executing", job.client_id))
 
     def _apply_free(self) -> None:
-        """POST /free, between prompts: unload_models (also implied by free_memory, as in ComfyUI)
-        takes every model off the compute device and releases the weights of every model that
-        can be read again from its file, so process memory really falls; free_memory also drops
-        the cached node outputs."""
-        with self._lock:
-            free = dict(self._free)
-            self._free = {"unload_models": False, "free_memory": False}
-        if not (free["free_memory"] or free["unload_models"]):
-            return
-        if free["free_memory"]:
-            self.executor.cache.clear()
-        models = getattr(self.executor.registry.env, "models", None)
-        released = models.drop_all() if models is not None else 0
-        gc.collect()
-        log.info("freed memory (%s): %d model(s) released", ", ".join(k for k, v in free.items() if v), released)
+        self.free_requests.apply(self.executor)
 
     def _on_preview(self, preview: Any, ctx: NodeContext) -> None:
         """Called on the worker thread from a node's progress report."""
-        if not self.previewer.enabled or not self.limiter.allow(ctx.prompt_id):
+        frame = self.previews.frame(preview, ctx)
+        if frame is not None:
+            job = self.current
+            self.hub.post_preview(frame, target_for("progress", job.client_id if job is not None else None))
+
+
+class FreeRequests:
+    """POST /free asks, applied between prompts: asks add up until applied.
+
+    unload_models (also implied by free_memory, as in ComfyUI) takes every model off the compute
+    device and releases the weights of every model that can be read again from its file, so
+    process memory really falls; free_memory also drops the cached node outputs."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._unload = self._free = False
+
+    def add(self, unload_models: bool, free_memory: bool) -> None:
+        with self._lock:
+            self._unload |= unload_models
+            self._free |= free_memory
+
+    def apply(self, executor: Executor) -> None:
+        with self._lock:
+            unload, free = self._unload, self._free
+            self._unload = self._free = False
+        if not (unload or free):
             return
+        if free:
+            executor.cache.clear()
+        models = getattr(executor.registry.env, "models", None)
+        released = models.drop_all() if models is not None else 0
+        gc.collect()
+        asked = ", ".join(k for k, v in (("unload_models", unload), ("free_memory", free)) if v)
+        log.info("freed memory (%s): %d model(s) released", asked, released)
+
+
+class PreviewFrames:
+    """Nodes' previews as frames to send: at most one per interval per prompt, encoding failures
+    logged once (a preview is never worth failing a prompt over)."""
+
+    def __init__(self, previewer: Previewer, interval_s: float):
+        self.previewer = previewer
+        self.limiter = RateLimiter(interval_s)
+        self._failed = False
+
+    def frame(self, preview: Any, ctx: NodeContext) -> PreviewFrame | None:
+        if not self.previewer.enabled or not self.limiter.allow(ctx.prompt_id):
+            return None
         try:
             encoded = self.previewer.encode(preview)
-        except Exception as exc:  # a preview is never worth failing the prompt over
-            if not self._preview_failed:
+        except Exception as exc:
+            if not self._failed:
                 log.warning("cannot make a live preview: %s", exc)
-                self._preview_failed = True
-            return
-        if encoded is None:
-            return
-        job = self.current
-        client = job.client_id if job is not None else None
-        frame = PreviewFrame(encoded[1], encoded[0], ctx.prompt_id, ctx.node_id)
-        self.hub.post_preview(frame, target_for("progress", client))
+                self._failed = True
+            return None
+        return None if encoded is None else PreviewFrame(encoded[1], encoded[0], ctx.prompt_id, ctx.node_id)
+
+    def forget(self, prompt_id: str) -> None:
+        self.limiter.forget(prompt_id)
