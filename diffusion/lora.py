@@ -4,7 +4,9 @@ A LoRA stores, per patched module, `up` [out, r(, 1, 1)], `down` [r, in(, kh, kw
 `alpha`; the module's weight becomes W + strength * (alpha / r) * (up @ down), computed in
 float32 and reshaped to W's shape (so a linear-style pair can patch a 1x1 conv and the reverse,
 and a kohya "LoCon" pair patches a 3x3 conv). Without alpha the scale is 1 (alpha = r).
-LyCORIS' Tucker form adds `lora_mid` [r, r, kh, kw] between the two.
+LyCORIS' Tucker form adds `lora_mid` [r, r, kh, kw] between the two. Full differences
+(`.diff` for a weight, `.diff_b` for its bias, as ComfyUI's trainer writes for norm scales and
+biases) are added as they are: W' = W + strength * diff.
 
 File layouts understood (as ComfyUI's comfy/lora.py, see `unet_key_map` / `text_key_map`):
 * kohya: `lora_unet_<diffusers or LDM module path, '.' -> '_'>`, `lora_te_*` (SD1/SD2 text
@@ -38,7 +40,10 @@ PAIR_SUFFIXES = (
     (".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight", None),
 )
 ALPHA_SUFFIX = ".alpha"
-_ALL_SUFFIXES = tuple(s for triple in PAIR_SUFFIXES for s in triple if s) + (ALPHA_SUFFIX,)
+# Full differences (ComfyUI's trainer writes them for 1-D weights and for biases).
+DIFF_SUFFIX, DIFF_BIAS_SUFFIX = ".diff", ".diff_b"
+_ALL_SUFFIXES = tuple(s for triple in PAIR_SUFFIXES for s in triple if s) + (ALPHA_SUFFIX, DIFF_SUFFIX,
+                                                                            DIFF_BIAS_SUFFIX)
 
 # Text-encoder module names in kohya keys (HF CLIP names with '.' -> '_').
 CLIP_LAYER_MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
@@ -105,6 +110,24 @@ class LoraAdapter:
         return weight.add_(delta, alpha=strength * self.scale)
 
 
+@dataclass(frozen=True, eq=False)
+class WeightDiff:
+    """A full difference added to a weight or bias (`.diff` / `.diff_b` keys): W' = W + strength * diff."""
+
+    diff: torch.Tensor
+
+    def fits(self, shape: Iterable[int]) -> bool:
+        return tuple(self.diff.shape) == tuple(shape)
+
+    def describe(self) -> str:
+        return f"diff {list(self.diff.shape)}"
+
+    def add_to(self, weight: torch.Tensor, strength: float) -> torch.Tensor:
+        if not self.fits(weight.shape):
+            raise ValueError(f"LoRA {self.describe()} does not fit a weight of shape {list(weight.shape)}")
+        return weight.add_(self.diff.to(device=weight.device, dtype=torch.float32), alpha=strength)
+
+
 # ---------------------------------------------------------------------------------------------
 # Our module names for each LoRA key form
 
@@ -116,6 +139,13 @@ class Target:
     component: str  # "model" (the UNet) or "clip" (the TextEncoder)
     key: str
     shape: tuple[int, ...]
+    bias_shape: tuple[int, ...] | None = None  # the module's bias, when it has one
+
+    @property
+    def bias(self) -> "Target | None":
+        if self.bias_shape is None:
+            return None
+        return Target(self.component, self.key[:-len("weight")] + "bias", self.bias_shape)
 
 
 _RESNET = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
@@ -206,14 +236,14 @@ def unet_key_map(unet: torch.nn.Module) -> dict[str, Target]:
     for key, shape in shapes.items():
         if key.endswith(".weight"):
             module = key[:-len(".weight")]
-            target = Target("model", key, shape)
+            target = Target("model", key, shape, shapes.get(module + ".bias"))
             out["lora_unet_" + module.replace(".", "_")] = target
             out["diffusion_model." + module] = target
     for d_key, key in diffusers_unet_key_map(unet.config, shapes).items():
         if not d_key.endswith(".weight"):
             continue
         module = d_key[:-len(".weight")]
-        target = Target("model", key, shapes[key])
+        target = Target("model", key, shapes[key], shapes.get(key[:-len("weight")] + "bias"))
         flat = module.replace(".", "_")
         out["lora_unet_" + flat] = target
         out["lycoris_" + flat] = target
@@ -257,7 +287,7 @@ def text_key_map(encoder: torch.nn.Module) -> dict[str, Target]:
                 key = f"{inner}encoder.layers.{b}.{m}.weight"
                 if key not in shapes:
                     continue
-                target = Target("clip", key, shapes[key])
+                target = Target("clip", key, shapes[key], shapes.get(key[:-len("weight")] + "bias"))
                 for pattern in _text_names(tower, towers):
                     flat = m.replace(".", "_") if pattern.startswith("lora_") else m
                     out[pattern.format(b=b, m=flat)] = target
@@ -322,15 +352,22 @@ def match_lora(lora: Mapping[str, torch.Tensor], targets: Mapping[str, Target]) 
     for name, parts in modules.items():
         target = targets.get(name)
         adapter, used = _adapter(parts) if target is not None else (None, [])
-        if adapter is None:
-            result.unmatched.extend(name + s for s in parts)
-            continue
+        if adapter is None and target is not None and DIFF_SUFFIX in parts:
+            adapter, used = WeightDiff(parts[DIFF_SUFFIX]), [DIFF_SUFFIX]
+        if target is not None and target.bias is not None and DIFF_BIAS_SUFFIX in parts:
+            used.append(DIFF_BIAS_SUFFIX)
+            _add_patch(result, name, WeightDiff(parts[DIFF_BIAS_SUFFIX]), target.bias)
         result.unmatched.extend(name + s for s in parts if s not in used)
-        if not adapter.fits(target.shape):
-            result.misfit.append(f"{name} ({adapter.describe()} vs weight {list(target.shape)})")
-            continue
-        result.patches[target.component][target.key] = adapter
+        if adapter is not None:
+            _add_patch(result, name, adapter, target)
     return result
+
+
+def _add_patch(result: LoraMatch, name: str, adapter, target: Target) -> None:
+    if not adapter.fits(target.shape):
+        result.misfit.append(f"{name} ({adapter.describe()} vs {target.key.rsplit('.', 1)[-1]} {list(target.shape)})")
+    else:
+        result.patches[target.component][target.key] = adapter
 
 
 def is_text_key(key: str) -> bool:

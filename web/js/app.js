@@ -109,7 +109,7 @@ class App {
         this.notify(`The workflow kept in this browser could not be opened: ${err.message}`, "warn");
       }
     }
-    this.loadWorkflowData(defaultWorkflow(), "default", { quiet: true, record: false });
+    this.loadWorkflowData(defaultWorkflow(this.objectInfo), "default", { quiet: true, record: false });
   }
 
   wireEvents() {
@@ -269,7 +269,7 @@ class App {
   }
 
   loadDefault() {
-    this.loadWorkflowData(defaultWorkflow(), "default");
+    this.loadWorkflowData(defaultWorkflow(this.objectInfo), "default");
   }
 
   clearGraph() {
