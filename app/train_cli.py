@@ -25,8 +25,8 @@ from typing import TextIO
 import torch
 
 from diffusion.training import datasets
-from diffusion.training.lora_train import DTYPES, LOSSES, OPTIMIZERS, LoraSettings, LoraTrainer
 from diffusion.training.loop import training_dtype
+from diffusion.training.lora_train import DTYPES, LOSSES, OPTIMIZERS, LoraSettings, LoraTrainer
 from diffusion.training.loss_plot import draw_loss_plot
 
 

@@ -28,11 +28,11 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from diffusion.model_sampling import ModelSamplingDiscrete  # noqa: E402
-from diffusion.training import shapes  # noqa: E402
-from diffusion.training.loop import autocast, cpu_has_bf16, denoising_loss  # noqa: E402
-from diffusion.training.scratch import CaptionTokens, Recipe, text_context  # noqa: E402
-from diffusion.unet import UNetModel  # noqa: E402
+from diffusion.model_sampling import ModelSamplingDiscrete
+from diffusion.training import shapes
+from diffusion.training.loop import autocast, cpu_has_bf16, denoising_loss
+from diffusion.training.scratch import CaptionTokens, Recipe, text_context
+from diffusion.unet import UNetModel
 
 BUILTIN = REPO / "models_builtin" / "latentgraph-shapes-64.safetensors"
 

@@ -202,7 +202,7 @@ class SaveLoRANode(Node):
         middle = "" if steps is None else f"_{steps}_steps"
         path = target.folder / f"{target.stem}{middle}_{target.counter:05}_.safetensors"
         save_file({k: v.contiguous() for k, v in lora.items()}, str(path))
-        return {}
+        return ()
 
 
 class LossGraphNode(Node):

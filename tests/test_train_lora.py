@@ -15,8 +15,7 @@ from diffusion.device import DevicePolicy
 from diffusion.handles import open_checkpoint
 from diffusion.ksampler import ksampler
 from diffusion.lora import apply_lora, match_lora, unet_key_map
-from diffusion.training.lora_train import (LoraSettings, LoraTrainer, checkpoint_units, kohya_name,
-                                           steps_in_filename)
+from diffusion.training.lora_train import LoraSettings, LoraTrainer, checkpoint_units, kohya_name, steps_in_filename
 from diffusion.training.scratch import Recipe, checkpoint_state_dict, write_checkpoint
 from diffusion.unet import UNetModel
 from diffusion.vae import AutoencoderKL
@@ -34,6 +33,15 @@ def write_tiny_sd1(path: Path) -> Path:
     text = randomize_(TINY.text_encoder(), 2)
     write_checkpoint(path, checkpoint_state_dict(unet, vae, text, torch.float32), {})
     return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny networks: one thread is fastest, and on a shared machine a second one mostly spins."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

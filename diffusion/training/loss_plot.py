@@ -6,7 +6,7 @@ y axis); a moving average is drawn over it in orange so the trend shows through 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 

@@ -61,9 +61,9 @@ class Recipe:
     unet_res_blocks: int = 2
     text_width: int = 64
     text_layers: int = 2
-    steps: int = 4500
+    steps: int = 3000
     batch: int = 32
-    lr: float = 5e-4
+    lr: float = 8e-4
     warmup: int = 200
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
@@ -393,9 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="the .safetensors checkpoint to write")
     parser.add_argument("--work", type=Path, help="folder for stage results and resume state (default: OUT.work)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, help="denoiser steps (default %d)" % Recipe.steps)
-    parser.add_argument("--vae-steps", type=int, help="VAE steps (default %d)" % Recipe.vae_steps)
-    parser.add_argument("--dataset-size", type=int, help="drawings encoded for stage 3 (default %d)" % Recipe.dataset_size)
+    parser.add_argument("--steps", type=int, help=f"denoiser steps (default {Recipe.steps})")
+    parser.add_argument("--vae-steps", type=int, help=f"VAE steps (default {Recipe.vae_steps})")
+    parser.add_argument("--dataset-size", type=int, help=f"drawings encoded for stage 3 (default {Recipe.dataset_size})")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")

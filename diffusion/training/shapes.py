@@ -16,9 +16,10 @@ mostly the background colour, and the named-colour blob's fill of its bounding b
 """
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -184,7 +185,7 @@ class Judgement:
 
 
 def shape_from_fill(fill: float) -> str:
-    if not fill == fill:   # nan
+    if math.isnan(fill):
         return "none"
     return "square" if fill >= 0.89 else "circle" if fill >= 0.64 else "triangle"
 
