@@ -37,7 +37,11 @@ def draw_loss_plot(losses: Sequence[float], title: str | None = None) -> Image.I
         x = MARGIN + (int(i / (steps - 1) * WIDTH) if steps > 1 else 0)
         return x, HEIGHT - int((value - low) / span * HEIGHT)
 
-    for series, colour, width in ((losses, "blue", 2), (moving_average(losses, max(1, steps // 20)), "orange", 2)):
+    window = max(2, steps // 20)
+    curves = [(losses, (110, 140, 255), 1 if steps > WIDTH // 2 else 2)]
+    if steps > 2 * window:
+        curves.append((moving_average(losses, window), "orange", 2))
+    for series, colour, width in curves:
         points = [point(i, v) for i, v in enumerate(series)]
         if len(points) == 1:
             draw.ellipse([points[0][0] - 2, points[0][1] - 2, points[0][0] + 2, points[0][1] + 2], fill=colour)
