@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache = p.add_mutually_exclusive_group()
     cache.add_argument("--cache-classic", action="store_const", dest="cache", const="classic",
                        help="keep the last prompt's outputs (default)")
-    cache.add_argument("--cache-lru", type=int, metavar="N", help="keep outputs used by the last N prompts")
+    cache.add_argument("--cache-lru", type=int, metavar="N",
+                       help="LRU cache of up to N node results (0, the default: no LRU, classic caching)")
     cache.add_argument("--cache-none", action="store_const", dest="cache", const="none",
                        help="keep nothing between prompts (least memory)")
     p.add_argument("--disable-metadata", action="store_true", help="do not embed the workflow in saved PNGs")
@@ -50,6 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
     precision.add_argument("--force-fp32", action="store_true", help="fp32 weights everywhere")
     precision.add_argument("--force-fp16", action="store_true", help="fp16 weights (CUDA only; fp32 on the CPU)")
     precision.add_argument("--bf16-unet", action="store_true", help="bf16 UNet and text encoder weights")
+    vram = p.add_mutually_exclusive_group()
+    vram.add_argument("--gpu-only", action="store_true", help="keep every model on the GPU, never offload")
+    vram.add_argument("--highvram", action="store_true", help="keep models on the GPU after use")
+    vram.add_argument("--normalvram", action="store_true", help="offload models when room is short (default)")
+    vram.add_argument("--lowvram", action="store_true",
+                      help="load only what fits of a model on the GPU, cast the rest per call")
+    vram.add_argument("--novram", action="store_true", help="keep no weights on the GPU, cast every module per call")
+    p.add_argument("--reserve-vram", type=float, default=None, metavar="GB",
+                   help="memory to leave free for other programs (default 0.4 GB)")
+    p.add_argument("--disable-smart-memory", action="store_true",
+                   help="unload every other model whenever one is loaded, instead of keeping what fits")
+    p.add_argument("--model-memory-budget", type=float, default=None, metavar="MB",
+                   help="most memory loaded model weights may use on the compute device (the CPU: RAM); the "
+                        "least recently used model beyond it is offloaded or released (default: what is free)")
     vae = p.add_mutually_exclusive_group()
     vae.add_argument("--fp32-vae", action="store_true")
     vae.add_argument("--fp16-vae", action="store_true")
@@ -61,8 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)
     if args.cache_lru is not None:
-        if args.cache_lru < 1:
-            parser.error("--cache-lru needs a number of prompts of at least 1")
-        args.cache = f"lru:{args.cache_lru}"
+        if args.cache_lru < 0:
+            parser.error(f"--cache-lru takes a number of node results (0 or more), got {args.cache_lru}")
+        if args.cache_lru > 0:  # as in ComfyUI, 0 means no LRU cache: the classic one
+            args.cache = f"lru:{args.cache_lru}"
     args.cache = args.cache or "classic"
     return args

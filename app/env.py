@@ -5,11 +5,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.folders import FolderPaths
-from diffusion.handles import ModelServices
+from diffusion.model_management import ModelManagement
 
 
 @dataclass
 class Environment:
     folders: FolderPaths
     options: dict[str, Any] = field(default_factory=dict)  # e.g. disable_metadata
-    models: ModelServices = field(default_factory=ModelServices)
+    models: ModelManagement = field(default_factory=ModelManagement)  # the model-lifetime service

@@ -83,14 +83,18 @@ def safe_join(root: Path, *parts: str) -> Path:
 
 
 @dataclass
-class _Folder:
+class Folder:
+    """One folder key: its directories (first = default) and the file extensions it lists
+    (None or empty: any file; "diffusers": model folders)."""
+
     dirs: list[Path]
-    extensions: frozenset | None | str
+    extensions: set | None | str
 
 
 @dataclass
 class _Listing:
     dirs: tuple[Path, ...]
+    extensions: frozenset | None | str
     mtimes: dict[str, int | None]
     scanned_at: int
     names: list[str]
@@ -108,14 +112,14 @@ class FolderPaths:
         # always one we own, even when a user points the flag at /tmp.
         self.temp_dir = _abs(temp_directory) / "temp" if temp_directory else self.base / "temp"
         self.user_dir = _abs(user_directory) if user_directory else self.base / "user"
-        self._folders: dict[str, _Folder] = {}
+        self._folders: dict[str, Folder] = {}
         models = self.base / "models"
         for key, (model_subdirs, output_subdirs, extensions) in _DEFAULTS.items():
             dirs = [models / d for d in model_subdirs] + [self.output_dir / d for d in output_subdirs]
-            self._folders[key] = _Folder(dirs, extensions)
+            self._folders[key] = Folder(dirs, set(extensions) if isinstance(extensions, frozenset) else extensions)
         if builtin_models:
             self._folders["checkpoints"].dirs.append(BUILTIN_MODELS_DIR)
-        self._folders["custom_nodes"] = _Folder([self.base / "custom_nodes"], frozenset({".py"}))
+        self._folders["custom_nodes"] = Folder([self.base / "custom_nodes"], {".py"})
         self._listings: dict[str, _Listing] = {}
         if create:
             for key, (model_subdirs, _, _) in _DEFAULTS.items():
@@ -135,17 +139,23 @@ class FolderPaths:
     def custom_nodes_dirs(self) -> list[Path]:
         return self._folders["custom_nodes"].dirs
 
-    def _folder(self, key: str) -> _Folder:
+    def folder(self, key: str) -> Folder:
+        """The live entry of a folder key; changing its dirs or extensions changes the listings."""
         folder = self._folders.get(ALIASES.get(key, key))
         if folder is None:
             raise KeyError(f"unknown model folder {key!r}; known folders: {', '.join(self.folder_keys())}")
         return folder
 
+    def set_folder(self, key: str, dirs: Iterable, extensions: Iterable[str] | None) -> None:
+        """Define (or redefine) a folder key, as plugins do through folder_paths."""
+        exts = set(extensions) if extensions is not None and not isinstance(extensions, str) else extensions
+        self._folders[ALIASES.get(key, key)] = Folder([_abs(d) for d in dirs], exts)
+
     def folder_keys(self) -> list[str]:
         return list(self._folders)
 
     def model_dirs(self, key: str) -> list[Path]:
-        return list(self._folder(key).dirs)
+        return list(self.folder(key).dirs)
 
     def add_model_dir(self, key: str, path, is_default: bool = False, extensions: Iterable[str] | None = None) -> None:
         """Add a directory to a folder key; an unknown key becomes a new folder listing any file.
@@ -155,7 +165,7 @@ class FolderPaths:
         key = ALIASES.get(key, key)
         folder = self._folders.get(key)
         if folder is None:
-            folder = self._folders[key] = _Folder([], frozenset(extensions) if extensions else None)
+            folder = self._folders[key] = Folder([], set(extensions) if extensions else None)
         path = _abs(path)
         if path in folder.dirs:
             if not is_default:
@@ -166,10 +176,10 @@ class FolderPaths:
     # -- listings --------------------------------------------------------------------------
     def filenames(self, key: str) -> list[str]:
         """Files of a folder key as sorted relative posix paths, searched recursively."""
-        folder = self._folder(key)
+        folder = self.folder(key)
         key = ALIASES.get(key, key)
         listing = self._listings.get(key)
-        if listing is None or not _still_valid(listing, folder.dirs):
+        if listing is None or not _still_valid(listing, folder.dirs, folder.extensions):
             listing = _scan(folder.dirs, folder.extensions)
             self._listings[key] = listing
         return list(listing.names)
@@ -186,7 +196,7 @@ class FolderPaths:
             return None
         if not parts:
             return None
-        folder = self._folder(key)
+        folder = self.folder(key)
         for d in folder.dirs:
             candidate = d.joinpath(*parts)
             if candidate.is_file() or (folder.extensions == "diffusers" and candidate.is_dir()):
@@ -195,7 +205,7 @@ class FolderPaths:
 
     def input_images(self) -> list[str]:
         listing = self._listings.get("\0input")
-        if listing is None or not _still_valid(listing, [self.input_dir]):
+        if listing is None or not _still_valid(listing, [self.input_dir], IMAGE_EXTENSIONS):
             listing = _scan([self.input_dir], frozenset(IMAGE_EXTENSIONS))
             self._listings["\0input"] = listing
         return list(listing.names)
@@ -264,8 +274,12 @@ def _mtime(path: str) -> int | None:
         return None
 
 
-def _still_valid(listing: _Listing, dirs: list[Path]) -> bool:
-    if listing.dirs != tuple(dirs):
+def _frozen(extensions: set | None | str) -> frozenset | None | str:
+    return frozenset(extensions) if isinstance(extensions, (set, frozenset)) else extensions
+
+
+def _still_valid(listing: _Listing, dirs: list[Path], extensions: set | None | str) -> bool:
+    if listing.dirs != tuple(dirs) or listing.extensions != _frozen(extensions):
         return False
     newest = 0
     for d, recorded in listing.mtimes.items():
@@ -276,7 +290,7 @@ def _still_valid(listing: _Listing, dirs: list[Path]) -> bool:
     return newest < listing.scanned_at - _RACY_NS
 
 
-def _scan(dirs: list[Path], extensions: frozenset | None | str) -> _Listing:
+def _scan(dirs: list[Path], extensions: set | frozenset | None | str) -> _Listing:
     scanned_at = time.time_ns()
     mtimes: dict[str, int | None] = {}
     names: set[str] = set()
@@ -300,7 +314,7 @@ def _scan(dirs: list[Path], extensions: frozenset | None | str) -> _Listing:
                 for f in files:
                     if f.startswith("."):
                         continue
-                    if extensions is None or os.path.splitext(f)[1].lower() in extensions:
+                    if not extensions or os.path.splitext(f)[1].lower() in extensions:
                         names.add((rel_dir / f).as_posix())
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-    return _Listing(tuple(dirs), mtimes, scanned_at, sorted(names))
+    return _Listing(tuple(dirs), _frozen(extensions), mtimes, scanned_at, sorted(names))

@@ -1,4 +1,5 @@
-"""Loading custom node packs (ComfyUI's classic plugin contract) into a NodeRegistry.
+"""Loading custom node packs into a NodeRegistry: ComfyUI's classic contract (NODE_CLASS_MAPPINGS)
+and its V3 schema (an async or sync `comfy_entrypoint` returning a ComfyExtension).
 
 Each pack is imported in isolation from the others: one that fails is recorded and skipped,
 and the engine starts with the rest.
@@ -17,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Mapping
 
+from graph.aio import run_sync
 from graph.registry import NodeRegistry, PackFailure
 
 try:
@@ -58,7 +60,32 @@ def find_packs(directory: Path) -> list[Path]:
     return found
 
 
+def run_prestartup_scripts(dirs: list[Path], log: Callable[[str], None] = print) -> list[tuple[float, str, bool]]:
+    """Run each pack folder's prestartup_script.py, as ComfyUI does before any pack imports
+    (a failing script is reported and the rest go on); returns (seconds, pack path, ok) each."""
+    timings = []
+    for pack in (p for d in dirs for p in find_packs(d) if p.is_dir()):
+        script = pack / "prestartup_script.py"
+        if not script.is_file():
+            continue
+        started = time.perf_counter()
+        ok = True
+        try:
+            spec = importlib.util.spec_from_file_location(f"{module_name_for(pack)}_prestartup", script)
+            spec.loader.exec_module(importlib.util.module_from_spec(spec))
+        except (Exception, SystemExit) as exc:
+            ok = False
+            log(f"{traceback.format_exc().rstrip()}\nFailed to execute startup-script: {script} / {describe_error(exc)}")
+        timings.append((time.perf_counter() - started, str(pack), ok))
+    if timings:
+        log("Prestartup times for custom nodes:")
+        for seconds, path, ok in sorted(timings):
+            log(f"{seconds:6.1f} seconds{'' if ok else ' (PRESTARTUP FAILED)'}: {path}")
+    return timings
+
+
 def load_custom_nodes(registry: NodeRegistry, dirs: list[Path], log: Callable[[str], None] = print) -> list[PackResult]:
+    run_prestartup_scripts(dirs, log)
     results = [load_pack(registry, path, log) for d in dirs for path in find_packs(d)]
     if results:
         log("Import times for custom nodes:")
@@ -124,10 +151,12 @@ def _import(path: Path) -> ModuleType:
 def _register(registry: NodeRegistry, module: ModuleType, name: str, path: Path) -> list[str]:
     classes = getattr(module, "NODE_CLASS_MAPPINGS", None)
     web_dir = _web_directory(module, path)
+    python_module = f"custom_nodes.{name}"
+    registry.web_directories.update(web_dir)
     if classes is None:
-        if hasattr(module, "comfy_entrypoint"):
-            raise PackError("comfy_entrypoint (V3 schema) packs are not supported; export NODE_CLASS_MAPPINGS")
-        if web_dir is None:
+        if hasattr(module, "comfy_entrypoint"):  # ComfyUI's V3 schema: NODE_CLASS_MAPPINGS wins if both
+            return _register_extension(registry, module.comfy_entrypoint, python_module)
+        if not web_dir:
             raise PackError("the module defines neither NODE_CLASS_MAPPINGS nor WEB_DIRECTORY")
     elif not isinstance(classes, Mapping):
         raise PackError(f"NODE_CLASS_MAPPINGS must be a dict, got {type(classes).__name__}")
@@ -139,29 +168,54 @@ def _register(registry: NodeRegistry, module: ModuleType, name: str, path: Path)
     if display is not None and not isinstance(display, Mapping):
         logger.warning("%s: NODE_DISPLAY_NAME_MAPPINGS is not a dict; ignored", path)
         display = None
-    python_module = f"custom_nodes.{name}"
     for cls in classes.values():
         try:
             cls.RELATIVE_PYTHON_MODULE = python_module  # ComfyUI tags classes so; some packs read it
         except (AttributeError, TypeError):
             pass
-    nodes = registry.register_mappings(classes, dict(display or {}), python_module=python_module, builtin=False)
-    if web_dir is not None:
-        registry.web_directories[name] = str(web_dir)
-    return nodes
+    return registry.register_mappings(classes, dict(display or {}), python_module=python_module, builtin=False)
 
 
-def _web_directory(module: ModuleType, path: Path) -> Path | None:
-    """WEB_DIRECTORY, or [tool.comfy] web in the pack's pyproject.toml, as an existing folder."""
+def _register_extension(registry: NodeRegistry, entrypoint: object, python_module: str) -> list[str]:
+    """A V3 pack: `comfy_entrypoint()` (sync or async) returns a ComfyExtension; its nodes are
+    registered under their schema's node_id, with the schema's display name."""
+    from comfy_api.latest import ComfyExtension
+
+    if not callable(entrypoint):
+        raise PackError("comfy_entrypoint is not callable")
+    extension = run_sync(entrypoint())
+    if not isinstance(extension, ComfyExtension):
+        raise PackError(f"comfy_entrypoint returned {type(extension).__name__}, not a ComfyExtension")
+    run_sync(extension.on_load())
+    node_list = run_sync(extension.get_node_list())
+    if not isinstance(node_list, list):
+        raise PackError(f"get_node_list() returned {type(node_list).__name__}, not a list of node classes")
+    registered = []
+    for cls in node_list:
+        schema = cls.GET_SCHEMA()
+        cls.RELATIVE_PYTHON_MODULE = python_module
+        if registry.register(schema.node_id, cls, schema.display_name, python_module, builtin=False):
+            registered.append(schema.node_id)
+    return registered
+
+
+def _web_directory(module: ModuleType, path: Path) -> dict[str, str]:
+    """The pack's web folders by the name ComfyUI serves them under (/extensions/<name>/): its
+    pyproject.toml's [tool.comfy] web under the project's name, then WEB_DIRECTORY under the
+    pack's own name; only folders that exist."""
     pack_dir = path if path.is_dir() else path.parent
-    rel = getattr(module, "WEB_DIRECTORY", None)
-    if rel is None and tomllib is not None and path.is_dir() and (path / "pyproject.toml").is_file():
+    found: dict[str, str] = {}
+    if tomllib is not None and path.is_dir() and (path / "pyproject.toml").is_file():
         try:
-            rel = tomllib.loads((path / "pyproject.toml").read_text(encoding="utf-8")).get(
-                "tool", {}).get("comfy", {}).get("web")
+            project = tomllib.loads((path / "pyproject.toml").read_text(encoding="utf-8"))
+            rel = project.get("tool", {}).get("comfy", {}).get("web")
+            project_name = project.get("project", {}).get("name") or path.name
         except (OSError, tomllib.TOMLDecodeError, AttributeError) as exc:
             logger.warning("%s: cannot read pyproject.toml: %s", path, exc)
-    if not isinstance(rel, str) or not rel:
-        return None
-    web = (pack_dir / rel).resolve()
-    return web if web.is_dir() else None
+            rel = project_name = None
+        if isinstance(rel, str) and rel and isinstance(project_name, str) and (pack_dir / rel).is_dir():
+            found[project_name] = str((pack_dir / rel).resolve())
+    rel = getattr(module, "WEB_DIRECTORY", None)
+    if isinstance(rel, str) and rel and (pack_dir / rel).is_dir():
+        found[path.stem if path.is_file() else path.name] = str((pack_dir / rel).resolve())
+    return found

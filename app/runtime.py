@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from app import compat
 from app.args import REPO_ROOT
@@ -11,11 +12,13 @@ from app.env import Environment
 from app.folders import FolderPaths
 from app.plugins import PackResult, load_custom_nodes
 from diffusion.device import DevicePolicy, inference_mode
-from diffusion.handles import ModelServices
+from diffusion.model_management import MemoryOptions, ModelManagement
 from graph.cache import make_cache
 from graph.executor import Executor
 from graph.registry import NodeRegistry
 from nodes import register_builtin_nodes
+from server.config import ServerConfig
+from server.prompt_server import PromptServer
 
 
 @dataclass
@@ -24,6 +27,8 @@ class Runtime:
     registry: NodeRegistry
     executor: Executor
     packs: list[PackResult] = field(default_factory=list)
+    args: argparse.Namespace | None = None
+    plugin_server: Any = None  # server.PromptServer for plugins; served only by `main.py` (server mode)
 
 
 def create_runtime(args: argparse.Namespace, log=print) -> Runtime:
@@ -35,11 +40,13 @@ def create_runtime(args: argparse.Namespace, log=print) -> Runtime:
     for config in args.extra_model_paths_config:
         folders.load_extra_model_paths(config)
     policy = DevicePolicy.from_args(args)
-    env = Environment(folders, {"disable_metadata": args.disable_metadata}, ModelServices(policy))
+    models = ModelManagement(policy, MemoryOptions.from_args(args, policy.load_device))
+    env = Environment(folders, {"disable_metadata": args.disable_metadata}, models)
     registry = NodeRegistry(env)
     register_builtin_nodes(registry)
     executor = Executor(registry, make_cache(args.cache), call_context=inference_mode)
-    runtime = Runtime(env, registry, executor)
+    runtime = Runtime(env, registry, executor, args=args,
+                      plugin_server=PromptServer(client_max_size=ServerConfig.from_args(args).max_upload_bytes))
     compat.bind(runtime)  # before packs import: they call folder_paths & co. at import time
     if not args.disable_all_custom_nodes:
         dirs = [REPO_ROOT / "custom_nodes"] + [d for d in folders.custom_nodes_dirs

@@ -6,11 +6,12 @@ plus the hint encoder (`input_hint_block`, eight 3x3 convolutions down to latent
 the original (lllyasviel) file keys minus ``control_model.``, so those files load directly;
 diffusers-layout files are renamed by `diffusers_to_original`.
 
-Per sampling step a `Control` (the value the Apply nodes put in a conditioning entry's
-"control") runs the network on the UNet's inputs and returns ComfyUI's residual dict
-``{"middle": [r], "output": [r_0 .. r_n]}`` (encoder order; the UNet pops from the end), scaled
-by the strength, summed with any earlier ControlNet chained before it, and only while the
-step's sigma lies inside the start/end percent range.
+CONTROL_NET is a `ControlNet` (ComfyUI's comfy.controlnet.ControlNet, API and all). The Apply
+nodes put a `copy()` of it with the hint, strength and step range in a conditioning entry's
+"control"; per sampling step it runs the network on the UNet's inputs and returns ComfyUI's
+residual dict ``{"middle": [r], "output": [r_0 .. r_n]}`` (encoder order; the UNet pops from the
+end), scaled by the strength, summed with any earlier ControlNet chained before it, and only
+while the step's sigma lies inside the start/end percent range.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Mapping
 
@@ -37,9 +39,6 @@ CONTROL_PREFIX = "control_model."
 HINT_WIDTHS = (16, 16, 32, 32, 96, 96, 256)
 HINT_STRIDES = (1, 1, 2, 1, 2, 1, 2)
 LATENT_SCALE = 8  # hint pixels per latent cell
-# ComfyUI keeps this many prepared hints per control: area conditioning calls the same control
-# with alternating crop sizes every step.
-HINT_CACHE_SIZE = 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,30 +251,6 @@ def _rename_diffusers_key(key: str, blocks: dict[tuple[int, int], int]) -> str |
 # loading
 
 
-@dataclass(frozen=True)
-class ControlNet:
-    """A loaded ControlNet: the CONTROL_NET value of the loader nodes.
-
-    `global_average_pooling` (shuffle ControlNets) replaces every residual by its spatial mean.
-    """
-
-    model: ControlNetModel
-    global_average_pooling: bool = False
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.time_embed[0].weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
-
-    def apply(self, hint: torch.Tensor, strength: float = 1.0, percent_range: tuple[float, float] = (0.0, 1.0),
-              previous: "Control | None" = None) -> "Control":
-        """A per-conditioning control with the hint image [B, C, H, W] (0..1)."""
-        return Control(self, hint, float(strength), (float(percent_range[0]), float(percent_range[1])), previous)
-
-
 def original_layout(sd: dict[str, torch.Tensor], source=None) -> tuple[dict[str, torch.Tensor], bool]:
     """Bare original-layout weights of a ControlNet file in any supported layout, and whether the
     file is a "diff" ControlNet (lllyasviel layout with a `difference` marker key)."""
@@ -313,8 +288,9 @@ def add_model_weights(sd: dict[str, torch.Tensor], unet_sd: Mapping[str, torch.T
 
 def load_controlnet_state_dict(sd: dict[str, torch.Tensor], unet: nn.Module | None = None, device="cpu",
                                dtype: torch.dtype | None = None, source=None,
-                               global_average_pooling: bool = False) -> ControlNet:
-    """A ControlNet from a file's tensors (original, bare or diffusers layout).
+                               global_average_pooling: bool = False, load_device=None, manager=None) -> "ControlNet":
+    """A ControlNet from a file's tensors (original, bare or diffusers layout), weights on `device`,
+    computing on `load_device` (default: where the weights are).
 
     `unet`: the model's UNet, needed by diff ControlNets (their weights are added to its weights).
     """
@@ -332,7 +308,9 @@ def load_controlnet_state_dict(sd: dict[str, torch.Tensor], unet: nn.Module | No
     expected = config.expected_shapes()
     weights = {k: _cast(v, device, dtype) for k, v in weights.items() if k in expected}
     model = materialize(lambda: ControlNetModel(config), weights, source, "ControlNet")
-    return ControlNet(model, global_average_pooling)
+    return ControlNet(model, global_average_pooling=global_average_pooling,
+                      load_device=load_device if load_device is not None else device, offload_device=device,
+                      manager=manager)
 
 
 def is_shuffle_file(path: str | os.PathLike) -> bool:
@@ -342,16 +320,26 @@ def is_shuffle_file(path: str | os.PathLike) -> bool:
 
 
 def load_controlnet(path: str | os.PathLike, unet: nn.Module | None = None, device="cpu",
-                    dtype: torch.dtype | None = None) -> ControlNet:
-    return load_controlnet_state_dict(read_state_dict(path), unet, device, dtype, Path(path),
-                                      global_average_pooling=is_shuffle_file(path))
+                    dtype: torch.dtype | None = None, load_device=None, manager=None) -> "ControlNet":
+    """A ControlNet file as a CONTROL_NET; with a `manager` (the model-lifetime service) its network
+    is registered and rebuilt from the file if released."""
+    net = load_controlnet_state_dict(read_state_dict(path), unet, device, dtype, Path(path),
+                                     global_average_pooling=is_shuffle_file(path), load_device=load_device,
+                                     manager=manager)
+    if manager is not None:
+        rebuild = None
+        if unet is None:
+            def rebuild():
+                return load_controlnet_state_dict(read_state_dict(path), None, device, dtype, Path(path)).control_model
+        manager.register(net.control_model, rebuild, name=f"ControlNet {Path(path).name}")
+    return net
 
 
 # ---------------------------------------------------------------------------------------------
-# the per-step control object
+# the CONTROL_NET object (ComfyUI's comfy.controlnet.ControlBase / ControlNet)
 
 
-def broadcast_to_batch(hint: torch.Tensor, batch: int, batched_number: int) -> torch.Tensor:
+def broadcast_image_to(hint: torch.Tensor, batch: int, batched_number: int) -> torch.Tensor:
     """Repeat a hint batch for `batched_number` conditionings evaluated in one call of `batch`
     rows; a single hint serves every row as is."""
     if hint.shape[0] == 1:
@@ -359,124 +347,235 @@ def broadcast_to_batch(hint: torch.Tensor, batch: int, batched_number: int) -> t
     per_cond = batch // batched_number
     hint = hint[:per_cond]
     if per_cond > hint.shape[0]:
-        reps = per_cond // hint.shape[0]
-        hint = torch.cat([hint] * reps + [hint[:per_cond % hint.shape[0]]])
+        hint = torch.cat([hint] * (per_cond // hint.shape[0]) + [hint[:per_cond % hint.shape[0]]])
     if hint.shape[0] == batch:
         return hint
     return torch.cat([hint] * batched_number)
 
 
-def merge_residuals(own: Mapping[str, list] | None, previous: Mapping[str, list] | None) -> dict[str, list] | None:
-    """Sum two residual dicts position by position (None entries take the other side's value)."""
-    if previous is None:
-        return None if own is None else {k: list(v) for k, v in own.items()}
-    if own is None:
-        return previous
-    out = {k: list(own.get(k, [])) for k in ("input", "middle", "output")}
-    for key in out:
-        mine = out[key]
-        for i, prev in enumerate(previous.get(key, [])):
-            if i >= len(mine):
-                mine.append(prev)
-            elif prev is not None:
-                mine[i] = prev if mine[i] is None else prev + mine[i]
-    return out
+class StrengthType(Enum):
+    CONSTANT = 1
+    LINEAR_UP = 2
 
 
-class Control:
-    """One application of a ControlNet to a conditioning (what "control" holds in its extras).
+class ControlBase:
+    """What every CONTROL_NET is: a hint image, strength and step range (set per application by
+    `set_cond_hint` on a `copy()`), chained to the control applied before it. The sampler calls
+    `pre_run(model, percent_to_sigma)` once per run, `get_control(x, sigma, cond, batched_number,
+    transformer_options)` per model call (residuals {"input", "middle", "output"} or None when
+    neither this nor a chained control is active) and `cleanup()` after."""
 
-    The sampler calls `pre_run(model, percent_to_sigma)` once per sampling run and
-    `get_control(x, sigma, cond, batched_number, transformer_options)` per model call; the
-    result (or None when neither this nor any chained control is active) goes to the UNet.
-    State kept between calls: the sigma range and model sampling of the current run, and up to
-    HINT_CACHE_SIZE resized hints.
-    """
+    def __init__(self):
+        self.cond_hint_original = None
+        self.cond_hint = None
+        self.strength = 1.0
+        self.timestep_percent_range = (0.0, 1.0)
+        self.latent_format = None
+        self.vae = None
+        self.global_average_pooling = False
+        self.timestep_range = None
+        self.compression_ratio = LATENT_SCALE
+        self.upscale_algorithm = "nearest-exact"
+        self.extra_args: dict = {}
+        self.previous_controlnet: ControlBase | None = None
+        self.extra_conds: list[str] = []
+        self.strength_type = StrengthType.CONSTANT
+        self.concat_mask = False
+        self.extra_concat_orig: list = []
+        self.extra_concat = None
+        self.extra_hooks = None
+        self.preprocess_image = lambda a: a
 
-    def __init__(self, net: ControlNet, hint: torch.Tensor, strength: float,
-                 percent_range: tuple[float, float], previous: "Control | None" = None):
+    def set_cond_hint(self, cond_hint: torch.Tensor, strength: float = 1.0, timestep_percent_range=(0.0, 1.0),
+                      vae=None, extra_concat=()) -> "ControlBase":
+        """`cond_hint` [B, C, H, W] in 0..1 (the image moved channel-first)."""
+        self.cond_hint_original = cond_hint
+        self.strength = strength
+        self.timestep_percent_range = timestep_percent_range
+        if self.latent_format is not None:
+            if vae is None:
+                log.warning("this ControlNet needs a VAE and the apply node was given none")
+            self.vae = vae
+        self.extra_concat_orig = list(extra_concat)
+        return self
+
+    def set_previous_controlnet(self, controlnet) -> "ControlBase":
+        self.previous_controlnet = controlnet
+        return self
+
+    def pre_run(self, model, percent_to_timestep_function) -> None:
+        self.timestep_range = (percent_to_timestep_function(self.timestep_percent_range[0]),
+                               percent_to_timestep_function(self.timestep_percent_range[1]))
+        if self.previous_controlnet is not None:
+            self.previous_controlnet.pre_run(model, percent_to_timestep_function)
+
+    def cleanup(self) -> None:
+        if self.previous_controlnet is not None:
+            self.previous_controlnet.cleanup()
+        self.cond_hint = None
+        self.extra_concat = None
+        self.timestep_range = None
+
+    def get_models(self) -> list:
+        return self.previous_controlnet.get_models() if self.previous_controlnet is not None else []
+
+    def get_extra_hooks(self) -> list:
+        out = [self.extra_hooks] if self.extra_hooks is not None else []
+        if self.previous_controlnet is not None:
+            out += self.previous_controlnet.get_extra_hooks()
+        return out
+
+    def copy_to(self, c: "ControlBase") -> None:
+        for name in ("cond_hint_original", "strength", "timestep_percent_range", "global_average_pooling",
+                     "compression_ratio", "upscale_algorithm", "latent_format", "vae", "strength_type",
+                     "concat_mask", "preprocess_image", "extra_hooks"):
+            setattr(c, name, getattr(self, name))
+        c.extra_args = dict(self.extra_args)
+        c.extra_conds = list(self.extra_conds)
+        c.extra_concat_orig = list(self.extra_concat_orig)
+
+    def inference_memory_requirements(self, dtype) -> int:
+        return self.previous_controlnet.inference_memory_requirements(dtype) if self.previous_controlnet else 0
+
+    def control_merge(self, control: dict, control_prev: dict | None, output_dtype) -> dict:
+        """This control's residuals scaled by the strength (global-average-pooled for shuffle
+        models), summed position by position with the chained control's."""
+        out: dict[str, list] = {"input": [], "middle": [], "output": []}
+        for key, outputs in control.items():
+            for i, x in enumerate(outputs):
+                if x is not None:
+                    if self.global_average_pooling:
+                        x = torch.mean(x, dim=(2, 3), keepdim=True).repeat(1, 1, x.shape[2], x.shape[3])
+                    if self.strength_type == StrengthType.CONSTANT:
+                        x = x * self.strength
+                    else:
+                        x = x * (self.strength ** float(len(outputs) - i))
+                    if output_dtype is not None and x.dtype != output_dtype:
+                        x = x.to(output_dtype)
+                out[key].append(x)
+        if control_prev is not None:
+            for key in ("input", "middle", "output"):
+                mine = out[key]
+                for i, prev in enumerate(control_prev.get(key, [])):
+                    if i >= len(mine):
+                        mine.append(prev)
+                    elif prev is not None:
+                        mine[i] = prev if mine[i] is None else prev + mine[i]
+        return out
+
+    def set_extra_arg(self, argument: str, value=None) -> None:
+        self.extra_args[argument] = value
+
+    def apply(self, hint: torch.Tensor, strength: float = 1.0, percent_range=(0.0, 1.0),
+              previous: "ControlBase | None" = None) -> "ControlBase":
+        """What the Apply ControlNet nodes put in a conditioning entry: a copy with this hint,
+        strength and step range, chained after `previous`."""
         if hint.ndim != 4:
             raise ValueError(f"the ControlNet hint must be an image batch [B, C, H, W], got shape {list(hint.shape)}")
-        expected = net.model.config.hint_channels
-        if hint.shape[1] != expected:
+        expected = getattr(getattr(getattr(self, "control_model", None), "config", None), "hint_channels", None)
+        if expected is not None and hint.shape[1] != expected:
             raise ValueError(f"this ControlNet takes {expected}-channel hint images, got {hint.shape[1]} channels")
-        self.net, self.hint, self.strength = net, hint, strength
-        self.percent_range, self.previous = percent_range, previous
-        self._sigma_range: tuple[float, float] | None = None
-        self._model_sampling = None
-        self._hints: dict[tuple, torch.Tensor] = {}
+        return self.copy().set_cond_hint(hint, strength, (float(percent_range[0]), float(percent_range[1]))) \
+            .set_previous_controlnet(previous)
 
-    def chain(self) -> list["Control"]:
+    def chain(self) -> list:
         """This control and every control chained before it, newest first."""
         out, node = [], self
         while node is not None:
             out.append(node)
-            node = node.previous
+            node = node.previous_controlnet
         return out
 
-    def pre_run(self, model, percent_to_sigma) -> None:
-        self._sigma_range = (percent_to_sigma(self.percent_range[0]), percent_to_sigma(self.percent_range[1]))
-        self._model_sampling = model.model_sampling
-        self._hints.clear()
-        if self.previous is not None:
-            self.previous.pre_run(model, percent_to_sigma)
 
-    def active(self, sigma: torch.Tensor) -> bool:
-        if self._sigma_range is None:
-            return True
-        s = float(sigma.reshape(-1)[0])
-        return not (s > self._sigma_range[0] or s < self._sigma_range[1])
+class ControlNet(ControlBase):
+    """A ControlNet network (ControlNetModel) as a CONTROL_NET."""
 
-    def _hint_for(self, x: torch.Tensor) -> torch.Tensor:
-        size = (x.shape[2], x.shape[3])
-        hint = self._hints.get(size)
-        if hint is None:
-            hint = upscale(self.hint.float(), x.shape[3] * LATENT_SCALE, x.shape[2] * LATENT_SCALE,
-                           "nearest-exact", "center")
-            hint = hint.to(device=x.device, dtype=self.net.dtype)
-            while len(self._hints) >= HINT_CACHE_SIZE:
-                self._hints.pop(next(iter(self._hints)))
-            self._hints[size] = hint
-        return hint
+    def __init__(self, control_model: ControlNetModel | None = None, global_average_pooling: bool = False,
+                 compression_ratio: int = LATENT_SCALE, latent_format=None, load_device=None, manual_cast_dtype=None,
+                 extra_conds=("y",), strength_type=StrengthType.CONSTANT, concat_mask: bool = False,
+                 preprocess_image=lambda a: a, offload_device=None, manager=None):
+        super().__init__()
+        self.control_model = control_model
+        self.load_device = torch.device(load_device) if load_device is not None else torch.device("cpu")
+        self.offload_device = torch.device(offload_device) if offload_device is not None else self.load_device
+        self.control_model_wrapped = None
+        if control_model is not None:
+            from .model_patcher import ModelPatcher
+            self.control_model_wrapped = ModelPatcher(control_model, load_device=self.load_device,
+                                                      offload_device=self.offload_device)
+            self.control_model_wrapped.manager = manager
+        self.compression_ratio = compression_ratio
+        self.global_average_pooling = global_average_pooling
+        self.model_sampling_current = None
+        self.manual_cast_dtype = manual_cast_dtype
+        self.latent_format = latent_format
+        self.extra_conds += list(extra_conds)
+        self.strength_type = strength_type
+        self.concat_mask = concat_mask
+        self.preprocess_image = preprocess_image
 
-    def get_control(self, x: torch.Tensor, sigma: torch.Tensor, cond: Mapping, batched_number: int,
-                    transformer_options: dict | None = None) -> dict[str, list] | None:
-        previous = None
-        if self.previous is not None:
-            previous = self.previous.get_control(x, sigma, cond, batched_number, transformer_options)
-        if not self.active(sigma):
-            return previous
-        if self._model_sampling is None:
-            raise RuntimeError("Control.get_control called before pre_run (the sampler sets the model up)")
-        ms = self._model_sampling
-        net = self.net
-        hint = self._hint_for(x)
-        if hint.shape[0] != x.shape[0]:
-            hint = broadcast_to_batch(hint, x.shape[0], batched_number)
+    @property
+    def model(self) -> ControlNetModel:
+        return self.control_model
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.manual_cast_dtype or self.control_model.dtype
+
+    def get_control(self, x_noisy: torch.Tensor, t: torch.Tensor, cond, batched_number: int,
+                    transformer_options: dict | None = None):
+        control_prev = None
+        if self.previous_controlnet is not None:
+            control_prev = self.previous_controlnet.get_control(x_noisy, t, cond, batched_number, transformer_options)
+        if self.timestep_range is not None and (t[0] > self.timestep_range[0] or t[0] < self.timestep_range[1]):
+            return control_prev
+        if self.model_sampling_current is None:
+            raise RuntimeError("ControlNet.get_control called before pre_run (the sampler sets the model up)")
+        dtype = self.dtype
+        size = (x_noisy.shape[2] * self.compression_ratio, x_noisy.shape[3] * self.compression_ratio)
+        if self.cond_hint is None or tuple(self.cond_hint.shape[2:]) != size:
+            hint = upscale(self.cond_hint_original.float(), size[1], size[0], self.upscale_algorithm, "center")
+            self.cond_hint = self.preprocess_image(hint).to(device=x_noisy.device, dtype=dtype)
+        if self.cond_hint.shape[1] != self.control_model.config.hint_channels:
+            raise ValueError(f"this ControlNet takes {self.control_model.config.hint_channels}-channel hint images, "
+                             f"got {self.cond_hint.shape[1]} channels")
+        if x_noisy.shape[0] != self.cond_hint.shape[0]:
+            self.cond_hint = broadcast_image_to(self.cond_hint, x_noisy.shape[0], batched_number)
         context = cond.get("crossattn_controlnet", cond.get("c_crossattn"))
         if context is None:
             raise ValueError("ControlNet needs cross-attention conditioning (c_crossattn)")
-        y = cond.get("y")
-        xc = ms.calculate_input(sigma, x)
-        timesteps = ms.timestep(sigma).float()
-        dtype, device = net.dtype, net.device
-        residuals = net.model(xc.to(device, dtype), hint, timesteps.to(device), context.to(device, dtype),
-                              None if y is None else y.to(device, dtype), transformer_options)
-        return merge_residuals(self._scale(residuals, x.device), previous)
+        extra = dict(self.extra_args)
+        for name in self.extra_conds:
+            value = cond.get(name)
+            if value is not None:
+                extra[name] = value.to(x_noisy.device, dtype)
+        ms = self.model_sampling_current
+        timestep = ms.timestep(t)
+        xc = ms.calculate_input(t, x_noisy)
+        control = self.control_model(x=xc.to(dtype), hint=self.cond_hint, timesteps=timestep.to(dtype),
+                                     context=context.to(x_noisy.device, dtype), **extra)
+        return self.control_merge(control, control_prev, output_dtype=None)
 
-    def _scale(self, residuals: dict[str, list], device: torch.device) -> dict[str, list]:
-        out = {}
-        for key, values in residuals.items():
-            scaled = []
-            for r in values:
-                if r is not None:
-                    if self.net.global_average_pooling:
-                        r = r.mean(dim=(2, 3), keepdim=True).expand_as(r)
-                    r = (r * self.strength).to(device)
-                scaled.append(r)
-            out[key] = scaled
-        return out
+    def copy(self) -> "ControlNet":
+        c = ControlNet(None, global_average_pooling=self.global_average_pooling, load_device=self.load_device,
+                       manual_cast_dtype=self.manual_cast_dtype)
+        c.control_model = self.control_model
+        c.control_model_wrapped = self.control_model_wrapped
+        c.offload_device = self.offload_device
+        self.copy_to(c)
+        return c
+
+    def get_models(self) -> list:
+        return super().get_models() + [self.control_model_wrapped]
+
+    def pre_run(self, model, percent_to_timestep_function) -> None:
+        super().pre_run(model, percent_to_timestep_function)
+        self.model_sampling_current = model.model_sampling
+
+    def cleanup(self) -> None:
+        self.model_sampling_current = None
+        super().cleanup()
 
     def __repr__(self) -> str:
-        return (f"Control(strength={self.strength}, percent_range={self.percent_range}, "
+        return (f"ControlNet(strength={self.strength}, percent_range={self.timestep_percent_range}, "
                 f"chained={len(self.chain()) - 1})")

@@ -18,6 +18,7 @@ class LatentFormat:
     scale_factor = 1.0
     shift_factor = 0.0
     latent_channels = 4
+    latent_dimensions = 2
     latent_rgb_factors: list[list[float]] | None = None
     latent_rgb_factors_bias: list[float] | None = None
     taesd_decoder_name: str | None = None

@@ -1,12 +1,10 @@
-"""LoRA files: which of our weights each file key patches, and the low-rank update maths.
+"""LoRA files: which of our weights each file key patches, read into weight patches.
 
-A LoRA stores, per patched module, `up` [out, r(, 1, 1)], `down` [r, in(, kh, kw)] and optionally
-`alpha`; the module's weight becomes W + strength * (alpha / r) * (up @ down), computed in
-float32 and reshaped to W's shape (so a linear-style pair can patch a 1x1 conv and the reverse,
-and a kohya "LoCon" pair patches a 3x3 conv). Without alpha the scale is 1 (alpha = r).
-LyCORIS' Tucker form adds `lora_mid` [r, r, kh, kw] between the two. Full differences
-(`.diff` for a weight, `.diff_b` for its bias, as ComfyUI's trainer writes for norm scales and
-biases) are added as they are: W' = W + strength * diff.
+`load_lora_for_models(model, clip, lora_sd, strength_model, strength_clip)` is ComfyUI's: clones
+of the MODEL and CLIP carrying the file's patches (diffusion.patches holds the formats and the
+maths: LoRA / LoCon / Tucker, LoHa, LoKr, GLoRA, DoRA scales, diff and set keys). A module's
+LoRA weight becomes W + strength * (alpha / r) * (up @ down), reshaped to W's shape, so a
+linear-style pair can patch a 1x1 conv and the reverse; without alpha the scale is 1.
 
 File layouts understood (as ComfyUI's comfy/lora.py, see `unet_key_map` / `text_key_map`):
 * kohya: `lora_unet_<diffusers or LDM module path, '.' -> '_'>`, `lora_te_*` (SD1/SD2 text
@@ -23,109 +21,20 @@ Our UNet keeps the original LDM module names, so diffusers names go through
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 import torch
 
-log = logging.getLogger(__name__)
+from .patches import GLoRAAdapter, LoHaAdapter, LoKrAdapter, LoRAAdapter, patch_fits
 
-# (up suffix, down suffix, mid suffix or None), tried in this order for each module name.
-PAIR_SUFFIXES = (
-    (".lora_up.weight", ".lora_down.weight", ".lora_mid.weight"),
-    ("_lora.up.weight", "_lora.down.weight", None),
-    (".lora_B.weight", ".lora_A.weight", None),
-    (".lora.up.weight", ".lora.down.weight", None),
-    (".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight", None),
-)
-ALPHA_SUFFIX = ".alpha"
-# Full differences (ComfyUI's trainer writes them for 1-D weights and for biases).
-DIFF_SUFFIX, DIFF_BIAS_SUFFIX = ".diff", ".diff_b"
-_ALL_SUFFIXES = tuple(s for triple in PAIR_SUFFIXES for s in triple if s) + (ALPHA_SUFFIX, DIFF_SUFFIX,
-                                                                            DIFF_BIAS_SUFFIX)
+log = logging.getLogger(__name__)
 
 # Text-encoder module names in kohya keys (HF CLIP names with '.' -> '_').
 CLIP_LAYER_MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
                       "mlp.fc1", "mlp.fc2")
 MAX_TEXT_LAYERS = 32
 TEXT_KEY_PREFIXES = ("lora_te", "text_encoder", "lora_prior_te", "text_encoders.")
-
-
-# ---------------------------------------------------------------------------------------------
-# The maths
-
-
-@dataclass(frozen=True, eq=False)
-class LoraAdapter:
-    """One module's low-rank update as stored in the file (any dtype, any device)."""
-
-    up: torch.Tensor
-    down: torch.Tensor
-    alpha: float | None = None
-    mid: torch.Tensor | None = None
-
-    @property
-    def rank(self) -> int:
-        return int(self.down.shape[0])
-
-    @property
-    def scale(self) -> float:
-        return 1.0 if self.alpha is None else self.alpha / self.rank
-
-    @property
-    def out_features(self) -> int:
-        return int(self.up.shape[0])
-
-    def product(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """up @ down (through mid when present) in float32, as [out, in * kernel]."""
-        up = self.up.to(device=device, dtype=torch.float32)
-        down = self.down.to(device=device, dtype=torch.float32)
-        if self.mid is not None:
-            down = self._through_mid(down, self.mid.to(device=device, dtype=torch.float32))
-        return up.flatten(start_dim=1) @ down.flatten(start_dim=1)
-
-    @staticmethod
-    def _through_mid(down: torch.Tensor, mid: torch.Tensor) -> torch.Tensor:
-        """Tucker LoCon: the 1x1 `down` [r, in] followed by the spatial `mid` [r, r, kh, kw] is the
-        single kernel [r, in, kh, kw] sum_j mid[:, j] * down[j]."""
-        return torch.einsum("ijhw,jc->ichw", mid, down.flatten(start_dim=1))
-
-    def fits(self, shape: Iterable[int]) -> bool:
-        shape = tuple(shape)
-        if not shape or shape[0] != self.out_features:
-            return False
-        inner = self.down.shape[1:] if self.mid is None else (self.down.shape[1], *self.mid.shape[2:])
-        return self.out_features * math.prod(inner) == math.prod(shape)
-
-    def describe(self) -> str:
-        mid = "" if self.mid is None else f" mid {list(self.mid.shape)}"
-        return f"up {list(self.up.shape)} down {list(self.down.shape)}{mid}"
-
-    def add_to(self, weight: torch.Tensor, strength: float) -> torch.Tensor:
-        """weight += strength * scale * delta, in place; `weight` is the float32 working copy."""
-        if not self.fits(weight.shape):
-            raise ValueError(f"LoRA {self.describe()} does not fit a weight of shape {list(weight.shape)}")
-        delta = self.product(weight.device).reshape(weight.shape)
-        return weight.add_(delta, alpha=strength * self.scale)
-
-
-@dataclass(frozen=True, eq=False)
-class WeightDiff:
-    """A full difference added to a weight or bias (`.diff` / `.diff_b` keys): W' = W + strength * diff."""
-
-    diff: torch.Tensor
-
-    def fits(self, shape: Iterable[int]) -> bool:
-        return tuple(self.diff.shape) == tuple(shape)
-
-    def describe(self) -> str:
-        return f"diff {list(self.diff.shape)}"
-
-    def add_to(self, weight: torch.Tensor, strength: float) -> torch.Tensor:
-        if not self.fits(weight.shape):
-            raise ValueError(f"LoRA {self.describe()} does not fit a weight of shape {list(weight.shape)}")
-        return weight.add_(self.diff.to(device=weight.device, dtype=torch.float32), alpha=strength)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,13 +48,6 @@ class Target:
     component: str  # "model" (the UNet) or "clip" (the TextEncoder)
     key: str
     shape: tuple[int, ...]
-    bias_shape: tuple[int, ...] | None = None  # the module's bias, when it has one
-
-    @property
-    def bias(self) -> "Target | None":
-        if self.bias_shape is None:
-            return None
-        return Target(self.component, self.key[:-len("weight")] + "bias", self.bias_shape)
 
 
 _RESNET = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
@@ -236,14 +138,14 @@ def unet_key_map(unet: torch.nn.Module) -> dict[str, Target]:
     for key, shape in shapes.items():
         if key.endswith(".weight"):
             module = key[:-len(".weight")]
-            target = Target("model", key, shape, shapes.get(module + ".bias"))
+            target = Target("model", key, shape)
             out["lora_unet_" + module.replace(".", "_")] = target
             out["diffusion_model." + module] = target
     for d_key, key in diffusers_unet_key_map(unet.config, shapes).items():
         if not d_key.endswith(".weight"):
             continue
         module = d_key[:-len(".weight")]
-        target = Target("model", key, shapes[key], shapes.get(key[:-len("weight")] + "bias"))
+        target = Target("model", key, shapes[key])
         flat = module.replace(".", "_")
         out["lora_unet_" + flat] = target
         out["lycoris_" + flat] = target
@@ -280,19 +182,19 @@ def text_key_map(encoder: torch.nn.Module) -> dict[str, Target]:
     out: dict[str, Target] = {}
     comfy_names = {"l": "clip_l", "h": "clip_h", "g": "clip_g"}
     for tower in towers:
-        base = f"towers.{tower}."
+        base = f"clip_{tower}."
         inner = base + _module_path(encoder.towers[tower], encoder.towers[tower].text)
         for b in range(MAX_TEXT_LAYERS):
             for m in CLIP_LAYER_MODULES:
                 key = f"{inner}encoder.layers.{b}.{m}.weight"
                 if key not in shapes:
                     continue
-                target = Target("clip", key, shapes[key], shapes.get(key[:-len("weight")] + "bias"))
+                target = Target("clip", key, shapes[key])
                 for pattern in _text_names(tower, towers):
                     flat = m.replace(".", "_") if pattern.startswith("lora_") else m
                     out[pattern.format(b=b, m=flat)] = target
                 out[f"text_encoders.{comfy_names[tower]}.transformer.text_model.encoder.layers.{b}.{m}"] = target
-        projection = f"{base}model.text_projection.weight"
+        projection = f"{base}transformer.text_projection.weight"
         if tower == "g" and projection in shapes:
             for name in ("lora_te2_text_projection", "lora_prior_te_text_projection"):
                 out[name] = Target("clip", projection, shapes[projection])
@@ -300,74 +202,117 @@ def text_key_map(encoder: torch.nn.Module) -> dict[str, Target]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading a LoRA state dict against those names
+# ComfyUI's key maps: LoRA module name -> state-dict key of the patched weight
 
 
-@dataclass
-class LoraMatch:
-    """What a LoRA file patches: per component, target key -> adapter (file order), and what it
-    could not apply."""
-
-    patches: dict[str, dict[str, LoraAdapter]] = field(default_factory=lambda: {"model": {}, "clip": {}})
-    unmatched: list[str] = field(default_factory=list)  # file keys that name no module we have
-    misfit: list[str] = field(default_factory=list)  # modules whose shapes do not fit the weight
-    total_keys: int = 0
-
-    def count(self, component: str) -> int:
-        return len(self.patches.get(component, {}))
+def model_lora_keys_unet(model, key_map: dict | None = None) -> dict[str, str]:
+    """LoRA module names of a DiffusionModel's UNet -> "diffusion_model.<param>" keys."""
+    key_map = {} if key_map is None else key_map
+    for name, target in unet_key_map(model.diffusion_model).items():
+        key_map[name] = "diffusion_model." + target.key
+    return key_map
 
 
-def split_modules(lora: Mapping[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tensor]], list[str]]:
-    """Group file keys by module name: {module: {suffix: tensor}}, plus keys of no known form."""
-    modules: dict[str, dict[str, torch.Tensor]] = {}
-    odd: list[str] = []
-    for key, value in lora.items():
-        suffix = next((s for s in _ALL_SUFFIXES if key.endswith(s) and len(key) > len(s)), None)
-        if suffix is None:
-            odd.append(key)
-        else:
-            modules.setdefault(key[:-len(suffix)], {})[suffix] = value
-    return modules, odd
+def model_lora_keys_clip(model, key_map: dict | None = None) -> dict[str, str]:
+    """LoRA module names of a text encoder (CLIP's cond_stage_model) -> its state-dict keys."""
+    key_map = {} if key_map is None else key_map
+    for name, target in text_key_map(model).items():
+        key_map[name] = target.key
+    return key_map
 
 
-def _adapter(parts: dict[str, torch.Tensor]) -> tuple[LoraAdapter | None, list[str]]:
-    """The adapter of one module's tensors and the suffixes it used (None: no up/down pair)."""
-    alpha = parts.get(ALPHA_SUFFIX)
-    alpha_value = None if alpha is None else float(alpha.float().reshape(-1)[0])
-    for up, down, mid in PAIR_SUFFIXES:
-        if up in parts and down in parts:
-            used = [up, down] + ([ALPHA_SUFFIX] if alpha is not None else [])
-            mid_tensor = parts.get(mid) if mid else None
-            if mid_tensor is not None:
-                used.append(mid)
-            return LoraAdapter(parts[up], parts[down], alpha_value, mid_tensor), used
-    return None, []
+# ---------------------------------------------------------------------------------------------
+# Reading a LoRA state dict into patches
+
+# (up, down, mid) key suffixes of the LoRA pair forms, tried in this order (ComfyUI's).
+PAIR_FORMS = (
+    (".lora_up.weight", ".lora_down.weight", ".lora_mid.weight"),
+    ("_lora.up.weight", "_lora.down.weight", None),
+    (".lora_B.weight", ".lora_A.weight", None),
+    (".lora.up.weight", ".lora.down.weight", None),
+    (".lora_B", ".lora_A", None),
+    (".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight", None),
+    (".lora_B.default.weight", ".lora_A.default.weight", None),
+)
+LOHA_KEYS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+LOKR_KEYS = ("lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w1_b", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
 
 
-def match_lora(lora: Mapping[str, torch.Tensor], targets: Mapping[str, Target]) -> LoraMatch:
-    """Pair each module of a LoRA state dict with the weight it patches."""
-    result = LoraMatch(total_keys=len(lora))
-    modules, odd = split_modules(lora)
-    result.unmatched.extend(odd)
-    for name, parts in modules.items():
-        target = targets.get(name)
-        adapter, used = _adapter(parts) if target is not None else (None, [])
-        if adapter is None and target is not None and DIFF_SUFFIX in parts:
-            adapter, used = WeightDiff(parts[DIFF_SUFFIX]), [DIFF_SUFFIX]
-        if target is not None and target.bias is not None and DIFF_BIAS_SUFFIX in parts:
-            used.append(DIFF_BIAS_SUFFIX)
-            _add_patch(result, name, WeightDiff(parts[DIFF_BIAS_SUFFIX]), target.bias)
-        result.unmatched.extend(name + s for s in parts if s not in used)
+def _adapter(x: str, lora: Mapping[str, torch.Tensor], alpha, dora_scale, used: set):
+    """The adapter stored under module name `x`, or None."""
+    for up, down, mid in PAIR_FORMS:
+        if x + up in lora and x + down in lora:
+            mid_t = lora.get(x + mid) if mid else None
+            reshape = None
+            if x + ".reshape_weight" in lora:
+                reshape = lora[x + ".reshape_weight"].tolist()
+                used.add(x + ".reshape_weight")
+            used.update({x + up, x + down} | ({x + mid} if mid_t is not None else set()))
+            return LoRAAdapter(used, (lora[x + up], lora[x + down], alpha, mid_t, dora_scale, reshape))
+    if f"{x}.hada_w1_a" in lora:
+        t1, t2 = lora.get(f"{x}.hada_t1"), lora.get(f"{x}.hada_t2")
+        used.update(f"{x}.{k}" for k in LOHA_KEYS)
+        if t1 is not None:
+            used.update({f"{x}.hada_t1", f"{x}.hada_t2"})
+        return LoHaAdapter(used, (lora[f"{x}.hada_w1_a"], lora[f"{x}.hada_w1_b"], alpha, lora[f"{x}.hada_w2_a"],
+                                  lora[f"{x}.hada_w2_b"], t1, t2, dora_scale))
+    parts = {k: lora.get(f"{x}.{k}") for k in LOKR_KEYS}
+    if any(parts[k] is not None for k in ("lokr_w1", "lokr_w2", "lokr_w1_a", "lokr_w2_a")):
+        used.update(f"{x}.{k}" for k, v in parts.items() if v is not None)
+        return LoKrAdapter(used, (parts["lokr_w1"], parts["lokr_w2"], alpha, parts["lokr_w1_a"], parts["lokr_w1_b"],
+                                  parts["lokr_w2_a"], parts["lokr_w2_b"], parts["lokr_t2"], dora_scale))
+    if f"{x}.a1.weight" in lora:
+        names = [f"{x}.{n}.weight" for n in ("a1", "a2", "b1", "b2")]
+        used.update(names)
+        return GLoRAAdapter(used, (*(lora[n] for n in names), alpha, dora_scale))
+    return None
+
+
+def load_lora(lora: Mapping[str, torch.Tensor], to_load: Mapping[str, str], log_missing: bool = True) -> dict:
+    """ComfyUI's comfy.lora.load_lora: {model key: patch} for every module of `to_load` (LoRA module
+    name -> model key) found in the file; file keys left over are logged."""
+    return read_lora(lora, to_load, log_missing)[0]
+
+
+def read_lora(lora: Mapping[str, torch.Tensor], to_load: Mapping[str, str], log_missing: bool = False
+              ) -> tuple[dict, list[str]]:
+    """(patches as load_lora gives them, the file keys nothing used)."""
+    patch_dict: dict = {}
+    loaded: set[str] = set()
+    for x, key in to_load.items():
+        alpha = None
+        if x + ".alpha" in lora:
+            alpha = float(lora[x + ".alpha"].float().reshape(-1)[0])
+            loaded.add(x + ".alpha")
+        dora_scale = lora.get(x + ".dora_scale")
+        if dora_scale is not None:
+            loaded.add(x + ".dora_scale")
+        adapter = _adapter(x, lora, alpha, dora_scale, set())
         if adapter is not None:
-            _add_patch(result, name, adapter, target)
-    return result
-
-
-def _add_patch(result: LoraMatch, name: str, adapter, target: Target) -> None:
-    if not adapter.fits(target.shape):
-        result.misfit.append(f"{name} ({adapter.describe()} vs {target.key.rsplit('.', 1)[-1]} {list(target.shape)})")
-    else:
-        result.patches[target.component][target.key] = adapter
+            patch_dict[key] = adapter
+            loaded.update(adapter.loaded_keys)
+        base = key[:-len(".weight")] if key.endswith(".weight") else key
+        w_norm, b_norm = lora.get(x + ".w_norm"), lora.get(x + ".b_norm")
+        if w_norm is not None:
+            loaded.add(x + ".w_norm")
+            patch_dict[key] = ("diff", (w_norm,))
+            if b_norm is not None:
+                loaded.add(x + ".b_norm")
+                patch_dict[base + ".bias"] = ("diff", (b_norm,))
+        if x + ".diff" in lora:
+            patch_dict[key] = ("diff", (lora[x + ".diff"],))
+            loaded.add(x + ".diff")
+        if x + ".diff_b" in lora:
+            patch_dict[base + ".bias"] = ("diff", (lora[x + ".diff_b"],))
+            loaded.add(x + ".diff_b")
+        if x + ".set_weight" in lora:
+            patch_dict[key] = ("set", (lora[x + ".set_weight"],))
+            loaded.add(x + ".set_weight")
+    unloaded = [k for k in lora if k not in loaded]
+    if log_missing:
+        for k in unloaded:
+            log.warning("lora key not loaded: %s", k)
+    return patch_dict, unloaded
 
 
 def is_text_key(key: str) -> bool:
@@ -375,7 +320,7 @@ def is_text_key(key: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Putting a LoRA on MODEL / CLIP handles (ComfyUI's load_lora_for_models)
+# Putting a LoRA on MODEL / CLIP (ComfyUI's comfy.sd.load_lora_for_models)
 
 
 @dataclass(frozen=True)
@@ -404,36 +349,55 @@ class LoraReport:
         return "; ".join(parts)
 
 
-def apply_lora(lora: Mapping[str, torch.Tensor], model, clip, strength_model: float, strength_clip: float,
-               name: str = "LoRA"):
-    """(MODEL clone, CLIP clone, LoraReport): the handles given, each carrying this LoRA's patches
-    after any it already had. `model` / `clip` may be None (that output is then None)."""
-    from diffusion.handles import with_weight_patches
-    from diffusion.patches import WeightPatch
+def _fitting(patches: dict, shapes: Mapping[str, tuple]) -> tuple[dict, list[str]]:
+    """The patches whose deltas fit their weights, and a description of those that do not."""
+    ok, misfit = {}, []
+    for key, value in patches.items():
+        if patch_fits(value, shapes[key]):
+            ok[key] = value
+        else:
+            source = min(getattr(value, "loaded_keys", ()) or [key])
+            misfit.append(f"{source} ({value!r} vs weight {key} {list(shapes[key])})")
+    return ok, misfit
 
-    targets: dict[str, Target] = {}
+
+def lora_patches(lora: Mapping[str, torch.Tensor], model, clip) -> tuple[dict, dict, list[str], list[str]]:
+    """(MODEL patches, CLIP patches, unmatched file keys, misfits) of a LoRA state dict."""
+    key_map: dict[str, str] = {}
     if model is not None:
-        targets.update(unet_key_map(model.unet))
+        model_lora_keys_unet(model.model, key_map)
     if clip is not None:
-        targets.update(text_key_map(clip.encoder))
-    found = match_lora(lora, targets)
-    unmatched, text_skipped = found.unmatched, 0
+        model_lora_keys_clip(clip.cond_stage_model, key_map)
+    loaded, unmatched = read_lora(lora, key_map)
+    model_shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items()} if model is not None else {}
+    clip_shapes = {k: tuple(v.shape) for k, v in clip.cond_stage_model.state_dict().items()} if clip is not None else {}
+    model_patches, misfit = _fitting({k: v for k, v in loaded.items() if k in model_shapes}, model_shapes)
+    clip_patches, clip_misfit = _fitting({k: v for k, v in loaded.items() if k in clip_shapes}, clip_shapes)
+    return model_patches, clip_patches, unmatched, misfit + clip_misfit
+
+
+def load_lora_for_models(model, clip, lora: Mapping[str, torch.Tensor], strength_model: float,
+                         strength_clip: float, name: str = "LoRA"):
+    """(MODEL clone, CLIP clone, LoraReport): the inputs carrying this LoRA's patches after any they
+    already had. `model` / `clip` may be None (that output is then None)."""
+    model_patches, clip_patches, unmatched, misfit = lora_patches(lora, model, clip)
+    new_model = new_clip = None
+    if model is not None:
+        new_model = model.clone()
+        new_model.add_patches(model_patches, strength_model)
+    if clip is not None:
+        new_clip = clip.clone()
+        new_clip.add_patches(clip_patches, strength_clip)
+    text_skipped = 0
     if clip is None:
         text_skipped = sum(1 for k in unmatched if is_text_key(k))
         unmatched = [k for k in unmatched if not is_text_key(k)]
-
-    def patches(component: str, strength: float) -> list:
-        return [WeightPatch(key, adapter, strength) for key, adapter in found.patches[component].items()]
-
-    new_model = None if model is None else with_weight_patches(model, patches("model", strength_model))
-    new_clip = None if clip is None else clip.with_patches(patches("clip", strength_clip))
-    report = LoraReport(name, found.count("model"), found.count("clip"), tuple(unmatched), tuple(found.misfit),
-                        text_skipped)
+    report = LoraReport(name, len(model_patches), len(clip_patches), tuple(unmatched), tuple(misfit), text_skipped)
     if unmatched:
         log.warning("LoRA %s: %d key(s) matched no module and were not applied: %s", name, len(unmatched),
                     ", ".join(unmatched))
-    if found.misfit:
-        log.warning("LoRA %s: shapes do not fit, not applied: %s", name, "; ".join(found.misfit))
+    if misfit:
+        log.warning("LoRA %s: shapes do not fit, not applied: %s", name, "; ".join(misfit))
     if text_skipped:
         log.info("LoRA %s: %d text-encoder key(s) not applied (no CLIP given)", name, text_skipped)
     return new_model, new_clip, report

@@ -1,19 +1,30 @@
 """DiffusionModel: a UNet plus its sigma table and latent format, exposed as a denoiser.
 
-Samplers only ever call `model(x, sigma, **extra_args) -> x0`; this class is where a raw UNet
-(eps or v prediction, 0..999 integer timesteps, VP-scaled input) becomes that denoiser, and where
-the per-family extra inputs are built from ComfyUI-style conditioning: SDXL's `y` vector and the
-inpainting models' extra input channels.
+This is what ComfyUI calls the BaseModel and what a ModelPatcher's `.model` is, with the same
+attribute names because plugins reach into it: `diffusion_model` (the UNet), `model_sampling`,
+`latent_format`, `model_type`, `model_config`, `apply_model(x, sigma, c_crossattn=..., ...)`,
+`extra_conds(**entry)`, `process_latent_in/out`, `memory_required`, `get_dtype`. It is an
+nn.Module so its state dict names the UNet's weights "diffusion_model.<key>", the keys weight
+patches (LoRA) are addressed by.
+
+`apply_model` is where a raw UNet (eps or v prediction, 0..999 timesteps, VP-scaled input)
+becomes the denoiser D(x, sigma) -> x0; `extra_conds` builds the per-family model inputs from a
+conditioning entry: SDXL's `y` vector and the inpainting models' extra input channels.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
+from torch import nn
 
+from .conds import CONDCrossAttn, CONDNoiseShape, CONDRegular, repeat_to_batch_size
 from .latent_formats import LatentFormat, latent_format_for
 from .model_sampling import ModelSamplingDiscrete
+from .unet_blocks import timestep_embedding
 from .upscale import upscale
 
 INPAINT_CONCAT_KEYS = ("mask", "masked_image")
@@ -23,27 +34,26 @@ INPAINT_CONCAT_KEYS = ("mask", "masked_image")
 _BLANK_INPAINT_LATENT = (0.8223, -0.6876, 0.6364, 0.1380)
 
 
-def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of the LDM code base: [cos(t f_k), sin(t f_k)], f_k = max_period^(-k/half)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
-    args = timesteps[:, None].float() * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    if dim % 2:
-        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
-    return emb
+class ModelType(Enum):
+    """What the network predicts (ComfyUI's comfy.model_base.ModelType, same values)."""
+    EPS = 1
+    V_PREDICTION = 2
+    V_PREDICTION_EDM = 3
+    STABLE_CASCADE = 4
+    EDM = 5
+    FLOW = 6
+    V_PREDICTION_CONTINUOUS = 7
+    FLUX = 8
+    IMG_TO_IMG = 9
+    FLOW_COSMOS = 10
+
+
+def model_type_of(model_sampling) -> ModelType:
+    return ModelType.V_PREDICTION if getattr(model_sampling, "prediction", "eps") == "v_prediction" else ModelType.EPS
 
 
 def _embed_scalars(values, dim: int = 256) -> torch.Tensor:
     return torch.flatten(torch.cat([timestep_embedding(torch.tensor([float(v)]), dim) for v in values]))
-
-
-def repeat_to_batch_size(t: torch.Tensor, batch_size: int) -> torch.Tensor:
-    if t.shape[0] > batch_size:
-        return t[:batch_size]
-    if t.shape[0] < batch_size:
-        return t.repeat([math.ceil(batch_size / t.shape[0])] + [1] * (t.ndim - 1))[:batch_size]
-    return t
 
 
 def resize_to_batch_size(t: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -91,26 +101,23 @@ def sdxl_refiner_adm(pooled: torch.Tensor, width: int, height: int, crop_w: int 
 
 
 class SDXLAdm:
-    """Builds SDXL base `y` from a conditioning entry's extras; the image size defaults to the
-    latent's size times 8 (as ComfyUI does when the encoder node set none)."""
+    """Builds SDXL base `y` from a conditioning entry; the sampler fills width/height with the
+    latent's size times 8 when the encoder node set none (ComfyUI's 768 default is never reached)."""
 
-    def __call__(self, extras: dict, noise_shape, prompt_type: str = "positive") -> torch.Tensor:
-        width = extras.get("width", noise_shape[3] * 8)
-        height = extras.get("height", noise_shape[2] * 8)
-        return sdxl_adm(_pooled(extras), width, height, extras.get("crop_w", 0), extras.get("crop_h", 0),
-                        extras.get("target_width", width), extras.get("target_height", height))
+    def __call__(self, entry: dict) -> torch.Tensor:
+        width, height = entry.get("width", 768), entry.get("height", 768)
+        return sdxl_adm(_pooled(entry), width, height, entry.get("crop_w", 0), entry.get("crop_h", 0),
+                        entry.get("target_width", width), entry.get("target_height", height))
 
 
 class SDXLRefinerAdm:
     """Builds the refiner's `y`; the default aesthetic score is 6 for positive prompts and 2.5 for
     negative ones (the refiner was trained to steer away from low scores)."""
 
-    def __call__(self, extras: dict, noise_shape, prompt_type: str = "positive") -> torch.Tensor:
-        width = extras.get("width", noise_shape[3] * 8)
-        height = extras.get("height", noise_shape[2] * 8)
-        score = extras.get("aesthetic_score", 2.5 if prompt_type == "negative" else 6.0)
-        return sdxl_refiner_adm(_pooled(extras), width, height, extras.get("crop_w", 0), extras.get("crop_h", 0),
-                                score)
+    def __call__(self, entry: dict) -> torch.Tensor:
+        score = entry.get("aesthetic_score", 2.5 if entry.get("prompt_type") == "negative" else 6.0)
+        return sdxl_refiner_adm(_pooled(entry), entry.get("width", 768), entry.get("height", 768),
+                                entry.get("crop_w", 0), entry.get("crop_h", 0), score)
 
 
 def default_adm(family: str):
@@ -129,7 +136,29 @@ def _resize(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return upscale(t, w, h, "bilinear", "center")
 
 
-class DiffusionModel:
+@dataclass
+class ModelConfig:
+    """What ComfyUI keeps in `model.model_config`: the UNet's shape and the sampling settings."""
+    unet_config: dict = field(default_factory=dict)
+    latent_format: LatentFormat | None = None
+    sampling_settings: dict = field(default_factory=dict)
+    manual_cast_dtype: torch.dtype | None = None
+    memory_usage_factor: float = 1.0
+    supported_inference_dtypes: tuple = (torch.float16, torch.bfloat16, torch.float32)
+    custom_operations: object = None
+    scaled_fp8: object = None
+    optimizations: dict = field(default_factory=dict)
+
+
+def _convert_tensor(extra, dtype, device):
+    if not hasattr(extra, "dtype"):
+        return extra
+    if extra.dtype in (torch.int, torch.long):
+        return extra.to(device)
+    return extra.to(device=device, dtype=dtype)
+
+
+class DiffusionModel(nn.Module):
     """A UNet wrapped as a denoiser D(x, sigma) over model-space latents.
 
     `unet(x, timesteps, context, y=None, control=None, transformer_options=None)` is any callable
@@ -141,52 +170,71 @@ class DiffusionModel:
     def __init__(self, unet, model_sampling: ModelSamplingDiscrete | None = None,
                  latent_format: LatentFormat | None = None, family: str = "sd1", adm=None, *,
                  concat_keys: tuple[str, ...] | None = None):
-        self.unet = unet
+        super().__init__()
+        self.diffusion_model = unet
         self.family = family
         self.model_sampling = model_sampling if model_sampling is not None else ModelSamplingDiscrete()
         self.latent_format = latent_format if latent_format is not None else latent_format_for(family)
+        self.model_type = model_type_of(self.model_sampling)
         self.adm = adm if adm is not None else default_adm(family)
+        config = getattr(unet, "config", None)
+        self.model_config = ModelConfig(config.to_dict() if hasattr(config, "to_dict") else {}, self.latent_format)
+        self.manual_cast_dtype = None
+        self.adm_channels = getattr(config, "adm_in_channels", None) or 0
         if concat_keys is None:
-            in_channels = getattr(getattr(unet, "config", None), "in_channels", None)
-            extra = (in_channels or 0) - self.latent_format.latent_channels
+            extra = (getattr(config, "in_channels", None) or 0) - self.latent_format.latent_channels
             concat_keys = INPAINT_CONCAT_KEYS if extra == 5 else ()
         self.concat_keys = tuple(concat_keys)
+        self.memory_usage_factor = 1.0
+        self.device = None            # where the weights are; the ModelPatcher keeps it current
+        self.current_patcher = None   # the ModelPatcher sampling with this model right now
 
-    @property
-    def dtype(self) -> torch.dtype:
-        params = getattr(self.unet, "parameters", None)
-        if params is not None:
-            for p in params():
-                return p.dtype
+    def get_dtype(self) -> torch.dtype:
+        dtype = getattr(self.diffusion_model, "dtype", None)
+        if isinstance(dtype, torch.dtype):
+            return dtype
+        params = getattr(self.diffusion_model, "parameters", None)
+        for p in params() if params is not None else ():
+            return p.dtype
         return torch.float32
 
     # -- the denoiser ------------------------------------------------------------------------
 
-    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
-        """x0 estimate for model-space latents x at noise levels sigma [B]. `cond` holds
-        "c_crossattn" [B, T, D], optional "y", "c_concat" and "control", "transformer_options"."""
+    def apply_model(self, x: torch.Tensor, t: torch.Tensor, c_concat=None, c_crossattn=None, control=None,
+                    transformer_options: dict | None = None, **kwargs) -> torch.Tensor:
+        """x0 estimate for model-space latents x at noise levels t (sigmas [B]); keyword inputs
+        are the model conds of the batch ("y", ...), cast to the UNet's dtype and device."""
         ms = self.model_sampling
-        sigma = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).reshape(-1)
-        if sigma.shape[0] == 1 and x.shape[0] > 1:
-            sigma = sigma.expand(x.shape[0])
+        sigma = t
         xc = ms.calculate_input(sigma, x)
-        if cond.get("c_concat") is not None:
+        if c_concat is not None:
             # The extra channels are not noise-scaled: they are conditioning, not part of x.
-            xc = torch.cat([xc, cond["c_concat"].to(xc.device, xc.dtype)], dim=1)
-        dtype = self.dtype
-        timesteps = ms.timestep(sigma).float()
-        context = cond.get("c_crossattn")
-        if context is not None:
-            context = context.to(xc.device, dtype)
-        kwargs = {}
-        if cond.get("y") is not None:
-            kwargs["y"] = cond["y"].to(xc.device, dtype)
-        out = self.unet(xc.to(dtype), timesteps, context=context, control=cond.get("control"),
-                        transformer_options=cond.get("transformer_options", {}), **kwargs)
+            xc = torch.cat([xc, c_concat.to(xc.device, xc.dtype)], dim=1)
+        dtype = self.manual_cast_dtype or self.get_dtype()
+        xc = xc.to(dtype)
+        timesteps = ms.timestep(t).float()
+        context = c_crossattn.to(xc.device, dtype) if c_crossattn is not None else None
+        extra = {}
+        for name, value in kwargs.items():
+            if isinstance(value, list):
+                value = [_convert_tensor(v, dtype, xc.device) for v in value]
+            extra[name] = _convert_tensor(value, dtype, xc.device)
+        out = self.diffusion_model(xc, timesteps, context=context, control=control,
+                                   transformer_options=transformer_options if transformer_options is not None else {},
+                                   **extra)
         return ms.calculate_denoised(sigma, out.float(), x)
 
-    def __call__(self, x, sigma, cond: dict | None = None) -> torch.Tensor:
-        return self.denoise(x, sigma, cond or {})
+    def memory_required(self, input_shape, cond_shapes=None) -> float:
+        """Bytes of working memory one UNet call on `input_shape` needs, by ComfyUI's rule of thumb
+        (flash attention: 0.01 MB per latent cell and byte of dtype, else 0.15 MB per cell)."""
+        area = input_shape[0] * math.prod(input_shape[2:])
+        if torch.cuda.is_available() and self.device is not None and torch.device(self.device).type == "cuda":
+            dtype = self.manual_cast_dtype or self.get_dtype()
+            return area * torch.finfo(dtype).bits // 8 * 0.01 * self.memory_usage_factor * (1024 * 1024)
+        return area * 0.15 * self.memory_usage_factor * (1024 * 1024)
+
+    def extra_conds_shapes(self, **kwargs) -> dict:
+        return {}
 
     # -- latents -----------------------------------------------------------------------------
 
@@ -196,45 +244,103 @@ class DiffusionModel:
     def process_latent_out(self, latent: torch.Tensor) -> torch.Tensor:
         return self.latent_format.process_out(latent)
 
+    def scale_latent_inpaint(self, sigma, noise, latent_image, **kwargs):
+        """The original latent noised to `sigma`: what the unmasked region is pinned to."""
+        s = sigma.reshape([sigma.shape[0]] + [1] * (noise.ndim - 1))
+        return self.model_sampling.noise_scaling(s, noise, latent_image)
+
     # -- conditioning -> model inputs --------------------------------------------------------
 
-    def model_conds(self, cond_tensor: torch.Tensor, extras: dict, noise: torch.Tensor,
-                    latent_image: torch.Tensor | None = None, denoise_mask: torch.Tensor | None = None,
-                    prompt_type: str = "positive") -> dict:
-        """The per-entry model inputs of one conditioning entry ([cond, extras]), at batch size 1
-        or the noise's; the CFG wrapper repeats and crops them per call."""
-        out = {"c_crossattn": cond_tensor}
-        if self.adm is not None:
-            out["y"] = self.adm(extras, noise.shape, prompt_type)
-        if self.concat_keys:
-            out["c_concat"] = self.inpaint_concat(noise, latent_image, denoise_mask, extras)
+    def encode_adm(self, **kwargs):
+        return None if self.adm is None else self.adm(kwargs)
+
+    def extra_conds(self, **kwargs) -> dict:
+        """The model inputs of one conditioning entry; kwargs are the entry's fields plus the
+        sampler's: noise, device, latent_image, denoise_mask, prompt_type, seed, width, height."""
+        out = {}
+        concat = self.concat_cond(**kwargs)
+        if concat is not None:
+            out["c_concat"] = CONDNoiseShape(concat)
+        adm = self.encode_adm(**kwargs)
+        if adm is not None:
+            out["y"] = CONDRegular(adm)
+        if kwargs.get("cross_attn") is not None:
+            out["c_crossattn"] = CONDCrossAttn(kwargs["cross_attn"])
+        if kwargs.get("cross_attn_controlnet") is not None:
+            out["crossattn_controlnet"] = CONDCrossAttn(kwargs["cross_attn_controlnet"])
+        if kwargs.get("noise_concat") is not None:
+            out["c_concat"] = CONDNoiseShape(kwargs["noise_concat"])
         return out
 
-    def inpaint_concat(self, noise: torch.Tensor, latent_image: torch.Tensor | None,
-                       denoise_mask: torch.Tensor | None, extras: dict | None = None) -> torch.Tensor:
+    def blank_inpaint_image_like(self, latent: torch.Tensor) -> torch.Tensor:
+        blank = torch.tensor(_BLANK_INPAINT_LATENT, dtype=latent.dtype, device=latent.device)
+        return blank.view(1, -1, 1, 1).expand(latent.shape[0], -1, *latent.shape[2:]).clone()
+
+    def concat_cond(self, **kwargs) -> torch.Tensor | None:
         """Extra input channels of an inpainting UNet, in the order it was trained on: the mask
         (1 channel, 1 = repaint) then the masked image's model-space latent (4 channels); the UNet
         input is then [x, mask, masked_image] (9 channels)."""
-        extras = extras or {}
+        if not self.concat_keys:
+            return None
+        noise = kwargs["noise"]
+        device = kwargs.get("device", noise.device)
         b, _, h, w = noise.shape
-        mask = extras.get("concat_mask", denoise_mask)
-        image = extras.get("concat_latent_image")
-        image = latent_image if image is None else self.process_latent_in(image)
+        mask = kwargs.get("concat_mask", kwargs.get("denoise_mask"))
+        image = kwargs.get("concat_latent_image")
+        image = kwargs.get("latent_image") if image is None else self.process_latent_in(image)
+        if image is not None:
+            image = resize_to_batch_size(_resize(image.to(noise.dtype), h, w), b)
+        if mask is not None:
+            if mask.ndim == noise.ndim:
+                mask = mask[:, :1]
+            mask = _resize(mask.reshape((-1, 1) + tuple(mask.shape[-2:])).to(noise.dtype), h, w)
+            mask = resize_to_batch_size(mask.round(), b)
         parts = []
         for key in self.concat_keys:
             if mask is None:
                 if key == "mask":
                     parts.append(torch.ones_like(noise)[:, :1])
                 elif key == "masked_image":
-                    blank = torch.tensor(_BLANK_INPAINT_LATENT, dtype=noise.dtype, device=noise.device)
-                    parts.append(blank.view(1, -1, 1, 1).expand(b, -1, h, w).clone())
+                    parts.append(self.blank_inpaint_image_like(noise))
                 continue
             if key == "mask":
-                m = mask[:, :1] if mask.ndim == noise.ndim else mask
-                m = _resize(m.reshape((-1, 1) + tuple(m.shape[-2:])).to(noise.dtype), h, w)
-                parts.append(resize_to_batch_size(m.round(), b).to(noise.device))
+                parts.append(mask.to(device))
             elif key == "masked_image":
                 if image is None:
                     raise ValueError("inpainting needs the latent image to condition on")
-                parts.append(resize_to_batch_size(_resize(image.to(noise.dtype), h, w), b).to(noise.device))
+                parts.append(image.to(device))
         return torch.cat(parts, dim=1)
+
+    # -- saving ------------------------------------------------------------------------------
+
+    def state_dict_for_saving(self, clip_state_dict=None, vae_state_dict=None, clip_vision_state_dict=None) -> dict:
+        """The checkpoint's keys: the UNet under model.diffusion_model., a v_pred marker for
+        v-prediction models, and the other components' original-layout keys as given."""
+        sd = {"model.diffusion_model." + k: v for k, v in self.diffusion_model.state_dict().items()}
+        if self.model_type == ModelType.V_PREDICTION:
+            sd["model.diffusion_model.v_pred"] = torch.tensor([])
+        for extra in (clip_state_dict, vae_state_dict, clip_vision_state_dict):
+            if extra:
+                sd.update(extra)
+        return sd
+
+
+class SDXL(DiffusionModel):
+    """SDXL base (ComfyUI's comfy.model_base.SDXL; plugins test `isinstance(model.model, SDXL)`)."""
+
+
+class SDXLRefiner(DiffusionModel):
+    """SDXL refiner (ComfyUI's comfy.model_base.SDXLRefiner)."""
+
+
+def model_class_for(family: str) -> type[DiffusionModel]:
+    family = family.lower()
+    if family == "sdxl_refiner":
+        return SDXLRefiner
+    if family.startswith("sdxl"):
+        return SDXL
+    return DiffusionModel
+
+
+__all__ = ["DiffusionModel", "SDXL", "SDXLRefiner", "model_class_for", "ModelConfig", "ModelType", "SDXLAdm", "SDXLRefinerAdm", "repeat_to_batch_size",
+           "resize_to_batch_size", "sdxl_adm", "sdxl_refiner_adm", "timestep_embedding"]

@@ -294,16 +294,19 @@ def weighted_groups(text: str, encode_text: Callable[[str], list[int]], *,
 
 
 def chunk_groups(groups: list[Chunk], *, start_token: int, end_token: int, pad_token: int,
-                 length: int = CHUNK_LENGTH) -> list[Chunk]:
+                 length: int = CHUNK_LENGTH) -> list[list[tuple]]:
     """Pack token groups into windows of ``length``: start, up to length-2 tokens, end, padding.
 
-    There is always at least one window (an empty prompt is start, end, padding).
+    Items are (token, weight, word id): the word id is the group's number from 1, 0 for start,
+    end and padding (ComfyUI's return_word_ids form). There is always at least one window (an
+    empty prompt is start, end, padding).
     """
-    pad = (pad_token, 1.0)
+    pad = (pad_token, 1.0, 0)
     room = length - 1  # positions before the end token
-    windows: list[Chunk] = []
-    window: Chunk = [(start_token, 1.0)]
-    for group in groups:
+    windows: list[list[tuple]] = []
+    window: list[tuple] = [(start_token, 1.0, 0)]
+    for word_id, group in enumerate(groups, start=1):
+        group = [(t, w, word_id) for t, w in group]
         splittable = len(group) >= SPLITTABLE_GROUP
         while group:
             if len(window) + len(group) <= room:
@@ -313,17 +316,17 @@ def chunk_groups(groups: list[Chunk], *, start_token: int, end_token: int, pad_t
             if splittable:
                 window.extend(group[:free])
                 group = group[free:]
-                window.append((end_token, 1.0))
+                window.append((end_token, 1.0, 0))
             else:
-                window.append((end_token, 1.0))
+                window.append((end_token, 1.0, 0))
                 window.extend([pad] * free)
             windows.append(window)
-            window = [(start_token, 1.0)]
-    window.append((end_token, 1.0))
+            window = [(start_token, 1.0, 0)]
+    window.append((end_token, 1.0, 0))
     window.extend([pad] * (length - len(window)))
     windows.append(window)
     return windows
 
 
-def has_weights(chunks: list[Chunk]) -> bool:
-    return any(weight != 1.0 for chunk in chunks for _, weight in chunk)
+def has_weights(chunks) -> bool:
+    return any(item[1] != 1.0 for chunk in chunks for item in chunk)

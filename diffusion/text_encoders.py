@@ -33,7 +33,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from .prompt_weights import Chunk, EmbeddingResolver, has_weights
-from .tokenizer import ClipTokenizer
+from .tokenizer import ClipTokenizer, FamilyTokenizer, TowerTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -210,21 +210,64 @@ class TowerSpec:
     projected: bool  # has a text projection (pooled output goes through it)
 
 
+class _TextModel(nn.Module):
+    """Holds a bare CLIP text transformer as `.text_model`, so every tower's weights sit under
+    "transformer.text_model." as in ComfyUI (transformers 5 flattened CLIPTextModel)."""
+
+    def __init__(self, config: CLIPTextConfig):
+        super().__init__()
+        model = CLIPTextModel(config)
+        self.text_model = model.text_model if hasattr(model, "text_model") else model
+        self.config = config
+
+
 class ClipTextTower(nn.Module):
-    """One CLIP text transformer in transformers' classes, read the way ComfyUI reads it."""
+    """One CLIP text transformer in transformers' classes, read the way ComfyUI reads it.
+
+    This is ComfyUI's SDClipModel to a plugin: `transformer` (state-dict keys as ComfyUI's,
+    "transformer.text_model.encoder.layers..."), `encode_token_weights(windows)`,
+    `set_clip_options({"layer": i, "projected_pooled": b})` / `reset_clip_options()`,
+    `clip_layer(i)`, `special_tokens`, `num_layers`, `load_sd(sd)`.
+    """
 
     def __init__(self, spec: TowerSpec, config: CLIPTextConfig):
         super().__init__()
         self.spec = spec
-        self.model = CLIPTextModelWithProjection(config) if spec.projected else CLIPTextModel(config)
+        self.transformer = CLIPTextModelWithProjection(config) if spec.projected else _TextModel(config)
         if spec.layout == "openclip":
             self.logit_scale = nn.Parameter(torch.tensor(DEFAULT_LOGIT_SCALE), requires_grad=False)
+        self.special_tokens = {"start": START_TOKEN, "end": END_TOKEN, "pad": spec.pad_token}
+        self.layer_norm_hidden_state = spec.norm_hidden
+        self.reset_clip_options()
         self.eval().requires_grad_(False)
 
     @property
     def text(self) -> nn.Module:
         """transformers' bare text transformer (embeddings, encoder, final_layer_norm)."""
-        return self.model.text_model if hasattr(self.model, "text_model") else self.model
+        return self.transformer.text_model
+
+    # ComfyUI's layer options ------------------------------------------------------------------
+    def set_clip_options(self, options: dict) -> None:
+        """{"layer": index or None (None or deeper than the model: the last layer, final-normed),
+        "projected_pooled": whether the pooled output goes through the text projection}."""
+        if "layer" in options:
+            layer = options["layer"]
+            self.layer = "last" if layer is None or abs(layer) > self.num_layers else layer
+        self.return_projected_pooled = options.get("projected_pooled", self.return_projected_pooled)
+
+    def reset_clip_options(self) -> None:
+        self.layer = "default"  # the family's layer (spec.default_layer)
+        self.return_projected_pooled = True
+
+    def clip_layer(self, layer_idx) -> None:
+        self.set_clip_options({"layer": layer_idx})
+
+    def reset_clip_layer(self) -> None:
+        self.reset_clip_options()
+
+    @property
+    def layer_idx(self):
+        return self.spec.default_layer if self.layer == "default" else (None if self.layer == "last" else self.layer)
 
     @property
     def width(self) -> int:
@@ -236,7 +279,7 @@ class ClipTextTower(nn.Module):
 
     # weights ---------------------------------------------------------------------------------
     def _inner_prefix(self) -> str:
-        return "model.text_model." if hasattr(self.model, "text_model") else "model."
+        return "transformer.text_model."
 
     def load_original(self, sd: StateDict, dtype: torch.dtype | None = None,
                       device: torch.device | str | None = None) -> list[str]:
@@ -250,7 +293,7 @@ class ClipTextTower(nn.Module):
             (inner, ignored), extras = clip_l_to_inner(sd), {}
         state = {self._inner_prefix() + k: v for k, v in inner.items()}
         if self.spec.projected and "text_projection.weight" in extras:
-            state["model.text_projection.weight"] = extras["text_projection.weight"]
+            state["transformer.text_projection.weight"] = extras["text_projection.weight"]
         if self.spec.layout == "openclip" and "logit_scale" in extras:
             state["logit_scale"] = extras["logit_scale"].reshape(())
         state = {k: v.to(device=device, dtype=dtype or v.dtype).contiguous() for k, v in state.items()}
@@ -261,14 +304,14 @@ class ClipTextTower(nn.Module):
 
     def _fill_missing(self, missing: set[str], dtype, device) -> None:
         """Defaults for what files may lack (projection: identity, as ComfyUI); error for the rest."""
-        optional = {"model.text_projection.weight", "logit_scale"}
+        optional = {"transformer.text_projection.weight", "logit_scale"}
         required = sorted(missing - optional)
         if required:
             raise ValueError(f"text encoder weights missing: {required[:8]}{' ...' if len(required) > 8 else ''}")
         like = self.text.embeddings.token_embedding.weight
         dtype, device = dtype or like.dtype, device or like.device
-        if "model.text_projection.weight" in missing:
-            proj = self.model.text_projection
+        if "transformer.text_projection.weight" in missing:
+            proj = self.transformer.text_projection
             proj.weight = nn.Parameter(torch.eye(proj.out_features, proj.in_features, dtype=dtype, device=device),
                                        requires_grad=False)
         if "logit_scale" in missing:
@@ -289,14 +332,28 @@ class ClipTextTower(nn.Module):
             return out
         out = inner_to_open_clip(inner)
         if self.spec.projected:
-            out["text_projection"] = self.model.text_projection.weight.t().contiguous()
+            out["text_projection"] = self.transformer.text_projection.weight.t().contiguous()
         out["logit_scale"] = self.logit_scale.data
         return out
 
     # encoding --------------------------------------------------------------------------------
-    def hidden_index(self, clip_skip: int | None) -> int | None:
-        """Index of the layer whose output is read, or None for the final-normed last layer."""
-        layer = self.spec.default_layer if clip_skip is None else clip_skip
+    def load_sd(self, sd: StateDict):
+        """Load weights given in transformers' layout (text_model.*, text_projection.weight) or
+        OpenCLIP's, without prefix, as ComfyUI's SDClipModel.load_sd does."""
+        if any(k.startswith("transformer.resblocks.") for k in sd):
+            inner, extras, _ = open_clip_to_inner(sd)
+        else:
+            inner, _ = clip_l_to_inner(sd)
+            extras = {k: v for k, v in sd.items() if k == "text_projection.weight"}
+        state = {self._inner_prefix() + k: v for k, v in inner.items()}
+        if self.spec.projected and "text_projection.weight" in extras:
+            state["transformer.text_projection.weight"] = extras["text_projection.weight"]
+        return self.load_state_dict(state, strict=False)
+
+    def hidden_index(self, clip_skip: int | None = None) -> int | None:
+        """Index of the layer whose output is read, or None for the final-normed last layer.
+        `clip_skip` overrides the layer options when given."""
+        layer = self.layer_idx if clip_skip is None else clip_skip
         if layer is None or abs(layer) > self.num_layers or layer == self.num_layers:
             return None
         return layer % self.num_layers
@@ -304,11 +361,12 @@ class ClipTextTower(nn.Module):
     def input_embeddings(self, chunks: list[Chunk]) -> torch.Tensor:
         """Token embeddings [n, T, D]; embedding vectors replace the rows they stand in for."""
         table = self.text.embeddings.token_embedding
-        ids = torch.tensor([[0 if isinstance(t, torch.Tensor) else int(t) for t, _ in chunk] for chunk in chunks],
+        ids = torch.tensor([[0 if isinstance(t[0], torch.Tensor) else int(t[0]) for t in chunk] for chunk in chunks],
                            dtype=torch.long, device=table.weight.device)
         x = table(ids)
         for b, chunk in enumerate(chunks):
-            for j, (token, _) in enumerate(chunk):
+            for j, item in enumerate(chunk):
+                token = item[0]
                 if isinstance(token, torch.Tensor):
                     x[b, j] = token.to(device=x.device, dtype=x.dtype)
         return x
@@ -332,28 +390,32 @@ class ClipTextTower(nn.Module):
             hidden = last
         elif self.spec.norm_hidden:
             hidden = text.final_layer_norm(hidden)
-        ends = [next((j for j, (t, _) in enumerate(c) if not isinstance(t, torch.Tensor) and t == END_TOKEN),
+        ends = [next((j for j, t in enumerate(c) if not isinstance(t[0], torch.Tensor) and t[0] == END_TOKEN),
                      len(c) - 1) for c in chunks]
         pooled = last[torch.arange(len(chunks), device=last.device), torch.tensor(ends, device=last.device)]
-        if self.spec.projected:
-            pooled = self.model.text_projection(pooled)
+        if self.spec.projected and self.return_projected_pooled:
+            pooled = self.transformer.text_projection(pooled)
         return hidden.float(), pooled.float()
 
-    def encode_weighted(self, chunks: list[Chunk], clip_skip: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """cond [1, 77 * windows, D] with token weights applied, pooled [1, P] of the first window."""
+    def encode_token_weights(self, chunks: list[Chunk], clip_skip: int | None = None
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cond [1, 77 * windows, D] with token weights applied, pooled [1, P] of the first window,
+        both float32 on the CPU. Windows hold (token, weight) or (token, weight, word id)."""
         weighted = has_weights(chunks)
         batch = list(chunks)
-        if weighted:
-            length = max(len(c) for c in chunks)
+        if weighted or not batch:
+            length = max((len(c) for c in chunks), default=CONTEXT_LENGTH)
             empty = [(START_TOKEN, 1.0), (END_TOKEN, 1.0)] + [(self.spec.pad_token, 1.0)] * (length - 2)
             batch.append(empty)
         hidden, pooled = self(batch, clip_skip)
+        if not chunks:
+            return hidden[-1:].cpu(), pooled[:1].cpu()
         z = hidden[:len(chunks)]
         if weighted:
             z_empty = hidden[-1]
-            weights = torch.tensor([[w for _, w in c] for c in chunks], dtype=z.dtype, device=z.device)[..., None]
+            weights = torch.tensor([[t[1] for t in c] for c in chunks], dtype=z.dtype, device=z.device)[..., None]
             z = torch.where(weights != 1.0, (z - z_empty) * weights + z_empty, z)
-        return z.reshape(1, -1, z.shape[-1]), pooled[:1]
+        return z.reshape(1, -1, z.shape[-1]).cpu(), pooled[:1].cpu()
 
 
 # -- encoders of each family --------------------------------------------------------------------
@@ -382,17 +444,66 @@ class TextEncoder(nn.Module):
         ``torch.device("meta")`` to avoid allocating weights that will be loaded anyway."""
         super().__init__()
         configs = configs or {}
-        self.towers = nn.ModuleDict({
-            spec.name: ClipTextTower(spec, configs.get(spec.name) or self.DEFAULT_CONFIGS[spec.name]())
-            for spec in self.TOWERS})
-        self._tokenizer = tokenizer
+        # Attributes clip_l / clip_h / clip_g, as ComfyUI's models name them (and their keys).
+        for spec in self.TOWERS:
+            setattr(self, f"clip_{spec.name}", ClipTextTower(spec, configs.get(spec.name)
+                                                             or self.DEFAULT_CONFIGS[spec.name]()))
+        self.clip_name = self.TOWERS[0].name if self.TOWERS else "l"
+        self.clip = f"clip_{self.clip_name}"
+        self._bpe = tokenizer
         self.embeddings = embeddings
 
     @property
-    def tokenizer(self) -> ClipTokenizer:
-        if self._tokenizer is None:
-            self._tokenizer = ClipTokenizer()
-        return self._tokenizer
+    def towers(self) -> dict[str, ClipTextTower]:
+        return {spec.name: getattr(self, f"clip_{spec.name}") for spec in self.TOWERS}
+
+    @property
+    def dtypes(self) -> set:
+        return {tower.text.embeddings.token_embedding.weight.dtype for tower in self.towers.values()}
+
+    @property
+    def bpe(self) -> ClipTokenizer:
+        if self._bpe is None:
+            self._bpe = ClipTokenizer()
+        return self._bpe
+
+    def make_tokenizer(self, embeddings: EmbeddingResolver | None = None) -> FamilyTokenizer:
+        """The CLIP object's tokenizer for this family (ComfyUI's SD1Tokenizer / SDXLTokenizer)."""
+        resolver = embeddings if embeddings is not None else self.embeddings
+        return FamilyTokenizer({name: TowerTokenizer(self.bpe, tower.spec.pad_token, tower.width,
+                                                     tower.spec.embedding_key, resolver)
+                                for name, tower in self.towers.items()})
+
+    # ComfyUI's encoder interface --------------------------------------------------------------
+    def set_clip_options(self, options: dict) -> None:
+        for tower in self.towers.values():
+            tower.set_clip_options(options)
+
+    def reset_clip_options(self) -> None:
+        for tower in self.towers.values():
+            tower.reset_clip_options()
+
+    def clip_layer(self, layer_idx) -> None:
+        self.set_clip_options({"layer": layer_idx})
+
+    def reset_clip_layer(self) -> None:
+        self.reset_clip_options()
+
+    def encode_token_weights(self, token_weight_pairs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(cond [1, 77 * windows, D], pooled [1, P]) from {encoder name: windows}."""
+        with torch.no_grad():
+            outputs = {name: tower.encode_token_weights(token_weight_pairs[name])
+                       for name, tower in self.towers.items()}
+        return self.combine(outputs)
+
+    def load_sd(self, sd: StateDict):
+        """One encoder's weights in transformers' or OpenCLIP's layout (ComfyUI's load_sd): bigG
+        when the file has its 32 layers, else the first encoder."""
+        towers = self.towers
+        if "g" in towers and ("text_model.encoder.layers.30.mlp.fc1.weight" in sd
+                              or "transformer.resblocks.30.attn.in_proj_weight" in sd):
+            return towers["g"].load_sd(sd)
+        return next(iter(towers.values())).load_sd(sd)
 
     # construction ----------------------------------------------------------------------------
     @classmethod
@@ -433,7 +544,7 @@ class TextEncoder(nn.Module):
             if table is None:
                 table = clip_l_to_inner(parts[spec.name])[0]["embeddings.token_embedding.weight"]
             target = dtype or _storage_dtype(table, device)
-            ignored = encoder.towers[spec.name].load_original(parts[spec.name], target, device)
+            ignored = getattr(encoder, f"clip_{spec.name}").load_original(parts[spec.name], target, device)
             if ignored:
                 log.debug("%s text encoder %s: ignored %s", family.family, spec.name, ignored)
         return encoder
@@ -441,21 +552,20 @@ class TextEncoder(nn.Module):
     # tokens ----------------------------------------------------------------------------------
     def tokenize(self, text: str, embeddings: EmbeddingResolver | None = None) -> Tokens:
         """Per encoder, the prompt's 77-token windows of (token id or embedding vector, weight)."""
-        resolver = embeddings if embeddings is not None else self.embeddings
-        return {name: self.tokenizer.tokenize_with_weights(
-                    text, pad_token=tower.spec.pad_token, embedding_width=tower.width,
-                    embedding_key=tower.spec.embedding_key, embeddings=resolver)
-                for name, tower in self.towers.items()}
+        return self.make_tokenizer(embeddings).tokenize_with_weights(text)
 
     def encode(self, tokens: Tokens | str, clip_skip: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(cond [1, 77 * windows, D], pooled [1, P]) for tokens or prompt text.
-
-        ``clip_skip``: None for the family default, else CLIPSetLastLayer's negative layer index.
-        """
+        """(cond, pooled) for tokens or prompt text; ``clip_skip`` None for the family default, else
+        CLIPSetLastLayer's negative layer index."""
         if isinstance(tokens, str):
             tokens = self.tokenize(tokens)
-        outputs = {name: tower.encode_weighted(tokens[name], clip_skip) for name, tower in self.towers.items()}
-        return self.combine(outputs)
+        self.reset_clip_options()
+        if clip_skip is not None:
+            self.set_clip_options({"layer": clip_skip})
+        try:
+            return self.encode_token_weights(tokens)
+        finally:
+            self.reset_clip_options()
 
     def combine(self, outputs: dict[str, tuple[torch.Tensor, torch.Tensor]]
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -40,16 +40,78 @@ class ClipTokenizer:
 
     def tokenize_with_weights(self, text: str, *, pad_token: int | None = None, embedding_width: int = 768,
                               embedding_key: str | None = "clip_l", embeddings: EmbeddingResolver | None = None,
-                              disable_weights: bool = False) -> list[Chunk]:
+                              disable_weights: bool = False, return_word_ids: bool = False) -> list[Chunk]:
         """The prompt as windows of 77 (token, weight) pairs.
 
         ``pad_token`` fills each window after its end token: the end token itself for CLIP-L
         (the default), 0 for OpenCLIP ViT-H and bigG, as ComfyUI pads them. ``embeddings``
         resolves ``embedding:name`` references; their vectors (of ``embedding_width``) appear
-        as tensors in place of token ids.
+        as tensors in place of token ids. With ``return_word_ids`` items are (token, weight,
+        word id), the id numbering the prompt's weighted pieces and embeddings from 1.
         """
         groups = weighted_groups(text, self.encode_text, embedding_width=embedding_width,
                                  embedding_key=embedding_key, embeddings=embeddings,
                                  disable_weights=disable_weights)
-        return chunk_groups(groups, start_token=self.start_token, end_token=self.end_token,
-                            pad_token=self.end_token if pad_token is None else pad_token)
+        windows = chunk_groups(groups, start_token=self.start_token, end_token=self.end_token,
+                               pad_token=self.end_token if pad_token is None else pad_token)
+        if return_word_ids:
+            return windows
+        return [[(t, w) for t, w, _ in window] for window in windows]
+
+
+class TowerTokenizer:
+    """The tokenizer of one text encoder (ComfyUI's SDTokenizer): the shared BPE plus this
+    encoder's padding, embedding width and embedding-file key."""
+
+    embedding_identifier = "embedding:"
+    max_length = 77
+
+    def __init__(self, bpe: ClipTokenizer, pad_token: int, embedding_size: int, embedding_key: str,
+                 embeddings: EmbeddingResolver | None = None):
+        self.bpe = bpe
+        self.start_token, self.end_token = bpe.start_token, bpe.end_token
+        self.pad_token = pad_token
+        self.pad_with_end = pad_token == bpe.end_token
+        self.embedding_size = embedding_size
+        self.embedding_key = embedding_key
+        self.embedding_directory = embeddings
+        self.tokens_start, self.pad_to_max_length = 1, True
+
+    def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs) -> list:
+        return self.bpe.tokenize_with_weights(
+            text, pad_token=self.pad_token, embedding_width=self.embedding_size, embedding_key=self.embedding_key,
+            embeddings=self.embedding_directory, disable_weights=kwargs.get("disable_weights", False),
+            return_word_ids=return_word_ids)
+
+    @property
+    def inv_vocab(self) -> dict:
+        return {v: k for k, v in self.bpe.bpe.get_vocab().items()}
+
+    def untokenize(self, token_weight_pair) -> list:
+        strings = self.bpe.token_strings([t[0] for t in token_weight_pair])
+        return [(pair, s) for pair, s in zip(token_weight_pair, strings)]
+
+    def state_dict(self) -> dict:
+        return {}
+
+
+class FamilyTokenizer:
+    """A model family's tokenizers (ComfyUI's SD1Tokenizer / SDXLTokenizer): `tokenize_with_weights`
+    returns {encoder name: windows}, and each encoder's tokenizer is also an attribute clip_<name>."""
+
+    def __init__(self, towers: dict[str, TowerTokenizer]):
+        self.towers = dict(towers)
+        for name, tower in self.towers.items():
+            setattr(self, f"clip_{name}", tower)
+        self.clip_name = next(iter(self.towers))
+        self.clip = f"clip_{self.clip_name}"
+
+    def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs) -> dict:
+        return {name: tower.tokenize_with_weights(text, return_word_ids, **kwargs)
+                for name, tower in self.towers.items()}
+
+    def untokenize(self, token_weight_pair) -> list:
+        return next(iter(self.towers.values())).untokenize(token_weight_pair)
+
+    def state_dict(self) -> dict:
+        return {}

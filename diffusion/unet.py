@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .attention import SpatialTransformer
+from .patcher_extension import WrappersMP, wrapped
 from .unet_blocks import Downsample, ResBlock, TimestepSequential, Upsample, timestep_embedding
 
 UNET_PREFIX = "model.diffusion_model."
@@ -358,9 +359,11 @@ def middle_block(c: UNetConfig, channels: int) -> TimestepSequential:
 
 
 def embed_inputs(net: nn.Module, c: UNetConfig, timesteps, context: torch.Tensor, y: torch.Tensor | None,
-                 batch: int, device: torch.device, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+                 batch: int, device: torch.device, what: str,
+                 transformer_options: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(context in `net`'s dtype broadcast to `batch`, timestep + adm embedding) for a forward of
-    the UNet or the ControlNet, which share these embedding layers (`time_embed`, `label_emb`)."""
+    the UNet or the ControlNet, which share these embedding layers (`time_embed`, `label_emb`).
+    The MODEL's "emb_patch" patches rewrite the timestep embedding before the adm vector joins."""
     dtype = net.dtype
     timesteps = torch.as_tensor(timesteps, device=device)
     if timesteps.numel() == 1:
@@ -369,6 +372,8 @@ def embed_inputs(net: nn.Module, c: UNetConfig, timesteps, context: torch.Tensor
     if context.shape[0] != batch and context.shape[0] == 1:
         context = context.expand(batch, -1, -1)
     emb = net.time_embed(timestep_embedding(timesteps, c.model_channels).to(dtype))
+    for patch in (transformer_options or {}).get("patches", {}).get("emb_patch", []):
+        emb = patch(emb, c.model_channels, transformer_options)
     if net.label_emb is not None:
         if y is None:
             raise ValueError("this %s needs the adm vector y [B, %d]" % (what, c.adm_in_channels))
@@ -404,60 +409,74 @@ class UNetModel(nn.Module):
 
         self.out = nn.Sequential(nn.GroupNorm(32, ch), nn.SiLU(), nn.Conv2d(ch, c.out_channels, 3, padding=1))
 
-    @torch.inference_mode(False)
-    def _conv_weights_channels_last(self) -> None:
+    @torch.no_grad()
+    def to_channels_last(self) -> "UNetModel":
         """Stores conv weights NHWC (same values) so oneDNN does not re-layout them on every call.
 
-        Checked per forward (a module walk of a few ms against CPU steps of seconds), so weights
-        loaded, patched or swapped in later are converted too. Such weights need `.contiguous()`
-        before safetensors will save them.
+        Done once when a model is loaded for the CPU; the forward pass feeds NHWC activations.
+        Weights a plugin swaps in later in NCHW still work, only slower. Such weights need
+        `.contiguous()` before safetensors will save them.
         """
         for conv in self.modules():
             if isinstance(conv, nn.Conv2d) and not conv.weight.is_contiguous(memory_format=torch.channels_last):
                 weight = conv.weight
-                nhwc = weight.detach().contiguous(memory_format=torch.channels_last)
-                if weight.is_inference():
-                    # Weights loaded under inference mode cannot take a normal tensor as `.data`
-                    # (convolutions then fail on the version counter): swap in a new Parameter.
-                    conv.weight = nn.Parameter(nhwc, requires_grad=weight.requires_grad)
-                else:
-                    weight.data = nhwc
+                conv.weight = nn.Parameter(weight.detach().contiguous(memory_format=torch.channels_last),
+                                           requires_grad=weight.requires_grad)
+        return self
 
     @property
     def dtype(self) -> torch.dtype:
         return self.time_embed[0].weight.dtype
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None,
-                control: Mapping[str, Sequence] | None = None, transformer_options: dict | None = None) -> torch.Tensor:
+                control: Mapping[str, Sequence] | None = None, transformer_options: dict | None = None,
+                **kwargs) -> torch.Tensor:
         """Predicts the model output (eps or v, per the checkpoint) for latents `x` at `timesteps`.
 
         `control`: ComfyUI-style {"input", "middle", "output"} residual lists, see `_ControlFeed`;
         "output" entry k is added to the skip connection of encoder stage k, "middle" after the
         middle block, "input" after each encoder stage (last entry = stage 0). The lists are not
-        modified. `transformer_options` is handed to every transformer block with "block" set to
-        ("input" | "middle" | "output", stage index). The result has `x`'s dtype.
+        modified. `transformer_options` (ComfyUI's, updated in place as the pass goes: "block",
+        "transformer_index", "original_shape") carries the MODEL's patches: emb_patch,
+        input_block_patch, input_block_patch_after_skip, output_block_patch,
+        forward_timestep_embed_patch and the transformer blocks' attention patches, and
+        "diffusion_model" wrappers around this call. The result has `x`'s dtype.
         """
+        options = transformer_options if transformer_options is not None else {}
+        run = wrapped(self._forward, WrappersMP.DIFFUSION_MODEL, options, class_obj=self)
+        return run(x, timesteps, context, y, control, options, **kwargs)
+
+    def _forward(self, x, timesteps, context, y=None, control=None, transformer_options=None, **kwargs):
+        options = transformer_options
+        options["original_shape"] = list(x.shape)
+        options["transformer_index"] = 0
+        patches = options.get("patches", {})
         out_dtype = x.dtype
         x = x.to(self.dtype)
-        context, emb = embed_inputs(self, self.config, timesteps, context, y, x.shape[0], x.device, "UNet")
+        context, emb = embed_inputs(self, self.config, timesteps, context, y, x.shape[0], x.device, "UNet", options)
 
         feed = _ControlFeed(control)
-        options = dict(transformer_options or {})
         if x.device.type == "cpu":
             # oneDNN convolutions and GroupNorm run fastest on NHWC, and with NHWC the spatial
             # transformer's [B, C, H, W] <-> [B, H*W, C] reshapes become free views instead of copies.
-            self._conv_weights_channels_last()
             x = x.contiguous(memory_format=torch.channels_last)
         skips, h = [], x
         for i, stage in enumerate(self.input_blocks):
             options["block"] = ("input", i)
             h = feed.apply("input", stage(h, emb, context, options))
+            for p in patches.get("input_block_patch", []):
+                h = p(h, options)
             skips.append(h)
+            for p in patches.get("input_block_patch_after_skip", []):
+                h = p(h, options)
         options["block"] = ("middle", 0)
         h = feed.apply("middle", self.middle_block(h, emb, context, options))
         for i, stage in enumerate(self.output_blocks):
             options["block"] = ("output", i)
-            h = torch.cat([h, feed.apply("output", skips.pop())], dim=1)
+            skip = feed.apply("output", skips.pop())
+            for p in patches.get("output_block_patch", []):
+                h, skip = p(h, skip, options)
+            h = torch.cat([h, skip], dim=1)
             # An Upsample in this stage must reach the size of the skip the next stage concatenates.
             h = stage(h, emb, context, options, skips[-1].shape[-2:] if skips else None)
         return self.out(h).to(out_dtype).contiguous()

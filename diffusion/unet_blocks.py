@@ -85,17 +85,29 @@ class Upsample(nn.Module):
 
 
 class TimestepSequential(nn.Sequential):
-    """A UNet stage: runs its modules in order, giving each only the inputs it takes."""
+    """A UNet stage: runs its modules in order, giving each only the inputs it takes.
+
+    Counts transformers in transformer_options["transformer_index"], and lets the MODEL's
+    "forward_timestep_embed_patch" entries (class, handler) take over other layers of that class.
+    """
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor,
                 transformer_options: dict | None = None, out_size: tuple[int, int] | None = None) -> torch.Tensor:
+        options = transformer_options if transformer_options is not None else {}
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
-                x = layer(x, context, transformer_options)
+                x = layer(x, context, options)
+                if "transformer_index" in options:
+                    options["transformer_index"] += 1
             elif isinstance(layer, Upsample):
                 x = layer(x, out_size)
             else:
-                x = layer(x)
+                handler = next((h for cls, h in options.get("patches", {}).get("forward_timestep_embed_patch", [])
+                                if isinstance(layer, cls)), None)
+                if handler is not None:
+                    x = handler(layer, x, emb, context, options, out_size, None, None, None)
+                else:
+                    x = layer(x)
         return x

@@ -41,7 +41,8 @@ def upscale(samples: torch.Tensor, width: int, height: int, method: str, crop: s
 def lanczos(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Pillow's Lanczos filter, image by image, through 8-bit as Pillow requires."""
     out = []
-    for image in samples.movedim(1, -1).clamp(0, 1).mul(255).round().to(torch.uint8).cpu():
+    # 8-bit as ComfyUI makes it: uint8(clip(255 * x)), truncating (nodes.image.to_uint8)
+    for image in samples.movedim(1, -1).float().mul(255).nan_to_num(0.0).clamp(0, 255).to(torch.uint8).cpu():
         channels = image.shape[-1]
         pil = Image.fromarray(image.squeeze(-1).numpy() if channels == 1 else image.numpy())
         resized = torch.from_numpy(np.array(pil.resize((width, height), Image.LANCZOS)))

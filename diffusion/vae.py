@@ -5,8 +5,7 @@ Module attribute paths mirror the original checkpoint layout (`encoder.down.0.bl
 stripped and nothing else renamed.
 
 Pixels are [B, 3, H, W] in -1..1; latents are [B, 4, H/8, W/8], unscaled (the latent format scales
-them for the sampler). Encoding and decoding fall back to overlapping tiles when a whole image would
-not fit the memory budget, because a 2048px decode needs tens of GB in one piece.
+them for the sampler).
 """
 from __future__ import annotations
 
@@ -18,14 +17,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-# Peak working memory per output (decode) or input (encode) pixel, in elements: slope x the widest
-# full-resolution channel count + a constant for inputs, outputs and convolution workspace. Fitted
-# to VmHWM measured on the CPU in fp32 (SD VAE: decode ~1040-1150, encode ~780-810 elements per
-# pixel; a 64-channel VAE at 256px peaks at 2.0-2.5 KB per pixel on encode) with headroom, so the
-# estimate errs towards batching less and tiling sooner.
-_DECODE_COST = (4.5, 512)
-_ENCODE_COST = (5.0, 512)
 
 
 @dataclass(frozen=True)
@@ -246,44 +237,18 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(x)))
 
 
-def _cost(fit: tuple[float, int], widest: int, pixels: int, itemsize: int) -> int:
-    slope, constant = fit
-    return int(pixels * (slope * widest + constant) * itemsize)
-
-
-def default_memory_budget(device: torch.device) -> int:
-    """Bytes one encode/decode may use on `device`: most of what is free right now."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        reserved_free = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int((free + reserved_free) * 0.8)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 // 2
-    except OSError:
-        pass
-    return 8 << 30
-
-
 class AutoencoderKL(nn.Module):
-    """Encoder + decoder with the quant convs; `memory_budget` (bytes or None = ask the device)
-    decides when encode/decode switch to tiles."""
+    """Encoder + decoder with the quant convs: ComfyUI's first_stage_model. Whole-image passes only;
+    the VAE object (diffusion.handles.VAE) batches, and tiles on an out-of-memory error."""
 
-    def __init__(self, config: VAEConfig | None = None, memory_budget: int | None = None,
-                 budget_fn: Callable[[torch.device], int] = default_memory_budget):
+    def __init__(self, config: VAEConfig | None = None):
         super().__init__()
         self.config = config = config or VAEConfig.sd()
-        self.memory_budget = memory_budget
-        self.budget_fn = budget_fn
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         if config.use_quant_conv:
             self.quant_conv = nn.Conv2d(2 * config.z_channels, 2 * config.embed_dim, 1)
             self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
-
-    # ---- raw passes (no batching, tiling or dtype handling) ----
 
     def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
         moments = self.encoder(x)
@@ -296,152 +261,13 @@ class AutoencoderKL(nn.Module):
             z = self.post_quant_conv(z)
         return self.decoder(z)
 
-    # ---- public API ----
-
-    @property
-    def _param(self) -> torch.Tensor:
-        return next(self.parameters())
-
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] in -1..1 -> latent mean [B, embed_dim, H/f, W/f], on the input's device/dtype."""
+        """[B, 3, H, W] in -1..1 -> latent mean [B, embed_dim, H/f, W/f] (ComfyUI's first_stage_model.encode)."""
         f = self.config.downscale
         if pixels.shape[-2] % f or pixels.shape[-1] % f:
             raise ValueError(f"image size {tuple(pixels.shape[-2:])} is not a multiple of {f}")
-        return self._run(pixels, self.encode_mean, self.encode_tiled, self.encode_bytes, 1)
+        return self.encode_mean(pixels)
 
-    def decode(self, latent: torch.Tensor, clamp: bool = True) -> torch.Tensor:
-        """[B, embed_dim, h, w] -> pixels [B, 3, h*f, w*f] in -1..1 (clamped unless clamp=False)."""
-        f = self.config.downscale
-        out = self._run(latent, self.decode_raw, self.decode_tiled, self.decode_bytes, f)
-        return out.clamp(-1.0, 1.0) if clamp else out
-
-    def encode_bytes(self, height: int, width: int) -> int:
-        """Estimated peak working memory of encoding one image of height x width pixels."""
-        widest = self.config.base_channels * self.config.channel_mult[0]
-        return _cost(_ENCODE_COST, widest, height * width, self._param.element_size())
-
-    def decode_bytes(self, height: int, width: int) -> int:
-        """Estimated peak working memory of decoding to one image of height x width pixels."""
-        mult = self.config.channel_mult
-        # Level 0 receives the upsampled output of level 1, so its input width sets the peak.
-        widest = self.config.base_channels * max(mult[: 2])
-        return _cost(_DECODE_COST, widest, height * width, self._param.element_size())
-
-    def budget(self) -> int:
-        return self.memory_budget if self.memory_budget is not None else self.budget_fn(self._param.device)
-
-    def _run(self, x: torch.Tensor, whole: Callable, tiled: Callable, estimate: Callable[[int, int], int],
-             to_pixels: int) -> torch.Tensor:
-        """Run `whole` over batch chunks that fit the budget, or `tiled` per image if one does not.
-
-        `estimate(height, width)` is the cost of one image in pixels; `to_pixels` converts x's size.
-        """
-        param = self._param
-        budget = self.budget()
-        per_sample = estimate(x.shape[-2] * to_pixels, x.shape[-1] * to_pixels)
-        tile_within = partial(self._tiled_within, tiled, estimate, budget, to_pixels)
-        outs = []
-        if per_sample > budget:
-            outs = [tile_within(x[i: i + 1]) for i in range(x.shape[0])]
-        else:
-            chunk = max(1, budget // per_sample)
-            for start in range(0, x.shape[0], chunk):
-                piece = x[start: start + chunk].to(param.device, param.dtype)
-                try:
-                    outs.append(whole(piece).to(x.device, x.dtype))
-                except torch.OutOfMemoryError:
-                    # The estimate is only an estimate; on a GPU a failed allocation is recoverable.
-                    del piece
-                    if param.device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    outs.extend(tile_within(x[i: i + 1])
-                                for i in range(start, min(start + chunk, x.shape[0])))
-        return torch.cat(outs)
-
-    def _tiled_within(self, tiled: Callable, estimate: Callable[[int, int], int], budget: int,
-                      to_pixels: int, x: torch.Tensor) -> torch.Tensor:
-        """Tile with the largest standard size (512px, halving down to 64px) that fits the budget and
-        is smaller than the image; on an out-of-memory error, halve again and retry."""
-        side = max(x.shape[-2:]) * to_pixels
-        tile = 512
-        while tile > 64 and (estimate(tile, tile) > budget or tile >= side):
-            tile //= 2
-        while True:
-            try:
-                return tiled(x, tile_size=tile, overlap=tile // 8)
-            except torch.OutOfMemoryError:
-                if tile <= 64:
-                    raise
-                tile //= 2
-                if self._param.device.type == "cuda":
-                    torch.cuda.empty_cache()
-
-    def decode_tiled(self, latent: torch.Tensor, tile_size: int = 512, overlap: int = 64) -> torch.Tensor:
-        """Decode overlapping latent tiles and blend them; `tile_size`/`overlap` are in pixels."""
-        f = self.config.downscale
-        tile = max(1, tile_size // f)
-        return _tiled(latent, self.decode_raw, tile, max(0, min(overlap // f, tile - 1)), f, self._param)
-
-    def encode_tiled(self, pixels: torch.Tensor, tile_size: int = 512, overlap: int = 64) -> torch.Tensor:
-        """Encode overlapping pixel tiles and blend the latents; `tile_size`/`overlap` are in pixels."""
-        f = self.config.downscale
-        tile = max(f, tile_size // f * f)
-        over = min(overlap // f * f, tile - f)
-        return _tiled(pixels, self.encode_mean, tile, over, 1.0 / f, self._param)
-
-
-def _tile_starts(size: int, tile: int, overlap: int, align: int) -> list[int]:
-    """Start offsets covering 0..size with tiles of `tile`, consecutive ones sharing >= `overlap`."""
-    if size <= tile:
-        return [0]
-    stride = max(align, (tile - overlap) // align * align)
-    starts = list(range(0, size - tile, stride))
-    starts.append((size - tile) // align * align)   # last tile flush with the far edge
-    return sorted(set(starts))
-
-
-def _ramp(length: int, overlap: int, at_start: bool, at_end: bool, device, dtype) -> torch.Tensor:
-    """1-D blend weight: rises over `overlap` samples where a neighbouring tile overlaps, else 1.
-
-    Weights never reach zero so an area covered by a single tile divides cleanly.
-    """
-    w = torch.ones(length, device=device, dtype=dtype)
-    n = min(overlap, length // 2)
-    if n > 0:
-        rise = torch.arange(1, n + 1, device=device, dtype=dtype) / (n + 1)
-        if not at_start:
-            w[:n] = rise
-        if not at_end:
-            w[-n:] = rise.flip(0)
-    return w
-
-
-def _tiled(x: torch.Tensor, fn: Callable, tile: int, overlap: int, scale: float,
-           param: torch.Tensor) -> torch.Tensor:
-    """Apply `fn` (mapping [B,C,h,w] to [B,C',h*scale,w*scale]) tile by tile with feathered blending.
-
-    Tiles start on multiples of 1/scale input samples when scale < 1 (encoding) so every tile maps
-    onto whole latent pixels.
-    """
-    align = int(round(1 / scale)) if scale < 1 else 1
-    height, width = x.shape[-2:]
-    ys = _tile_starts(height, tile, overlap, align)
-    xs = _tile_starts(width, tile, overlap, align)
-    out = weight = None
-    for y0 in ys:
-        for x0 in xs:
-            piece = x[..., y0: y0 + tile, x0: x0 + tile].to(param.device, param.dtype)
-            result = fn(piece).to(x.device, torch.float32)
-            if out is None:
-                out = x.new_zeros(x.shape[0], result.shape[1], int(height * scale), int(width * scale),
-                                  dtype=torch.float32)
-                weight = x.new_zeros(1, 1, out.shape[-2], out.shape[-1], dtype=torch.float32)
-            oy, ox = int(y0 * scale), int(x0 * scale)
-            th, tw = result.shape[-2:]
-            feather = max(1, int(overlap * scale))
-            wy = _ramp(th, feather, y0 == ys[0], y0 == ys[-1], out.device, out.dtype)
-            wx = _ramp(tw, feather, x0 == xs[0], x0 == xs[-1], out.device, out.dtype)
-            mask = wy[:, None] * wx[None, :]
-            out[..., oy: oy + th, ox: ox + tw] += result * mask
-            weight[..., oy: oy + th, ox: ox + tw] += mask
-    return (out / weight).to(x.dtype)
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """[B, embed_dim, h, w] -> pixels [B, 3, h*f, w*f], unclamped (the VAE object clamps)."""
+        return self.decode_raw(latent)

@@ -75,7 +75,11 @@ def _canonical(value: Any) -> Any:
 
 
 class OutputCache:
-    """Base policy: remembers entries by key. Subclasses decide what survives between prompts."""
+    """Base policy: remembers entries by key. Subclasses decide what survives between prompts.
+
+    The executor calls begin_prompt with the keys of the prompt's nodes before any node runs, and
+    `expanded` with the keys of nodes that expansion adds while it runs.
+    """
 
     retains = True
 
@@ -91,6 +95,9 @@ class OutputCache:
     def begin_prompt(self, keys: Iterable[str]) -> None:
         """Called once a prompt's keys are known, before any node runs."""
 
+    def expanded(self, keys: Iterable[str]) -> None:
+        """Keys of nodes that an expansion added to the running prompt."""
+
     def clear(self) -> None:
         self._entries.clear()
 
@@ -99,35 +106,67 @@ class OutputCache:
 
 
 class ClassicCache(OutputCache):
-    """Keeps only what the current prompt uses: the last prompt's outputs survive to the next."""
+    """Keeps what the current prompt uses: the last prompt's outputs survive to the next. Nodes
+    that expansions added survive one more prompt (ComfyUI keeps them under their expanding node),
+    so a node that expands again into the same subgraph finds it cached."""
+
+    def __init__(self):
+        super().__init__()
+        self._expanded: set[str] = set()
 
     def begin_prompt(self, keys: Iterable[str]) -> None:
-        used = set(keys)
+        used = set(keys) | self._expanded
+        self._expanded = set()
         self._entries = {k: v for k, v in self._entries.items() if k in used}
+
+    def expanded(self, keys: Iterable[str]) -> None:
+        self._expanded.update(keys)
+
+    def clear(self) -> None:
+        super().clear()
+        self._expanded.clear()
 
 
 class LRUCache(OutputCache):
-    """Keeps every entry used by any of the last `prompts` prompts."""
+    """ComfyUI's --cache-lru N: holds up to N node results (more while one prompt needs them).
 
-    def __init__(self, prompts: int):
+    Every key a prompt uses is stamped with that prompt's generation; when a prompt starts and
+    more than N results are held, whole generations are dropped oldest first, never the current.
+    """
+
+    def __init__(self, max_size: int):
         super().__init__()
-        if prompts < 1:
-            raise ValueError("an LRU cache needs room for at least one prompt")
-        self.prompts = prompts
+        if max_size < 1:
+            raise ValueError("an LRU cache needs room for at least one node result")
+        self.max_size = max_size
         self._generation = 0
+        self._oldest = 0  # generations below this one have been dropped
         self._last_used: dict[str, int] = {}
 
     def begin_prompt(self, keys: Iterable[str]) -> None:
         self._generation += 1
+        self._mark(keys)
+        while len(self._entries) > self.max_size and self._oldest < self._generation:
+            self._oldest += 1
+            for key in [k for k in self._entries if self._last_used.get(k, 0) < self._oldest]:
+                del self._entries[key]
+                self._last_used.pop(key, None)
+
+    def expanded(self, keys: Iterable[str]) -> None:
+        self._mark(keys)
+
+    def _mark(self, keys: Iterable[str]) -> None:
         for key in keys:
             self._last_used[key] = self._generation
-        oldest = self._generation - self.prompts
-        for key in [k for k, g in self._last_used.items() if g <= oldest]:
-            del self._last_used[key]
-            self._entries.pop(key, None)
+
+    def get(self, key: str) -> Entry | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._last_used[key] = self._generation
+        return entry
 
     def put(self, key: str, entry: Entry) -> None:
-        self._last_used.setdefault(key, self._generation)
+        self._last_used[key] = self._generation
         super().put(key, entry)
 
     def clear(self) -> None:
@@ -148,7 +187,7 @@ class NoCache(OutputCache):
 
 
 def make_cache(policy: str) -> OutputCache:
-    """'classic' (default), 'lru:N' or 'none'."""
+    """'classic' (default), 'lru:N' (N node results) or 'none'."""
     name, _, arg = policy.partition(":")
     if name == "classic" and not arg:
         return ClassicCache()
@@ -159,4 +198,4 @@ def make_cache(policy: str) -> OutputCache:
             return LRUCache(int(arg))
         except ValueError:
             pass
-    raise ValueError(f"unknown cache policy {policy!r}: use 'classic', 'lru:N' (N prompts) or 'none'")
+    raise ValueError(f"unknown cache policy {policy!r}: use 'classic', 'lru:N' (N node results) or 'none'")

@@ -1,7 +1,8 @@
 """What a running node can reach: progress reporting, the interrupt flag, its environment.
 
-Built-in nodes get a NodeContext as `ctx`; classic plugin nodes reach the same context through
-ProgressBar, which finds the node that is running on this thread.
+Built-in nodes get a NodeContext as `ctx`; plugin nodes reach the same context through ComfyUI's
+`comfy.utils.ProgressBar` (compat/), which finds the node that is running in this task or thread
+through `current_context`.
 """
 from __future__ import annotations
 
@@ -40,42 +41,35 @@ class NodeContext:
     interrupt: threading.Event
     emit: Emit
     on_preview: Callable[[Any, "NodeContext"], None] | None = None
-    _last: tuple = field(default=(None, None), repr=False)
+    tracker: Any = None  # the prompt's graph.progress.NodeProgress, when run by the executor
+    _last: tuple = field(default=(None, None, None), repr=False)
 
     def check_interrupt(self) -> None:
         if self.interrupt.is_set():
             raise Interrupted(f"interrupted in node {self.node_id} ({self.class_type})")
 
-    def progress(self, value: float, total: float, preview: Any = None) -> None:
-        """Report a step; raises Interrupted when the prompt was interrupted."""
+    def progress(self, value: float, total: float, preview: Any = None, node_id: str | None = None) -> None:
+        """Report a step (ComfyUI's progress hook): a `progress` event and the node's progress_state;
+        raises Interrupted when the prompt was interrupted. `node_id` reports for another node."""
         self.check_interrupt()
-        if (value, total) != self._last:
-            self._last = (value, total)
-            self.emit("progress", {"value": value, "max": total, "prompt_id": self.prompt_id, "node": self.node_id})
+        node = node_id or self.node_id
+        if (node, value, total) != self._last:
+            self._last = (node, value, total)
+            if self.tracker is not None:
+                self.tracker.update(node, value, total)
+            self.emit("progress", {"value": value, "max": total, "prompt_id": self.prompt_id, "node": node})
+        if preview is not None and self.on_preview is not None:
+            self.on_preview(preview, self)
+
+    def set_progress(self, value: float, total: float, node_id: str | None = None, preview: Any = None) -> None:
+        """ComfyUI's `ComfyAPI.execution.set_progress`: the progress_state (and a preview) only."""
+        if self.tracker is not None:
+            self.tracker.update(node_id or self.node_id, value, total)
         if preview is not None and self.on_preview is not None:
             self.on_preview(preview, self)
 
 
 current_context: ContextVar[NodeContext | None] = ContextVar("current_context", default=None)
-
-
-class ProgressBar:
-    """ComfyUI's plugin-facing progress helper: update(n) steps or update_absolute(value)."""
-
-    def __init__(self, total: int, node_id: str | None = None):
-        self.total = total
-        self.current = 0
-        self.ctx = current_context.get()
-
-    def update_absolute(self, value: int, total: int | None = None, preview: Any = None) -> None:
-        if total is not None:
-            self.total = total
-        self.current = min(value, self.total)
-        if self.ctx is not None:
-            self.ctx.progress(self.current, self.total, preview)
-
-    def update(self, value: int) -> None:
-        self.update_absolute(self.current + value)
 
 
 def throw_if_interrupted() -> None:

@@ -1,12 +1,18 @@
-"""Runs validated prompts: only what the outputs need, in topological order, with caching.
+"""Runs validated prompts: only what the outputs need, as their inputs become ready, with caching.
 
-The executor lives across prompts (its caches and node instances persist). It reports through
-`emit(event, data)` with ComfyUI's websocket vocabulary; the server forwards those events and
+The executor lives across prompts (its cache and node instances persist). Each prompt runs on an
+asyncio loop of the calling thread, as in ComfyUI: a node is staged when nothing it needs is
+pending (graph/schedule.py), and a node whose function is `async def` runs as a task, so
+independent async nodes overlap while the loop moves on to other ready nodes. Lazy inputs, node
+expansion and execution blockers follow ComfyUI's executor case for case. The executor reports
+through `emit(event, data)` in ComfyUI's websocket vocabulary; the server forwards the events and
 the command line draws them.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import threading
 import time
 import traceback
@@ -16,15 +22,25 @@ from typing import Any, Callable
 
 import networkx as nx
 
+from graph.aio import run_sync
 from graph.blocker import ExecutionBlocker
 from graph.cache import ClassicCache, Entry, OutputCache, safe_node_key
 from graph.context import Emit, Interrupted, NodeContext, current_context
 from graph.contract import NodeType
+from graph.dynprompt import DynamicPrompt
 from graph.errors import PromptError, describe_value
 from graph.graph_builder import GraphBuilder
+from graph.progress import NodeProgress
 from graph.prompt import is_link, unwrap
 from graph.registry import NodeRegistry
+from graph.schedule import DependencyCycle, ExecutionList
 from graph.validation import ValidationResult, reachable, validate_prompt
+
+log = logging.getLogger(__name__)
+
+DONE, PENDING = "done", "pending"
+HIDDEN_KINDS_FILLED = ("PROMPT", "DYNPROMPT", "EXTRA_PNGINFO", "UNIQUE_ID", "AUTH_TOKEN_COMFY_ORG",
+                       "API_KEY_COMFY_ORG")
 
 
 class NodeFailure(Exception):
@@ -41,6 +57,7 @@ class RunResult:
     messages: list[list] = field(default_factory=list)
     error: dict | None = None
     blocked: list[dict] = field(default_factory=list)  # {"node_id", "message"} per reported blocker
+    meta: dict[str, dict] = field(default_factory=dict)  # node id -> {node_id, display_node, parent_node, real_node_id}
 
     @property
     def ok(self) -> bool:
@@ -55,13 +72,17 @@ class Executor:
     def __init__(self, registry: NodeRegistry, cache: OutputCache | None = None,
                  on_preview: Callable[[Any, NodeContext], None] | None = None,
                  call_context: Callable[[], Any] | None = None):
-        """`call_context` wraps every node call (the runtime passes torch.inference_mode)."""
+        """`call_context` wraps every prompt's run (the runtime passes torch.inference_mode)."""
         self.registry = registry
         self.call_context = call_context or contextlib.nullcontext
         self.cache = cache if cache is not None else ClassicCache()
         self.on_preview = on_preview
         self.interrupt_flag = threading.Event()
+        self.active: NodeContext | None = None  # the node that started last (for plugins' fallbacks)
+        # Node instances by (node id, class), as ComfyUI keeps them: those of the submitted prompt's
+        # nodes, and those its expansions used in the last run (with the node they came from).
         self._instances: dict[tuple[str, str], Any] = {}
+        self._expanded_instances: dict[tuple[str, str], str] = {}
 
     def interrupt(self) -> None:
         self.interrupt_flag.set()
@@ -80,7 +101,32 @@ class Executor:
     def execute(self, checked: ValidationResult, prompt_id: str | None = None, extra_data: dict | None = None,
                 emit: Emit | None = None, original: dict | None = None) -> RunResult:
         run = _Run(self, checked, prompt_id or str(uuid.uuid4()), extra_data or {}, emit, original)
-        return run.go()
+        return run_sync(run.go())
+
+    # -- node instances --------------------------------------------------------------------
+    def _begin_instances(self, prompt: dict) -> None:
+        """Drop instances of nodes the new prompt no longer has, as ComfyUI does."""
+        def kept(key: tuple[str, str]) -> bool:
+            node_id, class_type = key
+            if key in self._expanded_instances:
+                return self._expanded_instances[key] in prompt
+            return prompt.get(node_id, {}).get("class_type") == class_type
+        self._instances = {k: v for k, v in self._instances.items() if kept(k)}
+        self._expanded_instances = {k: v for k, v in self._expanded_instances.items() if k in self._instances}
+
+    def _end_instances(self, used: set[tuple[str, str]]) -> None:
+        """Instances of expanded nodes survive only if this run used them."""
+        for key in [k for k in self._expanded_instances if k not in used]:
+            del self._expanded_instances[key]
+            self._instances.pop(key, None)
+
+    def _instance(self, dyn: DynamicPrompt, node_id: str, node_type: NodeType) -> Any:
+        key = (node_id, node_type.name)
+        if key not in self._instances:
+            self._instances[key] = node_type.instantiate()
+            if node_id not in dyn.original_prompt:
+                self._expanded_instances[key] = dyn.get_real_node_id(node_id)
+        return self._instances[key]
 
 
 class _Run:
@@ -89,7 +135,7 @@ class _Run:
     def __init__(self, executor: Executor, checked: ValidationResult, prompt_id: str, extra_data: dict,
                  emit: Emit | None, original: dict | None):
         self.ex = executor
-        self.prompt = dict(checked.prompt)  # grows with the nodes that expansion adds
+        self.dyn = DynamicPrompt(checked.prompt)  # grows with the nodes that expansion adds
         self.original = original if original is not None else checked.prompt
         self.outputs = checked.outputs
         self.graph = checked.graph
@@ -97,12 +143,19 @@ class _Run:
         self.extra_data = extra_data
         self.result = RunResult(prompt_id, "success")
         self._sink = emit
-        self.results: dict[str, Entry] = {}
+        self.progress = NodeProgress(prompt_id, self.dyn, self.emit)
+        self.keys: dict[str, str] = {}
+        self.results: dict[str, Entry] = {}  # outputs available to this run, by node id
+        self.executed: set[str] = set()
+        self._pending_async: dict[str, list] = {}  # node -> per-call results, some still tasks
+        self._pending_expansion: dict[str, list] = {}  # node -> per-call (values, subgraph or None)
+        self._consumers: dict[str, set[str]] = {}  # without a retaining cache: who still needs a node
+        self._expansion_sources: dict[str, set[str]] = {}  # expanded node -> what its results link to
+        self._specs: dict[str, dict] = {}
         self._hidden: dict[str, dict[str, str]] = {}
-        self._lazy: dict[str, frozenset[str]] = {}
-        self.display: dict[str, str] = {}  # expanded node id -> the id the UI shows (its parent's)
-        self._expansions: dict[str, list] = {}  # node id -> per-call (values, subgraph) to resolve
-        self._running: set[str] = set()
+        self._used_instances: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self.list: ExecutionList | None = None
 
     def emit(self, event: str, data: dict) -> None:
         if event.startswith("execution_"):
@@ -110,44 +163,16 @@ class _Run:
         if self._sink is not None:
             self._sink(event, data)
 
-    # -- planning ---------------------------------------------------------------------------
-    def plan(self) -> tuple[list[str], dict[str, str], set[str]]:
-        """Keys of every node the outputs could use, which hit the cache, and the order of the
-        nodes that must run. Sources of lazy inputs are keyed but only run when requested."""
-        graph = self.graph
-        wanted = reachable(graph.pred, self.outputs)
-        order = [n for n in nx.topological_sort(graph) if n in wanted]
-        self.position = {n: i for i, n in enumerate(order)}
-        keys: dict[str, str] = {}
-        for node_id in order:
-            keys[node_id] = self.key(node_id, keys)
-        self.ex.cache.begin_prompt(keys.values())
-        hits = {n for n in order if self.ex.cache.get(keys[n]) is not None}
-        needed = self.uncached_ancestry([o for o in self.outputs if o not in hits], hits)
-        self.consumers = {n: sum(1 for c in graph.succ[n] if c in needed) for n in wanted}
-        self.keys, self.hits = keys, hits
-        return [n for n in order if n in needed], keys, hits
+    def node_type(self, node_id: str) -> NodeType:
+        return self.ex.registry.get(self.dyn.get_node(node_id)["class_type"])
 
-    def uncached_ancestry(self, starts: list[str], hits: set[str]) -> set[str]:
-        """`starts` and everything they need through non-lazy links, stopping at cache hits."""
-        needed: set[str] = set()
-        stack = list(starts)
-        while stack:
-            node_id = stack.pop()
-            if node_id in needed:
-                continue
-            needed.add(node_id)
-            stack.extend(src for src in self.strong_sources(node_id) if src not in hits)
-        return needed
+    def specs(self, node_type: NodeType) -> dict:
+        if node_type.name not in self._specs:
+            self._specs[node_type.name] = node_type.inputs()
+        return self._specs[node_type.name]
 
-    def strong_sources(self, node_id: str) -> list[str]:
-        lazy = self.lazy_inputs(self.ex.registry.get(self.prompt[node_id]["class_type"]))
-        return [v[0] for name, v in self.prompt[node_id]["inputs"].items() if is_link(v) and name not in lazy]
-
-    def lazy_inputs(self, node_type: NodeType) -> frozenset[str]:
-        if node_type.name not in self._lazy:
-            self._lazy[node_type.name] = frozenset(n for n, spec in node_type.inputs().items() if spec.lazy)
-        return self._lazy[node_type.name]
+    def lazy_inputs(self, node_id: str) -> frozenset[str]:
+        return frozenset(n for n, spec in self.specs(self.node_type(node_id)).items() if spec.lazy)
 
     def hidden_inputs(self, node_type: NodeType) -> dict[str, str]:
         """{input name: hidden kind}, read once per class per prompt."""
@@ -156,295 +181,312 @@ class _Run:
             self._hidden[node_type.name] = {name: _hidden_kind(kind) for name, kind in raw.items()}
         return self._hidden[node_type.name]
 
-    def key(self, node_id: str, keys: dict[str, str]) -> str:
-        node = self.prompt[node_id]
-        node_type = self.ex.registry.get(node["class_type"])
-        changed = None
-        if node_type.has_is_changed():
-            constants = {k: (None if is_link(v) else unwrap(v)) for k, v in node["inputs"].items()}
-            try:
-                changed = node_type.is_changed(constants)
-            except Exception:
-                changed = float("nan")  # a failing IS_CHANGED means "always re-run"
-        by_id = node_type.not_idempotent or "UNIQUE_ID" in self.hidden_inputs(node_type).values()
-        return safe_node_key(node["class_type"], node["inputs"], keys, changed, node_id if by_id else None)
-
-    # -- running ----------------------------------------------------------------------------
-    def go(self) -> RunResult:
+    # -- the run -----------------------------------------------------------------------------
+    async def go(self) -> RunResult:
         self.ex.interrupt_flag.clear()
+        self.ex._begin_instances(self.dyn.original_prompt)
         self.emit("execution_start", {"prompt_id": self.prompt_id, "timestamp": _now()})
-        current = None
         try:
-            order, keys, cached = self.plan()
-            self.result.cached = sorted(cached)
-            self.emit("execution_cached", {"nodes": self.result.cached, "prompt_id": self.prompt_id,
-                                           "timestamp": _now()})
-            for node_id in self.result.cached:  # hits feeding a node that runs, and cached outputs
-                if node_id in self.outputs or self.consumers[node_id]:
-                    self.results[node_id] = self.ex.cache.get(keys[node_id])
-                if node_id in self.outputs:
-                    self._report_ui(node_id, self.results[node_id])
-            for node_id in order:
-                current = node_id
-                if node_id not in self.results:  # lazy requests may have run it already
-                    self.step(node_id)
-        except Interrupted:
+            with self.ex.call_context():
+                await self._plan()
+                self.list = ExecutionList(self.dyn.get_node, self.lazy_inputs, self.available, self._preferred,
+                                          self.dyn.get_display_node_id)
+                for node_id in self.outputs:
+                    self.list.add_node(node_id)
+                while not self.list.is_empty():
+                    try:
+                        node_id = await self.list.stage()
+                    except DependencyCycle as cycle:
+                        raise NodeFailure(self._error_payload(cycle.blamed, cycle, {}, "graph.DependencyCycleError"))
+                    try:
+                        status = await self._execute(node_id)
+                    except (Interrupted, NodeFailure):
+                        raise
+                    except Exception as exc:  # the engine's own checks failed on odd plugin output
+                        raise NodeFailure(self._error_payload(node_id, exc, {})) from exc
+                    if status is PENDING:
+                        self.list.unstage()
+                    else:
+                        self.list.complete()
+        except Interrupted as stop:
             self.result.status = "interrupted"
-            node = self.prompt.get(current, {}) if current else {}
-            self.emit("execution_interrupted", {"prompt_id": self.prompt_id, "node_id": current,
+            node_id = getattr(stop, "node_id", None) or (self.list.staged if self.list else None)
+            real = self.dyn.get_real_node_id(node_id) if node_id else None
+            node = self.dyn.get_node(real) if real else {}
+            self.emit("execution_interrupted", {"prompt_id": self.prompt_id, "node_id": real,
                                                 "node_type": node.get("class_type"),
                                                 "executed": list(self.result.executed), "timestamp": _now()})
-            return self.result
         except NodeFailure as failure:
             self.result.status = "error"
             self.result.error = failure.args[0]
             self.emit("execution_error", failure.args[0])
-            return self.result
-        self.emit("execution_success", {"prompt_id": self.prompt_id, "timestamp": _now()})
+        else:
+            self.emit("execution_success", {"prompt_id": self.prompt_id, "timestamp": _now()})
+        finally:
+            await self._cancel_tasks()
+            self.ex._end_instances(self._used_instances)
         return self.result
 
-    def step(self, node_id: str) -> None:
-        """Run one node (after whatever its lazy inputs ask for) and keep its result."""
-        if self.ex.interrupt_flag.is_set():
-            raise Interrupted(f"interrupted before node {node_id}")
-        if node_id in self._running:  # an expansion linked back to a node that is still running
-            raise NodeFailure(self._error_payload(node_id, self.prompt[node_id]["class_type"], RuntimeError(
-                f"dependency cycle: node {node_id} needs its own output"), {}, "DependencyCycleError"))
-        self._running.add(node_id)
+    async def _cancel_tasks(self) -> None:
+        """Async calls still running when the prompt ends (after an error) are cancelled."""
+        running = [t for t in self._tasks if not t.done()]
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _plan(self) -> None:
+        """Key every node the outputs could use, tell the cache, and announce the cache hits."""
+        wanted = reachable(self.graph.pred, self.outputs)
+        for node_id in nx.topological_sort(self.graph.subgraph(wanted)):
+            self.keys[node_id] = await self._key(node_id)
+        self.ex.cache.begin_prompt(self.keys.values())
+        self.result.cached = sorted(n for n in wanted if self.ex.cache.get(self.keys[n]) is not None)
+        self.emit("execution_cached", {"nodes": self.result.cached, "prompt_id": self.prompt_id, "timestamp": _now()})
+        if not self.ex.cache.retains:
+            for node_id in wanted:
+                self._consumers[node_id] = {c for c in self.graph.succ[node_id] if c in wanted}
+
+    async def _key(self, node_id: str) -> str:
+        """A node's cache key, from its class, literals, IS_CHANGED and its sources' keys."""
+        node = self.dyn.get_node(node_id)
+        node_type = self.node_type(node_id)
+        changed = None
+        if node_type.has_is_changed():
+            changed = await self._is_changed(node_id, node, node_type)
+        by_id = node_type.not_idempotent or "UNIQUE_ID" in self.hidden_inputs(node_type).values()
+        return safe_node_key(node["class_type"], node["inputs"], self.keys, changed, node_id if by_id else None)
+
+    async def _is_changed(self, node_id: str, node: dict, node_type: NodeType) -> Any:
+        """IS_CHANGED with the node's constants only (links are None), as ComfyUI calls it."""
+        constants = {k: (None if is_link(v) else unwrap(v)) for k, v in node["inputs"].items()}
+        if not node_type.declarative and not node_type.v3:
+            for name, kind in self.hidden_inputs(node_type).items():
+                if kind in HIDDEN_KINDS_FILLED:
+                    constants[name] = self._hidden_value(kind, node_id)
         try:
-            self.resolve_lazy(node_id)
-            entry = self.run_node(node_id)
-            calls = self._expansions.pop(node_id, None)
-            if calls is not None:
-                entry = self.expand(node_id, calls, entry.ui)
-        finally:
-            self._running.discard(node_id)
+            if node_type.v3:
+                value = node_type.hook("is_changed", hidden=self._hidden_kinds(node_type, node_id))(**constants)
+            else:
+                value = node_type.is_changed(constants)
+            if asyncio.iscoroutine(value):
+                value = await value
+            return None if isinstance(value, ExecutionBlocker) else value
+        except Exception as exc:
+            log.warning("IS_CHANGED of node %s (%s) raised %s: %s; the node runs again", node_id,
+                        node["class_type"], type(exc).__name__, exc)
+            return float("nan")  # a failing IS_CHANGED means "always re-run"
+
+    # -- what is available -------------------------------------------------------------------
+    def available(self, node_id: str) -> bool:
+        """Whether a node's outputs exist for this run: computed here, or found in the cache."""
+        if node_id in self.results:
+            return True
+        key = self.keys.get(node_id)
+        entry = self.ex.cache.get(key) if key is not None else None
+        if entry is None:
+            return False
+        self.results[node_id] = entry
+        return True
+
+    def _preferred(self, node_id: str) -> tuple[bool, bool]:
+        node_type = self.node_type(node_id)
+        return node_type.is_output_node, node_type.is_async()
+
+    # -- one node ----------------------------------------------------------------------------
+    async def _execute(self, node_id: str) -> str:
+        """Run (or continue) one staged node: DONE, or PENDING when it waits for more."""
+        node = self.dyn.get_node(node_id)
+        class_type = node["class_type"]
+        node_type = self.node_type(node_id)
+        if node_id in self._pending_async:
+            calls = self._finished_calls(node_id, node_type)
+        elif node_id in self._pending_expansion:
+            entry = self._resolve_expansion(node_id, node_type, self._pending_expansion.pop(node_id))
+            return self._finish(node_id, entry)
+        elif self.available(node_id):  # a cached output node, or one whose twin ran first
+            entry = self.results[node_id]
+            self._report_ui(node_id, entry)
+            self.progress.finish(node_id)
+            return DONE
+        else:
+            if self.ex.interrupt_flag.is_set():
+                raise _interrupted(node_id)
+            self.progress.start(node_id)
+            inputs, missing = self._gather(node_id, node, node_type)
+            self.emit("executing", {"node": node_id, "display_node": self.dyn.get_display_node_id(node_id),
+                                    "prompt_id": self.prompt_id})
+            ctx = NodeContext(self.prompt_id, node_id, class_type, self.ex.registry.env, self.original,
+                              self.extra_data, self.ex.interrupt_flag, self.emit, self.ex.on_preview, self.progress)
+            self.ex.active = ctx
+            hidden = self._hidden_kinds(node_type, node_id)
+            try:
+                instance = self._instance(node_id, node_type)
+                if node_type.has_hook("lazy"):
+                    wanted = await self._lazy_requests(ctx, node_type, instance, inputs, hidden)
+                    wanted = [n for n in wanted if n not in inputs or n in missing]
+                    if wanted:
+                        for name in wanted:
+                            self.list.make_input_strong_link(node_id, name)
+                        return PENDING
+                calls = await self._map(ctx, node_type, inputs, lambda kw: node_type.call(instance, ctx, kw, hidden),
+                                        blocker=lambda b: self._pass_blocker(b, ctx), prefix=True)
+            except (Interrupted, NodeFailure):
+                raise
+            except Exception as exc:
+                raise NodeFailure(self._error_payload(node_id, exc, inputs)) from exc
+            if any(isinstance(c, asyncio.Task) for c in calls):
+                self._await_calls(node_id, calls)
+                return PENDING
+        try:
+            values, ui, subgraphs = self._split_calls(node_type, calls)
+        except Exception as exc:
+            raise NodeFailure(self._error_payload(node_id, exc, {})) from exc
+        if ui is not None:
+            self._report_ui(node_id, Entry([], ui))
+        if subgraphs is not None:
+            await self._expand(node_id, node_type, subgraphs)
+            return PENDING
+        return self._finish(node_id, Entry(values, ui))
+
+    def _finish(self, node_id: str, entry: Entry) -> str:
         self.results[node_id] = entry
         self.ex.cache.put(self.keys[node_id], entry)
+        self.progress.finish(node_id)
+        self.executed.add(node_id)
         self.result.executed.append(node_id)
-        self._report_ui(node_id, entry)
-        self._release_inputs(node_id)
+        self._release(node_id)
+        return DONE
 
-    def resolve_lazy(self, node_id: str) -> None:
-        """Ask the node which lazy inputs it needs (check_lazy_status, as ComfyUI), run their
-        sources, and ask again until it needs nothing more."""
-        node = self.prompt[node_id]
-        node_type = self.ex.registry.get(node["class_type"])
-        lazy = self.lazy_inputs(node_type)
-        instance = self._instance(node_id, node_type)
-        if not lazy or not hasattr(instance, "check_lazy_status"):
-            return
-        while True:
-            inputs = self.gather_inputs(node_id, node, node_type)
-            args = inputs if node_type.input_is_list else {k: v[0] if v else None for k, v in inputs.items()}
-            if any(_blocked(v) for v in inputs.values()):
-                return  # a blocked node asks for nothing; it will not run
-            try:
-                requested = instance.check_lazy_status(**args) or []
-            except Exception as exc:
-                raise NodeFailure(self._error_payload(node_id, node["class_type"], exc, inputs)) from exc
-            sources = [node["inputs"][name][0] for name in requested
-                       if name in lazy and is_link(node["inputs"].get(name))
-                       and node["inputs"][name][0] not in self.results]
-            if not sources:
-                return
-            self.run_sources(sources)
-
-    def run_sources(self, sources: list[str]) -> None:
-        """Make `sources` available in self.results: load cache hits, run the rest (and what they
-        need) in plan order."""
-        done = self.hits | set(self.results)
-        todo = self.uncached_ancestry([s for s in sources if s not in self.results], done)
-        todo |= {s for n in todo for s in self.strong_sources(n) if s in self.hits}
-        for src in sorted(todo, key=self.position.__getitem__):
-            if src in self.results:
-                continue
-            if src in self.hits:
-                self.results[src] = self.ex.cache.get(self.keys[src])
-            else:
-                self.step(src)
-
-    # -- node expansion ---------------------------------------------------------------------
-    def expand(self, node_id: str, calls: list, ui: dict | None) -> Entry:
-        """Add the subgraphs a node returned to the prompt, run its output nodes and what the
-        node's results link to, and return the node's outputs with those links resolved."""
-        class_type = self.prompt[node_id]["class_type"]
-        node_type = self.ex.registry.get(class_type)
-        targets: list[str] = []
-        for values, subgraph in calls:
-            if subgraph is None:
-                continue
-            try:
-                added = self._add_subgraph(node_id, subgraph)
-                for value in values:
-                    if is_link(value) and str(value[0]) not in self.prompt:
-                        raise ValueError(f"expansion result links to unknown node {value[0]!r}")
-            except (ValueError, TypeError) as exc:
-                raise NodeFailure(self._error_payload(node_id, class_type, exc, {})) from exc
-            targets += [n for n in added if self.ex.registry.get(self.prompt[n]["class_type"]).is_output_node]
-            targets += [str(v[0]) for v in values if is_link(v)]
-        self._admit(targets)
-        self.run_sources(list(dict.fromkeys(targets)))
-        per_slot: list[list] = [[] for _ in node_type.outputs]
-        for values, subgraph in calls:
-            for slot, value in enumerate(values):
-                if subgraph is not None and is_link(value):
-                    source = self.results[str(value[0])].outputs
-                    if not 0 <= value[1] < len(source):
-                        exc = ValueError(f"expansion result links to output {value[1]} of node {value[0]}, "
-                                         f"which has {len(source)} output(s)")
-                        raise NodeFailure(self._error_payload(node_id, class_type, exc, {}))
-                    per_slot[slot].extend(source[value[1]])
-                else:
-                    _collect(node_type, per_slot, slot, value)
-        return Entry(per_slot, ui)
-
-    def _add_subgraph(self, parent: str, subgraph: Any) -> list[str]:
-        if not isinstance(subgraph, dict):
-            raise ValueError("'expand' must be a dict of API-format nodes")
-        added = []
-        for raw_id, info in subgraph.items():
-            new_id = str(raw_id)
-            if new_id in self.prompt:
-                raise ValueError(f"Attempt to add duplicate node {new_id}. Ensure node ids are unique "
-                                 "and deterministic or use graph_builder.GraphBuilder.")
-            if not isinstance(info, dict) or self.ex.registry.get(info.get("class_type")) is None:
-                raise ValueError(f"expanded node {new_id} has an unknown class_type "
-                                 f"{info.get('class_type') if isinstance(info, dict) else info!r}")
-            inputs = {k: [str(v[0]), v[1]] if is_link(v) else v for k, v in (info.get("inputs") or {}).items()}
-            self.prompt[new_id] = {"class_type": info["class_type"], "inputs": inputs}
-            self.display[new_id] = str(info.get("override_display_id", parent))
-            added.append(new_id)
-        for new_id in added:
-            for name, value in self.prompt[new_id]["inputs"].items():
-                if not is_link(value):
-                    continue
-                if value[0] not in self.prompt:
-                    raise ValueError(f"expanded node {new_id} input {name!r} links to unknown node {value[0]!r}")
-                count = len(self.ex.registry.get(self.prompt[value[0]]["class_type"]).outputs)
-                if not 0 <= value[1] < count:
-                    raise ValueError(f"expanded node {new_id} input {name!r} links to output {value[1]} of "
-                                     f"node {value[0]}, which has {count} output(s)")
-        return added
-
-    def _admit(self, node_ids: list[str]) -> None:
-        """Key, order and look up in the cache the nodes the plan did not cover (expanded nodes,
-        or prompt nodes an expansion links to) that `node_ids` need."""
-        new: set[str] = set()
-        stack = [n for n in node_ids if n not in self.keys]
-        while stack:
-            node_id = stack.pop()
-            if node_id in new or node_id in self.keys:
-                continue
-            new.add(node_id)
-            stack += [v[0] for v in self.prompt[node_id]["inputs"].values() if is_link(v) and v[0] not in self.keys]
-        sub = nx.DiGraph()
-        sub.add_nodes_from(new)
-        sub.add_edges_from((v[0], n) for n in new for v in self.prompt[n]["inputs"].values()
-                           if is_link(v) and v[0] in new)
-        try:
-            order = list(nx.topological_sort(sub))
-        except nx.NetworkXUnfeasible:
-            cycle = [edge[0] for edge in nx.find_cycle(sub)]
-            raise NodeFailure(self._error_payload(cycle[0], self.prompt[cycle[0]]["class_type"], RuntimeError(
-                f"dependency cycle among expanded nodes {', '.join(cycle)}"), {}, "DependencyCycleError")) from None
-        for node_id in order:
-            self.position[node_id] = len(self.position)
-            self.keys[node_id] = self.key(node_id, self.keys)
-            if self.ex.cache.get(self.keys[node_id]) is not None:
-                self.hits.add(node_id)
-
-    def _report_ui(self, node_id: str, entry: Entry) -> None:
-        if entry.ui is not None:
-            self.result.outputs[node_id] = entry.ui
-            self.emit("executed", {"node": node_id, "display_node": self.display_id(node_id), "output": entry.ui,
-                                   "prompt_id": self.prompt_id})
-
-    def display_id(self, node_id: str) -> str:
-        """The prompt node an expanded node is shown as (its outermost expanding parent)."""
-        while node_id in self.display:
-            node_id = self.display[node_id]
-        return node_id
-
-    def _release_inputs(self, node_id: str) -> None:
-        """Without a retaining cache, drop an output as soon as its last consumer has run."""
-        if self.ex.cache.retains or node_id in self.display:  # expanded consumers were never counted
-            return
-        for value in self.prompt[node_id]["inputs"].values():
-            if is_link(value) and value[0] in self.consumers:
-                self.consumers[value[0]] -= 1
-                if self.consumers[value[0]] <= 0:
-                    self.results.pop(value[0], None)
-
-    def run_node(self, node_id: str) -> Entry:
-        node = self.prompt[node_id]
-        class_type = node["class_type"]
-        node_type = self.ex.registry.get(class_type)
-        self.emit("executing", {"node": node_id, "display_node": self.display_id(node_id), "prompt_id": self.prompt_id})
-        inputs = self.gather_inputs(node_id, node, node_type)
-        ctx = NodeContext(self.prompt_id, node_id, class_type, self.ex.registry.env, self.original,
-                          self.extra_data, self.ex.interrupt_flag, self.emit, self.ex.on_preview)
-        token = current_context.set(ctx)
-        try:
-            instance = self._instance(node_id, node_type)
-            with self.ex.call_context():
-                return self.call_mapped(node_type, instance, ctx, inputs)
-        except Interrupted:
-            raise
-        except Exception as exc:
-            raise NodeFailure(self._error_payload(node_id, class_type, exc, inputs)) from exc
-        finally:
-            current_context.reset(token)
-
-    def _instance(self, node_id: str, node_type: NodeType) -> Any:
-        key = (node_id, node_type.name)
-        if key not in self.ex._instances:
-            self.ex._instances[key] = node_type.instantiate()
-        return self.ex._instances[key]
-
-    def gather_inputs(self, node_id: str, node: dict, node_type: NodeType) -> dict[str, list]:
-        """Every input as a list: upstream outputs already are lists, literals become one item."""
+    def _gather(self, node_id: str, node: dict, node_type: NodeType) -> tuple[dict[str, list], set[str]]:
+        """Every input as a list (upstream outputs already are lists; literals become one item),
+        and the names of linked inputs whose values are not there yet (unasked lazy inputs)."""
+        specs = self.specs(node_type)
         data: dict[str, list] = {}
+        missing: set[str] = set()
         for name, value in node["inputs"].items():
-            if is_link(value):
-                source = self.results.get(value[0])
-                data[name] = source.outputs[value[1]] if source is not None else [None]  # an unasked lazy input
-            else:
+            spec = specs.get(name)
+            if is_link(value) and not (spec is not None and spec.raw_link):
+                source = str(value[0])
+                entry = self.results[source] if self.available(source) else None
+                if entry is None or not 0 <= value[1] < len(entry.outputs):
+                    missing.add(name)
+                    data[name] = [None]
+                else:
+                    data[name] = entry.outputs[value[1]]
+            elif spec is not None:  # undeclared literals are dropped, as in ComfyUI
                 data[name] = [unwrap(value)]
-        for name, kind in self.hidden_inputs(node_type).items():
-            data[name] = [self._hidden_value(kind, node_id)]
-        return data
+        if not node_type.v3:
+            for name, kind in self.hidden_inputs(node_type).items():
+                if kind in HIDDEN_KINDS_FILLED:
+                    data[name] = [self._hidden_value(kind, node_id)]
+        return data, missing
 
     def _hidden_value(self, kind: str, node_id: str) -> Any:
-        return {
-            "PROMPT": self.original,
-            "DYNPROMPT": self.original,
-            "EXTRA_PNGINFO": self.extra_data.get("extra_pnginfo"),
-            "UNIQUE_ID": node_id,
-        }.get(kind)
+        if kind == "PROMPT":
+            return self.original
+        if kind == "DYNPROMPT":
+            return self.dyn
+        if kind == "EXTRA_PNGINFO":
+            return self.extra_data.get("extra_pnginfo")
+        if kind == "UNIQUE_ID":
+            return node_id
+        return self.extra_data.get(kind.lower())  # AUTH_TOKEN_COMFY_ORG, API_KEY_COMFY_ORG
 
-    def call_mapped(self, node_type: NodeType, instance: Any, ctx: NodeContext, inputs: dict[str, list]) -> Entry:
-        """ComfyUI's list mapping: one call per item of the longest input list, or one call with
-        every list when the node takes INPUT_IS_LIST."""
+    def _hidden_kinds(self, node_type: NodeType, node_id: str) -> dict[str, Any] | None:
+        """What a V3 node finds in `cls.hidden`, by hidden kind."""
+        if not node_type.v3:
+            return None
+        return {kind: self._hidden_value(kind, node_id) for kind in self.hidden_inputs(node_type).values()
+                if kind in HIDDEN_KINDS_FILLED}
+
+    def _instance(self, node_id: str, node_type: NodeType) -> Any:
+        self._used_instances.add((node_id, node_type.name))
+        return self.ex._instance(self.dyn, node_id, node_type)
+
+    async def _lazy_requests(self, ctx: NodeContext, node_type: NodeType, instance: Any, inputs: dict,
+                             hidden: dict | None) -> list[str]:
+        """check_lazy_status over the input lists (one call per item, as the function is called);
+        the union of the names it asks for."""
+        check = node_type.hook("lazy", instance, hidden)
+        calls = await self._map(ctx, node_type, inputs, lambda kw: check(**kw))
+        asked: list[str] = []
+        for value in await _resolve(calls):
+            if isinstance(value, list):
+                asked += [n for n in value if isinstance(n, str) and n not in asked]
+        return asked
+
+    async def _map(self, ctx: NodeContext, node_type: NodeType, inputs: dict[str, list], call: Callable,
+                   blocker: Callable | None = None, prefix: bool = False) -> list:
+        """ComfyUI's list mapping: one call per item of the longest input list (shorter lists
+        repeat their last item), or one call with every list when the node takes INPUT_IS_LIST.
+        A call given an ExecutionBlocker is not made. Async calls become tasks; a task that
+        finishes at once is replaced by its result."""
         if node_type.input_is_list:
-            calls = [inputs]
+            batches = [inputs]
+        elif any(len(v) == 0 for v in inputs.values()):
+            batches = []
         else:
             count = max((len(v) for v in inputs.values()), default=1)
-            if any(len(v) == 0 for v in inputs.values()):
-                count = 0
-            calls = [{k: v[min(i, len(v) - 1)] for k, v in inputs.items()} for i in range(count)]
-        per_slot: list[list] = [[] for _ in node_type.outputs]
-        ui: dict | None = None
-        done: list[tuple] = []  # (values, subgraph or None) per call
-        for index, kwargs in enumerate(calls):
+            batches = [{k: v[min(i, len(v) - 1)] for k, v in inputs.items()} for i in range(count)]
+        results: list = []
+        for index, kwargs in enumerate(batches):
             ctx.check_interrupt()
             given = (x for v in kwargs.values() for x in (v if node_type.input_is_list else (v,)))
-            blocker = next((x for x in given if isinstance(x, ExecutionBlocker)), None)
-            if blocker is not None:
-                done.append(((self._pass_blocker(blocker, ctx),) * len(node_type.outputs), None))
+            stop = next((x for x in given if isinstance(x, ExecutionBlocker)), None)
+            if stop is not None:
+                results.append(blocker(stop) if blocker else stop)
                 continue
-            GraphBuilder.set_default_prefix(ctx.node_id, index, 0)
-            result = node_type.call(instance, ctx, kwargs)
+            if prefix:
+                GraphBuilder.set_default_prefix(ctx.node_id, index, 0)
+            token = current_context.set(ctx)
+            try:
+                value = call(kwargs)
+                if asyncio.iscoroutine(value):
+                    value = asyncio.ensure_future(value)  # the task keeps this context (and prefix)
+                    self._tasks.add(value)
+            finally:
+                current_context.reset(token)
+            if isinstance(value, asyncio.Task):
+                await asyncio.sleep(0)  # let it start; it may finish without waiting for anything
+                if value.done():
+                    value = value.result()
+            results.append(value)
+        return results
+
+    def _await_calls(self, node_id: str, calls: list) -> None:
+        """Hold the node back until its async calls finish; the loop runs other nodes meanwhile."""
+        self._pending_async[node_id] = calls
+        unblock = self.list.add_external_block(node_id)
+
+        async def wait() -> None:
+            await asyncio.gather(*[c for c in calls if isinstance(c, asyncio.Task)], return_exceptions=True)
+            unblock()
+
+        waiter = asyncio.ensure_future(wait())
+        self._tasks.add(waiter)
+
+    def _finished_calls(self, node_id: str, node_type: NodeType) -> list:
+        calls = self._pending_async.pop(node_id)
+        out = []
+        for call in calls:
+            if isinstance(call, asyncio.Task):
+                exc = call.exception()
+                if isinstance(exc, (Interrupted, NodeFailure)):
+                    raise exc
+                if exc is not None:
+                    raise NodeFailure(self._error_payload(node_id, exc, {})) from exc
+                call = call.result()
+            out.append(call)
+        return out
+
+    # -- results -----------------------------------------------------------------------------
+    def _split_calls(self, node_type: NodeType, calls: list) -> tuple[list[list], dict | None, list | None]:
+        """Per-slot output lists and the merged ui of all calls; with an expansion, instead the
+        per-call (values, subgraph) to resolve once the subgraphs have run."""
+        done: list[tuple] = []
+        ui: dict | None = None
+        for result in calls:
             if isinstance(result, ExecutionBlocker):
                 result = (result,) * len(node_type.outputs)
             subgraph = result.get("expand") if isinstance(result, dict) else None
@@ -455,13 +497,150 @@ class _Run:
                 for k, v in call_ui.items():
                     ui[k] = ui.get(k, []) + list(v) if isinstance(v, (list, tuple)) else v
         if any(subgraph is not None for _, subgraph in done):
-            self._expansions[ctx.node_id] = done  # step() runs the subgraphs and resolves the links
-            return Entry(per_slot, ui)
+            return [], ui, done
+        per_slot: list[list] = [[] for _ in node_type.outputs]
         for values, _ in done:
             for slot, value in enumerate(values):
                 _collect(node_type, per_slot, slot, value)
-        return Entry(per_slot, ui)
+        return per_slot, ui, None
 
+    def _report_ui(self, node_id: str, entry: Entry) -> None:
+        if entry.ui is None:
+            return
+        self.result.outputs[node_id] = entry.ui
+        self.result.meta[node_id] = {"node_id": node_id, "display_node": self.dyn.get_display_node_id(node_id),
+                                     "parent_node": self.dyn.get_parent_node_id(node_id),
+                                     "real_node_id": self.dyn.get_real_node_id(node_id)}
+        self.emit("executed", {"node": node_id, "display_node": self.dyn.get_display_node_id(node_id),
+                               "output": entry.ui, "prompt_id": self.prompt_id})
+
+    def _release(self, node_id: str) -> None:
+        """Without a retaining cache, drop a node's outputs once every consumer has run."""
+        if self.ex.cache.retains:
+            return
+        for source in self._sources(node_id) | self._expansion_sources.pop(node_id, set()):
+            waiting = self._consumers.get(source)
+            if waiting is None:
+                continue
+            waiting.discard(node_id)
+            if not waiting and source not in self.outputs:
+                self.results.pop(source, None)
+
+    # -- node expansion ----------------------------------------------------------------------
+    async def _expand(self, node_id: str, node_type: NodeType, calls: list) -> None:
+        """Add the subgraphs a node returned to the prompt; the node waits for its output nodes
+        and for what its results link to, and is resolved when staged again."""
+        added: list[str] = []
+        links: list[tuple[str, int]] = []
+        try:
+            for values, subgraph in calls:
+                if subgraph is None:
+                    continue
+                added += self._add_subgraph(node_id, subgraph)
+                for value in values:
+                    if is_link(value):
+                        if not self.dyn.has_node(str(value[0])):
+                            raise ValueError(f"expansion result links to unknown node {value[0]!r}")
+                        links.append((str(value[0]), value[1]))
+        except (ValueError, TypeError) as exc:
+            raise NodeFailure(self._error_payload(node_id, exc, {})) from exc
+        self._pending_expansion[node_id] = calls
+        for new_id in [*added, *(source for source, _ in links)]:
+            await self._admit(new_id)
+        self.ex.cache.expanded(self.keys[n] for n in added)
+        self._expansion_sources[node_id] = {source for source, _ in links}
+        if not self.ex.cache.retains:
+            for source, _ in links:
+                self._consumers.setdefault(source, set()).add(node_id)
+        for new_id in added:
+            if self.node_type(new_id).is_output_node:
+                self.list.add_node(new_id)
+        for source, slot in links:
+            self.list.add_strong_link(source, slot, node_id)
+
+    def _add_subgraph(self, parent: str, subgraph: Any) -> list[str]:
+        if not isinstance(subgraph, dict):
+            raise ValueError("'expand' must be a dict of API-format nodes")
+        new: dict[str, dict] = {}
+        for raw_id, info in subgraph.items():
+            new_id = str(raw_id)
+            if self.dyn.has_node(new_id) or new_id in new:
+                raise ValueError(f"Attempt to add duplicate node {new_id}. Ensure node ids are unique "
+                                 "and deterministic or use graph_builder.GraphBuilder.")
+            if not isinstance(info, dict) or self.ex.registry.get(info.get("class_type")) is None:
+                raise ValueError(f"expanded node {new_id} has an unknown class_type "
+                                 f"{info.get('class_type') if isinstance(info, dict) else info!r}")
+            inputs = {k: [str(v[0]), v[1]] if is_link(v) else v for k, v in (info.get("inputs") or {}).items()}
+            new[new_id] = {"class_type": info["class_type"], "inputs": inputs,
+                           "display": str(info.get("override_display_id", parent))}
+        for new_id, node in new.items():
+            for name, value in node["inputs"].items():
+                if not is_link(value):
+                    continue
+                source = new.get(value[0]) or (self.dyn.get_node(value[0]) if self.dyn.has_node(value[0]) else None)
+                if source is None:
+                    raise ValueError(f"expanded node {new_id} input {name!r} links to unknown node {value[0]!r}")
+                count = len(self.ex.registry.get(source["class_type"]).outputs)
+                if not 0 <= value[1] < count:
+                    raise ValueError(f"expanded node {new_id} input {name!r} links to output {value[1]} of "
+                                     f"node {value[0]}, which has {count} output(s)")
+        for new_id, node in new.items():
+            display = node.pop("display")
+            self.dyn.add_ephemeral_node(new_id, node, parent, display)
+        return list(new)
+
+    async def _admit(self, node_id: str) -> None:
+        """Key the nodes the plan did not cover that `node_id` needs (itself included), sources
+        first. Nodes on a cycle (and what follows them) get keys that match nothing; the
+        scheduler then reports the cycle."""
+        new: set[str] = set()
+        stack = [node_id]
+        while stack:
+            current = stack.pop()
+            if current in new or current in self.keys:
+                continue
+            new.add(current)
+            stack += [s for s in self._sources(current) if self.dyn.has_node(s)]
+        if not new:
+            return
+        sub = nx.DiGraph()
+        sub.add_nodes_from(new)
+        sub.add_edges_from((s, n) for n in new for s in self._sources(n) if s in new)
+        cyclic: set[str] = set()
+        for part in nx.strongly_connected_components(sub):
+            if len(part) > 1 or any(sub.has_edge(n, n) for n in part):
+                cyclic |= part
+        for n in list(cyclic):
+            cyclic |= nx.descendants(sub, n)
+        for n in cyclic:
+            self.keys[n] = "cycle:" + uuid.uuid4().hex
+        for n in nx.topological_sort(sub.subgraph(new - cyclic)):
+            self.keys[n] = await self._key(n)
+        if not self.ex.cache.retains:
+            for n in new:
+                for source in self._sources(n):
+                    self._consumers.setdefault(source, set()).add(n)
+
+    def _sources(self, node_id: str) -> set[str]:
+        return {str(v[0]) for v in self.dyn.get_node(node_id)["inputs"].values() if is_link(v)}
+
+    def _resolve_expansion(self, node_id: str, node_type: NodeType, calls: list) -> Entry:
+        """The node's outputs with the links into its subgraphs replaced by their values."""
+        per_slot: list[list] = [[] for _ in node_type.outputs]
+        for values, subgraph in calls:
+            for slot, value in enumerate(values):
+                if subgraph is not None and is_link(value):
+                    source = self.results[str(value[0])].outputs if self.available(str(value[0])) else None
+                    if source is None or not 0 <= value[1] < len(source):
+                        exc = ValueError(f"expansion result links to output {value[1]} of node {value[0]}, "
+                                         f"which has {len(source or [])} output(s)")
+                        raise NodeFailure(self._error_payload(node_id, exc, {}))
+                    per_slot[slot].extend(source[value[1]])
+                else:
+                    _collect(node_type, per_slot, slot, value)
+        return Entry(per_slot, self.result.outputs.get(node_id))
+
+    # -- blockers and errors -----------------------------------------------------------------
     def _pass_blocker(self, blocker: ExecutionBlocker, ctx: NodeContext) -> ExecutionBlocker:
         """As ComfyUI: a blocker with a message is reported once, by the first node it stops,
         as an execution_error (the prompt goes on); what that node passes on is silent."""
@@ -477,16 +656,19 @@ class _Run:
         self.result.blocked.append({"node_id": ctx.node_id, "message": blocker.message})
         return ExecutionBlocker(None)
 
-    def _error_payload(self, node_id: str, class_type: str, exc: Exception, inputs: dict,
+    def _error_payload(self, node_id: str, exc: BaseException, inputs: dict,
                        exception_type: str | None = None) -> dict:
+        """ComfyUI's execution_error: an error inside an expansion is the error of the submitted
+        node that expanded (the one the editor shows), with the inner exception's details."""
+        real = self.dyn.get_real_node_id(node_id)
         return {
             "prompt_id": self.prompt_id,
-            "node_id": node_id,
-            "node_type": class_type,
+            "node_id": real,
+            "node_type": self.dyn.get_node(real)["class_type"],
             "executed": list(self.result.executed),
             "exception_message": str(exc) or type(exc).__name__,
-            "exception_type": exception_type or f"{type(exc).__module__}.{type(exc).__qualname__}",
-            "traceback": traceback.format_exception(exc),
+            "exception_type": exception_type or _type_name(type(exc)),
+            "traceback": traceback.format_exception(exc) if exception_type is None else [],
             "current_inputs": {k: [describe_value(x, 120) for x in v] for k, v in inputs.items()
                                if not isinstance(v, dict)},
             "current_outputs": list(self.results),
@@ -494,8 +676,22 @@ class _Run:
         }
 
 
-def _blocked(values: list) -> bool:
-    return any(isinstance(v, ExecutionBlocker) for v in values)
+async def _resolve(calls: list) -> list:
+    """Per-call results with tasks awaited (the first exception raised)."""
+    tasks = [c for c in calls if isinstance(c, asyncio.Task)]
+    if tasks:
+        await asyncio.gather(*tasks)
+    return [c.result() if isinstance(c, asyncio.Task) else c for c in calls]
+
+
+def _interrupted(node_id: str) -> Interrupted:
+    stop = Interrupted(f"interrupted before node {node_id}")
+    stop.node_id = node_id
+    return stop
+
+
+def _type_name(cls: type) -> str:
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _collect(node_type: NodeType, per_slot: list[list], slot: int, value: Any) -> None:
@@ -514,11 +710,13 @@ def _hidden_kind(kind: Any) -> str:
 def _split_result(node_type: NodeType, result: Any) -> tuple[tuple, dict | None]:
     """A node returns a tuple, or {"ui": ..., "result": ...}; check it matches RETURN_TYPES."""
     ui = None
-    if isinstance(result, dict) and ("ui" in result or "result" in result):
+    if isinstance(result, dict) and ("ui" in result or "result" in result or "expand" in result):
         ui = result.get("ui")
         result = result.get("result", ())
         if ui is not None and not isinstance(ui, dict):
             raise TypeError(f"{node_type.name} returned a 'ui' that is not a dict")
+    if isinstance(result, ExecutionBlocker):
+        result = (result,) * len(node_type.outputs)
     if result is None:
         result = ()
     if isinstance(result, list):

@@ -13,6 +13,7 @@ running prompt; the executor sets that default before each call of a node.
 """
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
 
@@ -46,17 +47,29 @@ class Node:
         self.override_display_id = override_display_id
 
     def serialize(self) -> dict:
-        doc = {"class_type": self.class_type, "inputs": dict(self.inputs)}
+        # The live inputs dict, as ComfyUI returns it: clients edit a node after finalize() and
+        # the finalized prompt sees the change.
+        doc = {"class_type": self.class_type, "inputs": self.inputs}
         if self.override_display_id is not None:
             doc["override_display_id"] = self.override_display_id
         return doc
 
 
-class GraphBuilder:
-    _default_prefix_root = ""
-    _default_prefix_call_index = 0
-    _default_prefix_graph_index = 0
+class _Prefix:
+    """The default id prefix of the node call that is running: "<node id>.<call index>.<graph>."."""
 
+    def __init__(self, root: str = "", call_index: int = 0, graph_index: int = 0):
+        self.root = root
+        self.call_index = call_index
+        self.graph_index = graph_index
+
+
+# Per task: an async node that builds its subgraph after an await keeps its own prefix while
+# other nodes run (ComfyUI keeps one process-wide prefix here).
+_default_prefix: ContextVar[_Prefix] = ContextVar("graph_builder_prefix", default=_Prefix())
+
+
+class GraphBuilder:
     def __init__(self, prefix: str | None = None):
         self.prefix = GraphBuilder.alloc_prefix() if prefix is None else prefix
         self.nodes: dict[str, Node] = {}
@@ -64,18 +77,17 @@ class GraphBuilder:
 
     @classmethod
     def set_default_prefix(cls, prefix_root: str, call_index: int, graph_index: int = 0) -> None:
-        GraphBuilder._default_prefix_root = prefix_root
-        GraphBuilder._default_prefix_call_index = call_index
-        GraphBuilder._default_prefix_graph_index = graph_index
+        _default_prefix.set(_Prefix(prefix_root, call_index, graph_index))
 
     @classmethod
     def alloc_prefix(cls, root: str | None = None, call_index: int | None = None,
                      graph_index: int | None = None) -> str:
         """The next "<root>.<call>.<graph>." prefix; each builder made in one call gets its own."""
-        root = GraphBuilder._default_prefix_root if root is None else root
-        call_index = GraphBuilder._default_prefix_call_index if call_index is None else call_index
-        graph_index = GraphBuilder._default_prefix_graph_index if graph_index is None else graph_index
-        GraphBuilder._default_prefix_graph_index += 1
+        current = _default_prefix.get()
+        root = current.root if root is None else root
+        call_index = current.call_index if call_index is None else call_index
+        graph_index = current.graph_index if graph_index is None else graph_index
+        current.graph_index += 1
         return f"{root}.{call_index}.{graph_index}."
 
     def node(self, class_type: str, id: str | None = None, **kwargs) -> Node:

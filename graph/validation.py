@@ -12,6 +12,7 @@ from typing import Any
 
 import networkx as nx
 
+from graph.aio import run_sync
 from graph.contract import InputSpec, NodeType, types_compatible
 from graph.errors import describe_value, error, input_error
 from graph.prompt import is_link, output_node_ids, unwrap, wrap
@@ -190,10 +191,8 @@ def _validate_node(node_id: str, prompt: dict, registry: NodeRegistry, memo: _Sp
         if isinstance(value, (list, tuple)):
             err = _check_link(name, value, spec, prompt, registry, received_types,
                               wants_types=bool(validator and validator[3]))
-        elif name in checked_by_node:
-            err = None
-        else:
-            err = _check_literal(name, value, spec, inputs)
+        else:  # a node that validates an input itself waives its range and list checks
+            err = _check_literal(name, value, spec, inputs, checked_by_node=name in checked_by_node)
         if err:
             errors.append(err)
     for name in [n for n in inputs if n not in specs]:
@@ -241,7 +240,7 @@ def _check_link(name, value, spec, prompt, registry, received_types, wants_types
     return None
 
 
-def _check_literal(name: str, raw: Any, spec: InputSpec, inputs: dict) -> dict | None:
+def _check_literal(name: str, raw: Any, spec: InputSpec, inputs: dict, checked_by_node: bool = False) -> dict | None:
     value = unwrap(raw)
     try:
         value = _cast(spec, value)
@@ -250,6 +249,8 @@ def _check_literal(name: str, raw: Any, spec: InputSpec, inputs: dict) -> dict |
                            f"{name}, {describe_value(value)}, {exc}", name, _config(spec),
                            received_value=describe_value(value))
     inputs[name] = wrap(value)
+    if checked_by_node:
+        return None
     opts = spec.options
     if spec.type in ("INT", "FLOAT"):
         if opts.get("min") is not None and value < opts["min"]:
@@ -295,9 +296,9 @@ def _cast(spec: InputSpec, value: Any) -> Any:
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
         raise TypeError(f"expected true or false, got {describe_value(value)}")
-    if kind == "COMBO" or kind == "*":
-        return value
-    raise TypeError(f"an input of type {kind} must be linked to a node output, not given a literal")
+    # As in ComfyUI, only the four primitives are converted; a literal for any other type (COMBO,
+    # "*", a plugin's own type) reaches the node as it was written.
+    return value
 
 
 def _run_validator(validator, specs: dict, inputs: dict, received_types: dict) -> list[dict]:
@@ -310,7 +311,7 @@ def _run_validator(validator, specs: dict, inputs: dict, received_types: dict) -
     if wants_types:
         kwargs["input_types"] = received_types
     try:
-        result = fn(**kwargs)
+        result = run_sync(fn(**kwargs))  # VALIDATE_INPUTS may be `async def`
     except Exception as exc:
         return [error("exception_during_inner_validation", "Exception in the node's input validation",
                       f"{type(exc).__name__}: {exc}")]

@@ -21,22 +21,27 @@ class CLIPTextEncode(Node):
     """Encodes a prompt (with (emphasis:1.2) and embedding:name syntax) into conditioning."""
 
     display_name = "CLIP Text Encode (Prompt)"
+    comfy_function = "encode"
     category = "conditioning"
     inputs = (Prompt(), Socket("clip", "CLIP"))
     outputs = (Output("CONDITIONING"),)
 
-    def run(self, ctx, text, clip):
-        return (require_clip(clip).encode(text),)
+    def run(self, ctx, clip, text):
+        clip = require_clip(clip)
+        return (clip.encode_from_tokens_scheduled(clip.tokenize(text)),)
 
 
 class CLIPSetLastLayer(Node):
     display_name = "CLIP Set Last Layer"
+    comfy_function = "set_last_layer"
     category = "conditioning"
     inputs = (Socket("clip", "CLIP"), Int("stop_at_clip_layer", -1, min=-24, max=-1, step=1))
     outputs = (Output("CLIP"),)
 
     def run(self, ctx, clip, stop_at_clip_layer):
-        return (require_clip(clip).with_last_layer(stop_at_clip_layer),)
+        clip = require_clip(clip).clone()
+        clip.clip_layer(stop_at_clip_layer)
+        return (clip,)
 
 
 def _size(name: str, default: int) -> Int:
@@ -47,6 +52,7 @@ class CLIPTextEncodeSDXL(Node):
     """SDXL base: separate prompts for the bigG (text_g) and CLIP-L (text_l) encoders, plus the
     size and crop conditioning SDXL was trained with."""
 
+    comfy_function = "execute"
     category = "advanced/conditioning"
     comfy_module = "comfy_extras.nodes_clip_sdxl"
     display_name = None
@@ -65,13 +71,13 @@ class CLIPTextEncodeSDXL(Node):
                 tokens["l"] += empty["l"]
             while len(tokens["l"]) > len(tokens["g"]):
                 tokens["g"] += empty["g"]
-        cond, pooled = clip.encode_tokens(tokens)
-        extras = {"pooled_output": pooled, "width": width, "height": height, "crop_w": crop_w, "crop_h": crop_h,
-                  "target_width": target_width, "target_height": target_height}
-        return ([[cond, extras]],)
+        return (clip.encode_from_tokens_scheduled(tokens, add_dict={
+            "width": width, "height": height, "crop_w": crop_w, "crop_h": crop_h, "target_width": target_width,
+            "target_height": target_height}),)
 
 
 class CLIPTextEncodeSDXLRefiner(Node):
+    comfy_function = "execute"
     category = "advanced/conditioning"
     comfy_module = "comfy_extras.nodes_clip_sdxl"
     display_name = None
@@ -79,9 +85,10 @@ class CLIPTextEncodeSDXLRefiner(Node):
               Prompt(), Socket("clip", "CLIP"))
     outputs = (Output("CONDITIONING"),)
 
-    def run(self, ctx, ascore, width, height, text, clip):
-        [[cond, extras]] = require_clip(clip).encode(text)
-        return ([[cond, {**extras, "aesthetic_score": ascore, "width": width, "height": height}]],)
+    def run(self, ctx, clip, ascore, width, height, text):
+        clip = require_clip(clip)
+        return (clip.encode_from_tokens_scheduled(clip.tokenize(text), add_dict={
+            "aesthetic_score": ascore, "width": width, "height": height}),)
 
 
 NODES = [CLIPTextEncode, CLIPSetLastLayer, CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner]

@@ -56,6 +56,7 @@ class ConditioningCombine(Node):
     """Both lists of entries side by side: the sampler averages their predictions."""
 
     display_name = "Conditioning (Combine)"
+    comfy_function = "combine"
     category = "conditioning"
     inputs = (Socket("conditioning_1", "CONDITIONING"), Socket("conditioning_2", "CONDITIONING"))
     outputs = (Output("CONDITIONING"),)
@@ -80,6 +81,7 @@ class ConditioningAverage(Node):
 
     # ComfyUI's display-name table spells this key "ConditioningAverage " (trailing space), so its
     # server reports the class name as the display name; we report the same.
+    comfy_function = "addWeighted"
     category = "conditioning"
     inputs = (Socket("conditioning_to", "CONDITIONING"), Socket("conditioning_from", "CONDITIONING"),
               Fraction("conditioning_to_strength", 1.0))
@@ -109,6 +111,7 @@ class ConditioningConcat(Node):
     """conditioning_from's tokens appended to each entry of conditioning_to (one longer prompt)."""
 
     display_name = "Conditioning (Concat)"
+    comfy_function = "concat"
     category = "conditioning"
     inputs = (Socket("conditioning_to", "CONDITIONING"), Socket("conditioning_from", "CONDITIONING"))
     outputs = (Output("CONDITIONING"),)
@@ -128,6 +131,7 @@ class ConditioningSetArea(Node):
     """Restricts the conditioning to a rectangle given in pixels (stored in latent cells)."""
 
     display_name = "Conditioning (Set Area)"
+    comfy_function = "append"
     category = "conditioning"
     inputs = (Socket("conditioning", "CONDITIONING"), PixelInt("width", 64, 64), PixelInt("height", 64, 64),
               PixelInt("x", 0, 0), PixelInt("y", 0, 0), Strength())
@@ -143,6 +147,7 @@ class ConditioningSetAreaPercentage(Node):
     """The same as a fraction of the image; the sampler resolves it at the latent's size."""
 
     display_name = "Conditioning (Set Area with Percentage)"
+    comfy_function = "append"
     category = "conditioning"
     inputs = (Socket("conditioning", "CONDITIONING"), Fraction("width", 1.0), Fraction("height", 1.0),
               Fraction("x", 0.0), Fraction("y", 0.0), Strength())
@@ -154,6 +159,7 @@ class ConditioningSetAreaPercentage(Node):
 
 
 class ConditioningSetAreaStrength(Node):
+    comfy_function = "append"
     category = "conditioning"
     inputs = (Socket("conditioning", "CONDITIONING"), Strength())
     outputs = (Output("CONDITIONING"),)
@@ -167,12 +173,13 @@ class ConditioningSetMask(Node):
     bounding box (at least 8x8 latent cells), which is faster and gives the model a tighter crop."""
 
     display_name = "Conditioning (Set Mask)"
+    comfy_function = "append"
     category = "conditioning"
     inputs = (Socket("conditioning", "CONDITIONING"), Socket("mask", "MASK"), Strength(),
               Combo("set_cond_area", ["default", "mask bounds"]))
     outputs = (Output("CONDITIONING"),)
 
-    def run(self, ctx, conditioning, mask, strength, set_cond_area):
+    def run(self, ctx, conditioning, mask, set_cond_area, strength):
         if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
             raise ValueError(f"ConditioningSetMask: mask must be a [H, W] or [B, H, W] tensor, got "
                              f"{getattr(mask, 'shape', type(mask).__name__)}")
@@ -185,6 +192,7 @@ class ConditioningSetMask(Node):
 class ConditioningSetTimestepRange(Node):
     """Active only between two fractions of the sampling run (0 = first step, 1 = the end)."""
 
+    comfy_function = "set_range"
     category = "advanced/conditioning"
     inputs = (Socket("conditioning", "CONDITIONING"), Fraction("start", 0.0, step=0.001),
               Fraction("end", 1.0, step=0.001))
@@ -197,6 +205,7 @@ class ConditioningSetTimestepRange(Node):
 class ConditioningZeroOut(Node):
     """All-zero embeddings (and pooled output) of the same shapes: a true empty negative for SDXL."""
 
+    comfy_function = "zero_out"
     category = "advanced/conditioning"
     inputs = (Socket("conditioning", "CONDITIONING"),)
     outputs = (Output("CONDITIONING"),)

@@ -1,14 +1,13 @@
 """ControlNet nodes with ComfyUI's names and widgets: loaders and the two Apply nodes.
 
-CONTROL_NET is a `diffusion.controlnet.ControlNet`; the Apply nodes put a `Control` (the network,
-the hint image, strength, step range, and the control applied before it, if any) in each
-conditioning entry's extras under "control".
+CONTROL_NET is a `diffusion.controlnet.ControlNet` (ComfyUI's object); the Apply nodes put a copy
+of it with the hint image, strength and step range, chained after the control the entry had, in
+each conditioning entry's extras under "control".
 """
 from __future__ import annotations
 
-import contextlib
-
-from diffusion.controlnet import ControlNet, load_controlnet
+from diffusion.controlnet import ControlBase, load_controlnet
+from diffusion.model_management import load_models_gpu
 from graph.contract import Combo, Node, Output, Socket
 from nodes.conditioning_tools import Fraction, Strength
 from nodes.loaders import model_file
@@ -18,31 +17,22 @@ def _controlnet_names(env):
     return env.folders.filenames("controlnet")
 
 
-def _weights_for_diff(model):
-    """The UNet with the model's weight patches (LoRA) applied, as ComfyUI's patched model gives
-    when a diff ControlNet reads it; a plain model needs no patching."""
-    patches = tuple(getattr(model, "weight_patches", ()) or ())
-    if not patches:
-        return contextlib.nullcontext()
-    from diffusion.patches import applied
-
-    return applied(model.unet, patches)
-
-
-def _load(ctx, control_net_name: str, model=None) -> ControlNet:
+def _load(ctx, control_net_name: str, model=None) -> ControlBase:
     models = ctx.env.models
     path = model_file(ctx, "controlnet", control_net_name)
-    policy = models.policy
+    options = dict(device=models.unet_offload_device(), dtype=models.unet_dtype(),
+                   load_device=models.get_torch_device(), manager=models)
     if model is None:
-        return models.cache.get("controlnet", path,
-                                lambda p: load_controlnet(p, None, policy.load_device, policy.unet_dtype))
-    # A diff ControlNet's weights depend on the model, so it is not shared through the file cache.
-    with _weights_for_diff(model):
-        return load_controlnet(path, model.unet, policy.load_device, policy.unet_dtype)
+        return models.cached("controlnet", path, lambda p: load_controlnet(p, None, **options))
+    # A diff ControlNet's weights are added to the model's as this MODEL has them (LoRA patches
+    # applied), so it is not shared through the file cache.
+    load_models_gpu([model])
+    return load_controlnet(path, model.model.diffusion_model, **options)
 
 
 class ControlNetLoader(Node):
     display_name = "Load ControlNet Model"
+    comfy_function = "load_controlnet"
     category = "loaders"
     inputs = (Combo("control_net_name", _controlnet_names),)
     outputs = (Output("CONTROL_NET"),)
@@ -55,6 +45,7 @@ class DiffControlNetLoader(Node):
     """Loads a "diff" ControlNet, whose file stores differences to the model's UNet weights."""
 
     display_name = "Load ControlNet Model (diff)"
+    comfy_function = "load_controlnet"
     category = "loaders"
     inputs = (Socket("model", "MODEL"), Combo("control_net_name", _controlnet_names))
     outputs = (Output("CONTROL_NET"),)
@@ -64,7 +55,7 @@ class DiffControlNetLoader(Node):
 
 
 def _require_net(control_net):
-    if not isinstance(control_net, ControlNet):
+    if not isinstance(control_net, ControlBase):
         raise TypeError(f"control_net must be a loaded ControlNet, got {type(control_net).__name__}")
     return control_net
 
@@ -74,6 +65,7 @@ class ControlNetApply(Node):
     sampler also applies it to the negative prompt when that has no ControlNet of its own."""
 
     display_name = "Apply ControlNet (OLD)"
+    comfy_function = "apply_controlnet"
     category = "conditioning/controlnet"
     DEPRECATED = True
     inputs = (Socket("conditioning", "CONDITIONING"), Socket("control_net", "CONTROL_NET"),
@@ -99,6 +91,7 @@ class ControlNetApplyAdvanced(Node):
     end_percent, on top of any ControlNet already attached."""
 
     display_name = "Apply ControlNet"
+    comfy_function = "apply_controlnet"
     category = "conditioning/controlnet"
     inputs = (Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"),
               Socket("control_net", "CONTROL_NET"), Socket("image", "IMAGE"), Strength(),
@@ -106,9 +99,12 @@ class ControlNetApplyAdvanced(Node):
               Socket("vae", "VAE", optional=True))
     outputs = (Output("CONDITIONING", name="positive"), Output("CONDITIONING", name="negative"))
 
-    def run(self, ctx, positive, negative, control_net, image, strength, start_percent, end_percent, vae=None):
+    def run(self, ctx, positive, negative, control_net, image, strength, start_percent, end_percent, vae=None,
+            extra_concat=[]):  # noqa: B006 - ComfyUI's signature; never mutated
         # `vae` is only used by ControlNets that take latent hints (SD3, Flux); SD1.x/SDXL ones
         # take pixel hints, so it is accepted and ignored as in ComfyUI.
+        if extra_concat:
+            raise ValueError("extra_concat (extra hint channels for SD3/Flux ControlNets) is not supported")
         if strength == 0:
             return (positive, negative)
         net = _require_net(control_net)

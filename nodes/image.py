@@ -1,7 +1,7 @@
 """Image nodes that need no model: make, load, save and preview images.
 
 IMAGE values are float32 tensors [B, H, W, C] in 0..1 and MASK values [B, H, W], as in ComfyUI.
-Conversions go through raw bytes so only torch and Pillow are needed (numpy is optional there).
+Conversions go through raw bytes (torch, Pillow and numpy for the one bulk copy).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
@@ -55,16 +56,27 @@ def _wide_grey_tensor(img: Image.Image) -> torch.Tensor:
 _MODES_BY_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """Floats in 0..1 as 8-bit values the way ComfyUI makes them: uint8(clip(255 * x, 0, 255)),
+    truncating (0.5 -> 127, not 128), so saved files and previews match ComfyUI's byte for byte.
+    NaN becomes 0. In numpy, single-threaded: torch's thread pool makes this elementwise work
+    wait for a free core when the machine is busy (0.2 ms here became 70 ms under load)."""
+    scaled = pixels.detach().to("cpu", torch.float32).numpy() * np.float32(255.0)
+    np.nan_to_num(scaled, copy=False, nan=0.0)
+    np.clip(scaled, 0.0, 255.0, out=scaled)
+    return scaled.astype(np.uint8)
+
+
 def tensor_to_pil(image: torch.Tensor) -> Image.Image:
-    """One [H, W, C] image (C = 1..4) in 0..1 as a Pillow image."""
+    """One [H, W, C] image (C = 1..4) in 0..1 as a Pillow image (8-bit by to_uint8)."""
     if image.dim() == 2:
         image = image.unsqueeze(-1)
     if image.dim() != 3 or image.shape[-1] not in _MODES_BY_CHANNELS:
         raise ValueError(f"expected an image [H, W, C] with 1 to 4 channels, got shape {list(image.shape)}")
     height, width, channels = image.shape
-    pixels = (image.detach().to("cpu", torch.float32).clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
-    # A fresh clone owns exactly these bytes; a view's storage may hold a whole batch.
-    data = bytes(pixels.clone(memory_format=torch.contiguous_format).untyped_storage())
+    # tobytes() of the contiguous array: exactly this image's bytes in one copy (iterating a
+    # tensor's storage goes byte by byte in Python: seconds for one 512x512 image)
+    data = np.ascontiguousarray(to_uint8(image)).tobytes()
     return Image.frombytes(_MODES_BY_CHANNELS[channels], (width, height), data)
 
 
@@ -82,6 +94,7 @@ def as_batch(images: Any) -> torch.Tensor:
 class EmptyImage(Node):
     """A batch of images filled with one colour."""
 
+    comfy_function = "generate"
     category = "image"
     inputs = (
         Int("width", 512, min=1, max=MAX_RESOLUTION, step=1),
@@ -164,10 +177,31 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def input_file_fingerprint(env: Any, name: Any) -> Any:
+    """The content hash of the file an input name ("x.png", "x.png [output]") points to: the
+    content, not the name or mtime, decides whether downstream results are stale."""
+    try:
+        return file_sha256(_input_image_path(env, name))
+    except (OSError, ValueError, TypeError):
+        return float("nan")  # unreadable: never reuse a cached result
+
+
+def check_input_file(env: Any, name: Any, kind: str) -> bool | str:
+    """True when an input name points to a file inside its folder, else the error to show."""
+    if not isinstance(name, str) or not name:
+        return f"Invalid {kind} file: {name!r}"
+    try:
+        path = _input_image_path(env, name)
+    except ValueError as exc:
+        return f"Invalid {kind} file: {name} ({exc})"
+    return True if path.is_file() else f"Invalid {kind} file: {name}"
+
+
 class LoadImage(Node):
     """Loads an image from the input folder; the mask is the inverted alpha channel."""
 
     display_name = "Load Image"
+    comfy_function = "load_image"
     category = "image"
     inputs = (Combo("image", lambda env: env.folders.input_images(), image_upload=True),)
     outputs = (Output("IMAGE"), Output("MASK"))
@@ -177,23 +211,13 @@ class LoadImage(Node):
 
     @classmethod
     def fingerprint(cls, env: Any, image: Any = None, **_: Any) -> Any:
-        # The content, not the name or mtime, decides whether downstream results are stale.
-        try:
-            return file_sha256(_input_image_path(env, image))
-        except (OSError, ValueError, TypeError):
-            return float("nan")  # unreadable: never reuse a cached result
+        return input_file_fingerprint(env, image)
 
     @classmethod
     def check(cls, env: Any, image: Any) -> bool | str:
         # Naming `image` here also waives the combo-membership check, so annotated names and
         # files uploaded after the editor loaded its list are accepted.
-        if not isinstance(image, str) or not image:
-            return f"Invalid image file: {image!r}"
-        try:
-            path = _input_image_path(env, image)
-        except ValueError as exc:
-            return f"Invalid image file: {image} ({exc})"
-        return True if path.is_file() else f"Invalid image file: {image}"
+        return check_input_file(env, image, "image")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,6 +308,7 @@ class SaveImage(Node):
     """Saves images to the output folder as PNGs carrying the prompt and workflow."""
 
     display_name = "Save Image"
+    comfy_function = "save_images"
     category = "image"
     output_node = True
     inputs = (
@@ -294,15 +319,25 @@ class SaveImage(Node):
     hidden = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
     outputs = ()
 
+    def __init__(self):
+        # ComfyUI's instance attributes, which plugins' subclasses set in their __init__ (a
+        # preview node writing to temp/, say). output_dir None: the `type` folder of the engine.
+        self.output_dir: str | None = None
+        self.type = "output"
+        self.prefix_append = ""
+        self.compress_level = SAVE_COMPRESS_LEVEL
+
     def run(self, ctx, images, filename_prefix: str = "ComfyUI", prompt=None, extra_pnginfo=None):
-        return save_images(ctx, images, ctx.env.folders.output_dir, filename_prefix, "output",
-                           SAVE_COMPRESS_LEVEL, prompt, extra_pnginfo)
+        root = Path(self.output_dir) if self.output_dir else ctx.env.folders.typed_dir(self.type)
+        return save_images(ctx, images, root, filename_prefix + self.prefix_append, self.type,
+                           self.compress_level, prompt, extra_pnginfo)
 
 
-class PreviewImage(Node):
+class PreviewImage(SaveImage):
     """Shows images in the editor; they are written to the temp folder, which is wiped."""
 
     display_name = "Preview Image"
+    comfy_function = "save_images"
     category = "image"
     output_node = True
     inputs = (Socket("images", "IMAGE"),)
@@ -310,12 +345,11 @@ class PreviewImage(Node):
     outputs = ()
 
     def __init__(self):
+        super().__init__()
+        self.type = "temp"
         # Per instance, so two preview nodes never number into the same file series.
-        self.prefix = "ComfyUI_temp_" + "".join(random.choices(string.ascii_lowercase, k=5))
-
-    def run(self, ctx, images, prompt=None, extra_pnginfo=None):
-        return save_images(ctx, images, ctx.env.folders.temp_dir, self.prefix, "temp",
-                           PREVIEW_COMPRESS_LEVEL, prompt, extra_pnginfo)
+        self.prefix_append = "_temp_" + "".join(random.choices(string.ascii_lowercase, k=5))
+        self.compress_level = PREVIEW_COMPRESS_LEVEL
 
 
 # ---------------------------------------------------------------------------------------------

@@ -104,12 +104,13 @@ class VAEEncodeForInpaint(Node):
     its noise mask, so sampling (at denoise 1.0) repaints only there."""
 
     display_name = "VAE Encode (for Inpainting)"
+    comfy_function = "encode"
     category = "latent/inpaint"
     inputs = (Socket("pixels", "IMAGE"), Socket("vae", "VAE"), Socket("mask", "MASK"),
               Int("grow_mask_by", 6, min=0, max=MAX_GROW, step=1))
     outputs = (Output("LATENT"),)
 
-    def run(self, ctx, pixels, vae, mask, grow_mask_by=6):
+    def run(self, ctx, vae, pixels, mask, grow_mask_by=6):
         _require_image(pixels)
         pixels, mask = crop_pixels_and_mask(pixels, mask_to_pixels(mask, pixels))
         noise_mask = grow_mask(mask, grow_mask_by)
@@ -120,6 +121,7 @@ class SetLatentNoiseMask(Node):
     """Restricts sampling of this latent to the mask; outside it the latent is kept."""
 
     display_name = "Set Latent Noise Mask"
+    comfy_function = "set_mask"
     category = "latent/inpaint"
     inputs = (Socket("samples", "LATENT"), Socket("mask", "MASK"))
     outputs = (Output("LATENT"),)
@@ -137,6 +139,7 @@ class InpaintModelConditioning(Node):
     conditionings, and returns the latent of the untouched image (with the mask as noise mask
     unless noise_mask is off)."""
 
+    comfy_function = "encode"
     category = "conditioning/inpaint"
     inputs = (Socket("positive", "CONDITIONING"), Socket("negative", "CONDITIONING"), Socket("vae", "VAE"),
               Socket("pixels", "IMAGE"), Socket("mask", "MASK"),
@@ -145,7 +148,7 @@ class InpaintModelConditioning(Node):
     outputs = (Output("CONDITIONING", name="positive"), Output("CONDITIONING", name="negative"),
                Output("LATENT", name="latent"))
 
-    def run(self, ctx, positive, negative, vae, pixels, mask, noise_mask=True):
+    def run(self, ctx, positive, negative, pixels, vae, mask, noise_mask=True):
         _require_image(pixels)
         cropped, mask = crop_pixels_and_mask(pixels, mask_to_pixels(mask, pixels))
         concat_latent = vae.encode(grey_out(cropped, mask))
@@ -161,6 +164,7 @@ class ImagePadForOutpaint(Node):
     over `feathering` pixels from the padded edges."""
 
     display_name = "Pad Image for Outpainting"
+    comfy_function = "expand_image"
     category = "image"
     inputs = (Socket("image", "IMAGE"),
               Int("left", 0, min=0, max=MAX_RESOLUTION, step=8), Int("top", 0, min=0, max=MAX_RESOLUTION, step=8),

@@ -15,6 +15,7 @@ class EmptyLatentImage(Node):
     """A batch of zero latents; the sampler turns them into noise scaled to its first sigma."""
 
     display_name = "Empty Latent Image"
+    comfy_function = "generate"
     category = "latent"
     inputs = (
         Int("width", 512, min=16, max=MAX_RESOLUTION, step=8),
@@ -23,7 +24,7 @@ class EmptyLatentImage(Node):
     )
     outputs = (Output("LATENT"),)
 
-    def run(self, ctx, width, height, batch_size):
+    def run(self, ctx, width, height, batch_size=1):
         return ({"samples": torch.zeros([batch_size, LATENT_CHANNELS, height // 8, width // 8])},)
 
 
@@ -36,6 +37,9 @@ def with_samples(latent: dict, samples: torch.Tensor) -> dict:
 
 class LatentUpscale(Node):
     display_name = "Upscale Latent"
+    comfy_function = "upscale"
+    upscale_methods = LATENT_METHODS  # ComfyUI's class attributes, read by plugins
+    crop_methods = CROP_METHODS
     category = "latent"
     inputs = (
         Socket("samples", "LATENT"),
@@ -64,6 +68,8 @@ class LatentUpscale(Node):
 
 class LatentUpscaleBy(Node):
     display_name = "Upscale Latent By"
+    comfy_function = "upscale"
+    upscale_methods = LATENT_METHODS  # ComfyUI's class attributes, read by plugins
     category = "latent"
     inputs = (
         Socket("samples", "LATENT"),

@@ -19,13 +19,22 @@ from nodes.mask import repeat_to_batch
 MIN_CROP_CELLS = 8  # LatentCrop keeps at least 8 cells (64 pixels) right of and below x, y
 
 
-def _samples(latent, name: str) -> torch.Tensor:
+def latent_samples(latent, name: str) -> torch.Tensor:
+    """The samples tensor [B, C, h, w] of a LATENT input, or a clear error naming the input."""
     if not isinstance(latent, dict) or not isinstance(latent.get("samples"), torch.Tensor):
         raise TypeError(f"{name}: expected a LATENT (a dict with a 'samples' tensor)")
     samples = latent["samples"]
     if samples.ndim != 4:
         raise ValueError(f"{name}: expected samples of shape [B, C, h, w], got {tuple(samples.shape)}")
     return samples
+
+
+def reshape_latent_to(target_shape, latent: torch.Tensor, repeat_batch: bool = True) -> torch.Tensor:
+    """`latent` fitted to a latent of `target_shape`: resized bilinearly with a centre crop when its
+    channels or size differ (as ComfyUI does), then its batch cycled or cut to the target's."""
+    if latent.shape[1:] != target_shape[1:]:
+        latent = upscale(latent, target_shape[-1], target_shape[-2], "bilinear", "center")
+    return repeat_to_batch(latent, target_shape[0]) if repeat_batch else latent
 
 
 def _same_channels(a: torch.Tensor, b: torch.Tensor, node: str) -> None:
@@ -65,14 +74,17 @@ class LatentComposite(Node):
     target's edges, optionally cross-fading over `feather` pixels."""
 
     display_name = "Latent Composite"
+    comfy_function = "composite"
     category = "latent"
     inputs = (Socket("samples_to", "LATENT"), Socket("samples_from", "LATENT"), PixelInt("x", 0),
               PixelInt("y", 0), PixelInt("feather", 0))
     outputs = (Output("LATENT"),)
 
-    def run(self, ctx, samples_to, samples_from, x, y, feather):
-        target = _samples(samples_to, "samples_to")
-        source = _samples(samples_from, "samples_from")
+    def run(self, ctx, samples_to, samples_from, x, y, composite_method="normal", feather=0):
+        if composite_method != "normal":
+            raise ValueError(f"LatentComposite: unknown composite_method {composite_method!r}; only 'normal' exists")
+        target = latent_samples(samples_to, "samples_to")
+        source = latent_samples(samples_from, "samples_from")
         _same_channels(target, source, "LatentComposite")
         x, y, feather = x // LATENT_SCALE, y // LATENT_SCALE, feather // LATENT_SCALE
         th, tw = target.shape[2:]
@@ -96,13 +108,16 @@ class LatentBlend(Node):
     and it has no widget."""
 
     display_name = "Latent Blend"
+    comfy_function = "blend"
     category = "_for_testing"
     inputs = (Socket("samples1", "LATENT"), Socket("samples2", "LATENT"),
               Float("blend_factor", 0.5, min=0, max=1, step=0.01))
     outputs = (Output("LATENT"),)
 
-    def run(self, ctx, samples1, samples2, blend_factor):
-        s1, s2 = _samples(samples1, "samples1"), _samples(samples2, "samples2")
+    def run(self, ctx, samples1, samples2, blend_factor, blend_mode="normal"):
+        if blend_mode != "normal":
+            raise ValueError(f"LatentBlend: unsupported blend mode {blend_mode!r}; only 'normal' exists")
+        s1, s2 = latent_samples(samples1, "samples1"), latent_samples(samples2, "samples2")
         _same_channels(s1, s2, "LatentBlend")
         if s1.shape != s2.shape:
             s2 = upscale(s2, s1.shape[3], s1.shape[2], "bicubic", "center")
@@ -118,12 +133,13 @@ class LatentFromBatch(Node):
     recorded in "batch_index", so the sampler draws the same noise they had in the full batch."""
 
     display_name = "Latent From Batch"
+    comfy_function = "frombatch"
     category = "latent/batch"
     inputs = (Socket("samples", "LATENT"), Int("batch_index", 0, min=0, max=63), Int("length", 1, min=1, max=64))
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, samples, batch_index, length):
-        s_in = _samples(samples, "samples")
+        s_in = latent_samples(samples, "samples")
         start = min(s_in.shape[0] - 1, batch_index)
         length = min(s_in.shape[0] - start, length)
         out = with_samples(samples, s_in[start:start + length].clone())
@@ -146,12 +162,13 @@ class RepeatLatentBatch(Node):
     range so each copy gets fresh noise."""
 
     display_name = "Repeat Latent Batch"
+    comfy_function = "repeat"
     category = "latent/batch"
     inputs = (Socket("samples", "LATENT"), Int("amount", 1, min=1, max=64))
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, samples, amount):
-        s_in = _samples(samples, "samples")
+        s_in = latent_samples(samples, "samples")
         out = with_samples(samples, s_in.repeat((amount, 1, 1, 1)))
         # ComfyUI repeats a per-item mask batch as it is (not fitted to the latent batch first);
         # a single mask already applies to every item.
@@ -168,6 +185,7 @@ class LatentBatch(Node):
     """samples2 appended to samples1 (resized bilinearly with centre crop to samples1's size if it
     differs). Batch indices are concatenated, defaulting to 0..B-1 for each side."""
 
+    comfy_function = "execute"
     category = "latent/batch"
     comfy_module = "comfy_extras.nodes_latent"
     display_name = None
@@ -175,10 +193,9 @@ class LatentBatch(Node):
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, samples1, samples2):
-        s1, s2 = _samples(samples1, "samples1"), _samples(samples2, "samples2")
+        s1, s2 = latent_samples(samples1, "samples1"), latent_samples(samples2, "samples2")
         _same_channels(s1, s2, "LatentBatch")
-        if s1.shape[1:] != s2.shape[1:]:
-            s2 = upscale(s2, s1.shape[3], s1.shape[2], "bilinear", "center")
+        s2 = reshape_latent_to(s1.shape, s2, repeat_batch=False)
         out = with_samples(samples1, torch.cat((s1, s2), dim=0))
         out["batch_index"] = (list(samples1.get("batch_index", range(s1.shape[0])))
                               + list(samples2.get("batch_index", range(s2.shape[0]))))
@@ -191,12 +208,13 @@ class LatentBatch(Node):
 
 class LatentFlip(Node):
     display_name = "Flip Latent"
+    comfy_function = "flip"
     category = "latent/transform"
     inputs = (Socket("samples", "LATENT"), Combo("flip_method", ["x-axis: vertically", "y-axis: horizontally"]))
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, samples, flip_method):
-        s_in = _samples(samples, "samples")
+        s_in = latent_samples(samples, "samples")
         dims = {"x": [2], "y": [3]}.get(flip_method[:1])
         if dims is None:
             raise ValueError(f"LatentFlip: unknown flip_method {flip_method!r}")
@@ -210,12 +228,13 @@ class LatentRotate(Node):
     """Clockwise rotation by quarter turns."""
 
     display_name = "Rotate Latent"
+    comfy_function = "rotate"
     category = "latent/transform"
     inputs = (Socket("samples", "LATENT"), Combo("rotation", list(ROTATIONS)))
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, samples, rotation):
-        s_in = _samples(samples, "samples")
+        s_in = latent_samples(samples, "samples")
         if rotation not in ROTATIONS:
             raise ValueError(f"LatentRotate: unknown rotation {rotation!r}")
         # Turning from the width axis towards the height axis is clockwise on screen.
@@ -227,13 +246,14 @@ class LatentCrop(Node):
     that at least 8 cells remain to their right and below."""
 
     display_name = "Crop Latent"
+    comfy_function = "crop"
     category = "latent/transform"
     inputs = (Socket("samples", "LATENT"), PixelInt("width", 512, min=64), PixelInt("height", 512, min=64),
               PixelInt("x", 0), PixelInt("y", 0))
     outputs = (Output("LATENT"),)
 
     def run(self, ctx, samples, width, height, x, y):
-        s_in = _samples(samples, "samples")
+        s_in = latent_samples(samples, "samples")
         h, w = s_in.shape[2:]
         if h < MIN_CROP_CELLS or w < MIN_CROP_CELLS:
             raise ValueError(f"LatentCrop: the latent ({w * LATENT_SCALE}x{h * LATENT_SCALE} pixels) is smaller "

@@ -19,6 +19,7 @@ class CheckpointLoaderSimple(Node):
     """Loads a single-file SD1.x, SD2.x or SDXL checkpoint; the family is read from its weights."""
 
     display_name = "Load Checkpoint"
+    comfy_function = "load_checkpoint"
     category = "loaders"
     inputs = (Combo("ckpt_name", lambda env: env.folders.filenames("checkpoints"),
                     tooltip="The checkpoint (model) to load."),)
@@ -29,21 +30,21 @@ class CheckpointLoaderSimple(Node):
     def run(self, ctx, ckpt_name):
         models = ctx.env.models
         embeddings = ctx.env.folders.model_dirs("embeddings")
-        loaded = models.cache.get("checkpoint", model_file(ctx, "checkpoints", ckpt_name),
-                                  lambda path: open_checkpoint(path, models.policy, embeddings))
+        loaded = models.cached("checkpoint", model_file(ctx, "checkpoints", ckpt_name),
+                               lambda path: open_checkpoint(path, models, embeddings))
         return (loaded.model, loaded.clip, loaded.vae)
 
 
 class VAELoader(Node):
     display_name = "Load VAE"
+    comfy_function = "load_vae"
     category = "loaders"
     inputs = (Combo("vae_name", lambda env: env.folders.filenames("vae")),)
     outputs = (Output("VAE"),)
 
     def run(self, ctx, vae_name):
         models = ctx.env.models
-        return (models.cache.get("vae", model_file(ctx, "vae", vae_name),
-                                 lambda path: open_vae(path, models.policy)),)
+        return (models.cached("vae", model_file(ctx, "vae", vae_name), lambda path: open_vae(path, models)),)
 
 
 NODES = [CheckpointLoaderSimple, VAELoader]

@@ -1,12 +1,13 @@
 """LoRA loader nodes: LoraLoader and LoraLoaderModelOnly, with ComfyUI's names and widgets.
 
-The outputs are clones of the input handles carrying the LoRA as weight patches; the cached
-networks are never changed, so the same checkpoint used without the LoRA is unaffected.
+The outputs are clones of the input MODEL / CLIP carrying the LoRA as weight patches; the
+model-lifetime service applies them when the clone is used (and puts the original weights back
+for a user of the plain model), so the same checkpoint used without the LoRA is unaffected.
 """
 from __future__ import annotations
 
 from diffusion.checkpoint import read_state_dict
-from diffusion.lora import apply_lora
+from diffusion.lora import load_lora_for_models
 from graph.contract import Combo, Float, Node, Output, Socket
 from nodes.loaders import model_file
 
@@ -27,7 +28,8 @@ def _with_lora(ctx, model, clip, lora_name, strength_model, strength_clip):
     if model is None:
         raise RuntimeError("the model input is empty: the checkpoint holds no diffusion model")
     lora = read_state_dict(model_file(ctx, "loras", lora_name))
-    new_model, new_clip, report = apply_lora(lora, model, clip, strength_model, strength_clip, name=lora_name)
+    new_model, new_clip, report = load_lora_for_models(model, clip, lora, strength_model, strength_clip,
+                                                       name=lora_name)
     # Only problems are surfaced in the UI; a clean load stays as quiet as ComfyUI's.
     ui = {"text": [report.message()]} if report.problems else None
     return (new_model, new_clip), ui
@@ -42,6 +44,7 @@ class LoraLoader(Node):
     denoised such as applying styles. Multiple LoRA nodes can be linked together."""
 
     display_name = "Load LoRA"
+    comfy_function = "load_lora"
     category = "loaders"
     inputs = (Socket("model", "MODEL", tooltip="The diffusion model the LoRA will be applied to."),
               Socket("clip", "CLIP", tooltip="The CLIP model the LoRA will be applied to."),
@@ -56,6 +59,7 @@ class LoraLoader(Node):
 class LoraLoaderModelOnly(Node):
     """Applies a LoRA to the diffusion model only (the text encoder is left as it is)."""
 
+    comfy_function = "load_lora_model_only"
     category = "loaders"
     inputs = (Socket("model", "MODEL"), LoraName(), Float("strength_model", 1.0, min=-100.0, max=100.0, step=0.01))
     outputs = (Output("MODEL"),)

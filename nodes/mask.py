@@ -6,6 +6,8 @@ MASK values are float tensors [B, H, W] in 0..1 (1 = selected); the nodes also t
 from __future__ import annotations
 
 import math
+import random
+import string
 from typing import Any
 
 import numpy as np
@@ -14,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from graph.contract import Boolean, Combo, Float, Int, Node, Output, Socket
-from nodes.image import MAX_RESOLUTION, LoadImage, load_image_file
-from nodes.image_tools import image_batch
+from nodes.image import MAX_RESOLUTION, LoadImage, load_image_file, save_images
+from nodes.image_tools import image_batch, match_channels
 from nodes.latent import with_samples
 
 MASK_CATEGORY = "mask"  # the classic menu, as in ComfyUI's /object_info for these nodes
@@ -90,18 +92,10 @@ def paste(destination: torch.Tensor, source: torch.Tensor, x: int, y: int, mask:
     return destination
 
 
-def match_channels(destination: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Give the source the destination's channel count: drop extras, or add an opaque alpha."""
-    if destination.shape[-1] < source.shape[-1]:
-        source = source[..., :destination.shape[-1]]
-    elif destination.shape[-1] > source.shape[-1]:
-        source = F.pad(source, (0, 1), value=1.0)
-    return destination, source
-
-
 class ImageCompositeMasked(Node):
     """Pastes `source` onto `destination` at (x, y), weighted by the optional mask."""
 
+    comfy_function = "composite"
     category = "image"
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (
@@ -124,6 +118,7 @@ class ImageCompositeMasked(Node):
 class LatentCompositeMasked(Node):
     """Pastes the source latent onto the destination at (x, y) pixels (x / 8 in the latent)."""
 
+    comfy_function = "composite"
     category = "latent"
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (
@@ -152,7 +147,9 @@ class LoadImageMask(LoadImage):
     """Loads one channel of an input image as a mask; "alpha" is inverted (1 = transparent)."""
 
     display_name = "Load Image (as Mask)"
+    comfy_function = "load_image"
     category = MASK_CATEGORY
+    _color_channels = LOAD_CHANNELS
     inputs = LoadImage.inputs + (Combo("channel", LOAD_CHANNELS),)
     outputs = (Output("MASK"),)
 
@@ -167,6 +164,7 @@ class LoadImageMask(LoadImage):
 
 class MaskToImage(Node):
     display_name = "Convert Mask to Image"
+    comfy_function = "mask_to_image"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (Socket("mask", "MASK"),)
@@ -178,6 +176,7 @@ class MaskToImage(Node):
 
 class ImageToMask(Node):
     display_name = "Convert Image to Mask"
+    comfy_function = "image_to_mask"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (Socket("image", "IMAGE"), Combo("channel", IMAGE_CHANNELS))
@@ -192,6 +191,7 @@ class ImageToMask(Node):
 
 
 class SolidMask(Node):
+    comfy_function = "solid"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (
@@ -206,6 +206,7 @@ class SolidMask(Node):
 
 
 class InvertMask(Node):
+    comfy_function = "invert"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (Socket("mask", "MASK"),)
@@ -216,6 +217,7 @@ class InvertMask(Node):
 
 
 class CropMask(Node):
+    comfy_function = "crop"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (
@@ -236,6 +238,7 @@ class CropMask(Node):
 
 
 class ThresholdMask(Node):
+    comfy_function = "image_to_mask"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (Socket("mask", "MASK"), Float("value", 0.5, min=0.0, max=1.0, step=0.01))
@@ -243,6 +246,46 @@ class ThresholdMask(Node):
 
     def run(self, ctx, mask, value):
         return ((mask > value).float(),)
+
+
+class ImageColorToMask(Node):
+    """1 where a pixel's 8-bit colour (rounded) is exactly `color` (0xRRGGBB), else 0."""
+
+    comfy_function = "image_to_mask"
+    category = MASK_CATEGORY
+    comfy_module = "comfy_extras.nodes_mask"
+    inputs = (Socket("image", "IMAGE"), Int("color", 0, min=0, max=0xFFFFFF, step=1, display="color"))
+    outputs = (Output("MASK"),)
+
+    def run(self, ctx, image, color):
+        image = image_batch(image)
+        if image.shape[-1] < 3:
+            raise ValueError(f"ImageColorToMask takes RGB images, got {image.shape[-1]} channels")
+        levels = (torch.clamp(image, 0, 1.0) * 255.0).round().to(torch.int)
+        packed = (levels[..., 0] << 16) + (levels[..., 1] << 8) + levels[..., 2]
+        return (torch.where(packed == color, 1.0, 0).float(),)
+
+
+class MaskPreview(Node):
+    """Shows masks in the editor as grey images (written to the temp folder, which is wiped)."""
+
+    comfy_function = "execute"
+    category = MASK_CATEGORY
+    comfy_module = "comfy_extras.nodes_mask"
+    output_node = True
+    inputs = (Socket("mask", "MASK"),)
+    hidden = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
+    outputs = ()
+    COMPRESS_LEVEL = 4  # ComfyUI saves mask previews as SaveImage does, unlike PreviewImage
+
+    def __init__(self):
+        # Per instance, so two previews never number into the same file series.
+        self.prefix_append = "_temp_" + "".join(random.choice(string.ascii_lowercase) for _ in range(5))
+
+    def run(self, ctx, mask, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
+        grey = as_mask_batch(mask).unsqueeze(-1).expand(-1, -1, -1, 3)
+        return save_images(ctx, grey, ctx.env.folders.temp_dir, filename_prefix + self.prefix_append, "temp",
+                           self.COMPRESS_LEVEL, prompt, extra_pnginfo)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,6 +321,7 @@ def _pair_batches(output: torch.Tensor, source: torch.Tensor) -> tuple[torch.Ten
 class MaskComposite(Node):
     """Combines `source` into `destination` at (x, y); the result is clamped to 0..1."""
 
+    comfy_function = "combine"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (
@@ -316,6 +360,7 @@ def _ramp(length: int, size: int) -> torch.Tensor:
 class FeatherMask(Node):
     """Fades the mask linearly to 1/n at each edge over the given number of pixels."""
 
+    comfy_function = "feather"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (
@@ -340,6 +385,7 @@ class FeatherMask(Node):
 class GrowMask(Node):
     """Dilates (expand > 0) or erodes (expand < 0) the mask by one pixel per step."""
 
+    comfy_function = "expand_mask"
     category = MASK_CATEGORY
     comfy_module = "comfy_extras.nodes_mask"
     inputs = (
@@ -366,5 +412,5 @@ class GrowMask(Node):
 
 NODES = [
     LoadImageMask, SolidMask, InvertMask, MaskComposite, GrowMask, FeatherMask, CropMask, ThresholdMask,
-    MaskToImage, ImageToMask, ImageCompositeMasked, LatentCompositeMasked,
+    MaskToImage, ImageToMask, ImageCompositeMasked, LatentCompositeMasked, ImageColorToMask, MaskPreview,
 ]

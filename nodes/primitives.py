@@ -18,6 +18,7 @@ class PrimitiveInt(Node):
     """An integer constant, with the seed-style control widget so it can drive seeds."""
 
     display_name = "Int"
+    comfy_function = "execute"
     category = "utils/primitive"
     comfy_module = "comfy_extras.nodes_primitive"
     inputs = (Int("value", None, min=_WORD_MIN, max=_WORD_MAX, control_after_generate=True),)
@@ -31,6 +32,7 @@ class PrimitiveFloat(Node):
     """A floating-point constant."""
 
     display_name = "Float"
+    comfy_function = "execute"
     category = "utils/primitive"
     comfy_module = "comfy_extras.nodes_primitive"
     inputs = (Float("value", None, min=_WORD_MIN, max=_WORD_MAX, step=None),)
@@ -44,6 +46,7 @@ class PrimitiveString(Node):
     """A one-line string constant."""
 
     display_name = "String"
+    comfy_function = "execute"
     category = "utils/primitive"
     comfy_module = "comfy_extras.nodes_primitive"
     inputs = (String("value", None),)
@@ -57,6 +60,7 @@ class PrimitiveStringMultiline(Node):
     """A multi-line string constant (a text box in the editor)."""
 
     display_name = "String (Multiline)"
+    comfy_function = "execute"
     category = "utils/primitive"
     comfy_module = "comfy_extras.nodes_primitive"
     inputs = (String("value", None, multiline=True),)
@@ -70,6 +74,7 @@ class PrimitiveBoolean(Node):
     """A true/false constant."""
 
     display_name = "Boolean"
+    comfy_function = "execute"
     category = "utils/primitive"
     comfy_module = "comfy_extras.nodes_primitive"
     inputs = (Boolean("value", None),)
@@ -83,6 +88,7 @@ class StringConcatenate(Node):
     """Joins two strings with an optional delimiter between them."""
 
     display_name = "Concatenate"
+    comfy_function = "execute"
     category = "utils/string"
     comfy_module = "comfy_extras.nodes_string"
     inputs = (
@@ -92,7 +98,7 @@ class StringConcatenate(Node):
     )
     outputs = (Output("STRING"),)
 
-    def run(self, ctx, string_a: str, string_b: str, delimiter: str = ""):
+    def run(self, ctx, string_a: str, string_b: str, delimiter: str):
         return (delimiter.join((string_a, string_b)),)
 
 
@@ -100,6 +106,7 @@ class PreviewAny(Node):
     """Shows any value as text in the editor; an output node, so value-only graphs can run."""
 
     display_name = "Preview Any"
+    comfy_function = "main"
     category = "utils"
     comfy_module = "comfy_extras.nodes_preview_any"
     output_node = True

@@ -59,8 +59,14 @@ def build_app(state: ServerState) -> web.Application:
     middlewares = [make_error_middleware(config), make_guard(config), cache_headers]
     if config.cors_origin:
         middlewares.insert(0, make_cors(config))
-    app = web.Application(client_max_size=config.max_upload_bytes, middlewares=middlewares)
+    # The application plugins saw as PromptServer.instance.app while importing (their routes and
+    # middlewares are already on it); ours go first.
+    plugin_server = state.runtime.plugin_server
+    app = plugin_server.app
+    for position, middleware in enumerate(middlewares):
+        app.middlewares.insert(position, middleware)
     app[STATE] = state
+    plugin_server.attach(state)
     for module in (routes_prompt, routes_files, routes_info):
         for method, path, handler in module.ROUTES:
             # the stock frontend calls /api/...; older scripts call the bare paths

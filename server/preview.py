@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from graph.context import LatentPreview
+from nodes.image import tensor_to_pil
 from server.taesd import TAESDDecoder, load_decoder
 from server.ws import FORMAT_JPEG
 
@@ -57,12 +58,6 @@ def latent_to_rgb(samples: torch.Tensor, family: str) -> torch.Tensor | None:
     if bias is not None:
         rgb = rgb + torch.tensor(bias, dtype=torch.float32, device=samples.device)
     return ((rgb + 1) / 2).clamp(0, 1)  # the projection lands in [-1, 1], like decoded pixels
-
-
-def to_pil(rgb: torch.Tensor) -> Image.Image:
-    """[h, w, 3] floats in [0, 1] -> an RGB PIL image."""
-    array = (torch.nan_to_num(rgb, nan=0.0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    return Image.fromarray(array, mode="RGB")
 
 
 def encode_jpeg(image: Image.Image, max_size: int, quality: int = 90) -> bytes:
@@ -130,7 +125,7 @@ class Previewer:
                 pixels = decoder(first[None].float())[0].clamp(0, 1).permute(1, 2, 0)
             else:
                 pixels = latent_to_rgb(first, preview.family)
-            return None if pixels is None else to_pil(pixels)
+            return None if pixels is None else tensor_to_pil(pixels)
 
     def encode(self, preview: Any) -> tuple[int, bytes] | None:
         """(image format, bytes) for a preview, or None when there is nothing to show."""

@@ -43,7 +43,9 @@ def _priority(body: dict, state) -> float | int | web.Response:
 @expects_json
 async def post_prompt(request: web.Request) -> web.Response:
     state = state_of(request)
-    body = await read_json_object(request)
+    body = state.runtime.plugin_server.trigger_on_prompt(await read_json_object(request))
+    if not isinstance(body, dict):
+        return _bad_field("an on_prompt handler of a custom node returned something other than an object")
     if "prompt" not in body:
         return _prompt_error(400, error_doc("no_prompt", "No prompt provided", "No prompt provided"))
     prompt = body["prompt"]

@@ -161,9 +161,7 @@ class Worker:
     def _finish(self, job: Job, result: RunResult) -> None:
         messages = [restart_marker(job.prompt_id) for _ in range(job.restarts)] + result.messages
         status = {"status_str": "success" if result.ok else "error", "completed": result.ok, "messages": messages}
-        meta = {node: {"node_id": node, "display_node": node, "parent_node": None, "real_node_id": node}
-                for node in result.outputs}
-        self.store.finish(job.prompt_id, result.outputs, status, meta)
+        self.store.finish(job.prompt_id, result.outputs, status, result.meta)
         self._announce_done(job)
 
     def _finish_failed(self, job: Job, kind: str, message: str) -> None:
@@ -187,21 +185,21 @@ class Worker:
                       target_for("executing", job.client_id))
 
     def _apply_free(self) -> None:
+        """POST /free, between prompts: unload_models (also implied by free_memory, as in ComfyUI)
+        takes every model off the compute device and releases the weights of every model that
+        can be read again from its file, so process memory really falls; free_memory also drops
+        the cached node outputs."""
         with self._lock:
             free = dict(self._free)
             self._free = {"unload_models": False, "free_memory": False}
-        if free["free_memory"] or free["unload_models"]:
-            # Models live in the output cache (loader nodes' outputs), so dropping the cache
-            # is what unloads them until a model manager exists.
+        if not (free["free_memory"] or free["unload_models"]):
+            return
+        if free["free_memory"]:
             self.executor.cache.clear()
-            gc.collect()
-            try:
-                import torch
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            except Exception:  # pragma: no cover - best effort
-                pass
-            log.info("freed cached outputs (%s)", ", ".join(k for k, v in free.items() if v))
+        models = getattr(self.executor.registry.env, "models", None)
+        released = models.drop_all() if models is not None else 0
+        gc.collect()
+        log.info("freed memory (%s): %d model(s) released", ", ".join(k for k, v in free.items() if v), released)
 
     def _on_preview(self, preview: Any, ctx: NodeContext) -> None:
         """Called on the worker thread from a node's progress report."""

@@ -143,6 +143,15 @@ class Hub:
         if sid is not None:
             self._hop(self.send_preview, preview, sid)
 
+    def post_bytes(self, message: bytes, sid=ALL) -> None:
+        """A binary frame as given (a plugin's own binary event)."""
+        if sid is not None:
+            self._hop(self._send_bytes, message, sid)
+
+    def _send_bytes(self, message: bytes, sid) -> None:
+        for conn in self._targets(sid):
+            conn.put(message)
+
     def _hop(self, fn, *args) -> None:
         loop = self.loop
         if loop is None or loop.is_closed():

@@ -7,7 +7,7 @@ from app.args import parse_args
 from app.runtime import create_runtime
 
 PACK = Path(__file__).parent / "packs" / "lg_test_nodes.py"
-CACHE_POLICIES = ["classic", "lru:3", "none"]
+CACHE_POLICIES = ["classic", "lru:100", "none"]  # --cache-lru N counts node results, as in ComfyUI
 
 
 def make_runtime(base: Path, *flags: str):
@@ -27,7 +27,7 @@ def runtime(tmp_path):
 @pytest.fixture(params=CACHE_POLICIES)
 def cached_runtime(request, tmp_path):
     """The same runtime under each cache policy; tests branch on runtime.policy where they differ."""
-    flags = {"classic": ["--cache-classic"], "lru:3": ["--cache-lru", "3"], "none": ["--cache-none"]}
+    flags = {"classic": ["--cache-classic"], "lru:100": ["--cache-lru", "100"], "none": ["--cache-none"]}
     rt = make_runtime(tmp_path, *flags[request.param])
     rt.policy = request.param
     return rt

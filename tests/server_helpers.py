@@ -25,10 +25,14 @@ _URL = re.compile(r"To see the GUI go to: (http://[^\s]+)")
 
 
 class LiveServer:
-    def __init__(self, base: Path, *flags: str, packs: tuple[str, ...] = ("lg_test_nodes.py",)):
+    def __init__(self, base: Path, *flags: str, packs: tuple[str, ...] = ("lg_test_nodes.py",),
+                 launcher: list[str] | None = None, env: dict[str, str] | None = None):
+        """`launcher`: a command main.py runs under (default: this Python); `env`: extra variables."""
         self.base = Path(base)
         self.flags = list(flags)
         self.packs = packs
+        self.launcher = launcher or [sys.executable]
+        self.extra_env = env or {}
         self.proc: subprocess.Popen | None = None
         self.url = ""
         self.log_path = self.base / "server.log"
@@ -41,12 +45,15 @@ class LiveServer:
     def start(self, timeout: float = 60) -> "LiveServer":
         (self.base / "custom_nodes").mkdir(parents=True, exist_ok=True)
         for pack in self.packs:
-            shutil.copy(PACKS / pack, self.base / "custom_nodes" / pack)
+            if (PACKS / pack).is_dir():
+                shutil.copytree(PACKS / pack, self.base / "custom_nodes" / pack, dirs_exist_ok=True)
+            else:
+                shutil.copy(PACKS / pack, self.base / "custom_nodes" / pack)
         self._log = open(self.log_path, "ab")
         offset = self.log_path.stat().st_size
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
         self.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "main.py"), "--base-directory", str(self.base), "--port", "0", *self.flags],
+            [*self.launcher, str(REPO / "main.py"), "--base-directory", str(self.base), "--port", "0", *self.flags],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO), env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -96,7 +96,7 @@ def test_node_failure_exits_nonzero(tmp_path):
               "3": {"class_type": "TestOutput", "inputs": {"value": ["2", 0]}}}
     proc = main(tmp_path, "run", write(tmp_path / "f.json", prompt))
     assert proc.returncode == 1
-    assert "error in node 2 (TestRaise): builtins.RuntimeError: no luck" in proc.stderr
+    assert "error in node 2 (TestRaise): RuntimeError: no luck" in proc.stderr
 
 
 def test_png_written_by_save_image_runs_directly(tmp_path):

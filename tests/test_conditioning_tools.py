@@ -15,6 +15,8 @@ import torch
 from PIL import Image
 
 from diffusion import ksampler as K
+from diffusion.conds import CONDCrossAttn
+from diffusion.model_patcher import ModelPatcher
 from diffusion.model_sampling import ModelSamplingDiscrete
 from tests.node_helpers import builtin_registry, call_node
 
@@ -150,26 +152,37 @@ def test_mask_range_and_zero_out_nodes(node):
 # the sampler honours them: a probe model with a known prediction
 
 
-class ProbeModel:
-    """D(x, sigma, c) = x + c, where c is the entry's conditioning value (the first element of its
-    context): any blend of entries is then x + a weighted average of their values, which a test can
-    work out by hand. Records the spatial size of every call."""
+class ProbeModel(torch.nn.Module):
+    """A BaseModel whose denoiser is D(x, sigma, c) = x + c, where c is the entry's conditioning
+    value (the first element of its context): any blend of entries is then x + a weighted average
+    of their values, which a test can work out by hand. Records the spatial size of every call."""
 
     def __init__(self):
+        super().__init__()
         self.model_sampling = ModelSamplingDiscrete()
+        self.latent_format = type("Format", (), {"latent_channels": 4, "latent_dimensions": 2})()
         self.calls = []
 
-    def model_conds(self, cond_tensor, extras, noise, latent_image=None, denoise_mask=None, kind="positive"):
-        return {"c_crossattn": cond_tensor}
+    def extra_conds(self, **entry):
+        return {"c_crossattn": CONDCrossAttn(entry["cross_attn"])}
 
-    def denoise(self, x, sigma, inputs):
+    def apply_model(self, x, sigma, c_crossattn=None, **kwargs):
         self.calls.append(tuple(x.shape))
-        return x + inputs["c_crossattn"][:, 0, 0].view(-1, 1, 1, 1)
+        return x + c_crossattn[:, 0, 0].view(-1, 1, 1, 1)
+
+    def memory_required(self, input_shape, cond_shapes=None):
+        return 0
+
+    def process_latent_in(self, latent):
+        return latent
+
+    process_latent_out = process_latent_in
 
 
 def guide(model, positive, negative, x, sigma, cfg):
-    conds = K.process_conds(model, x, {"positive": K.convert_cond(positive), "negative": K.convert_cond(negative)})
-    return K.CFGDenoiser(model, conds, cfg)(x, torch.tensor([sigma]))
+    conds = K.process_conds(model, x, {"positive": K.convert_cond(positive), "negative": K.convert_cond(negative)},
+                            x.device)
+    return K.sampling_function(model, x, torch.tensor([sigma]), conds["negative"], conds["positive"], cfg)
 
 
 def grid(rows, cols, h=16, w=16):
@@ -288,18 +301,16 @@ def test_area_mask_and_range_together(node):
 def test_ksampler_run_honours_the_range_per_step(node):
     model = ProbeModel()
     seen = []
-    inner = model.denoise
+    inner = model.apply_model
 
-    def record(x, sigma, inputs):
-        seen.append((float(sigma[0]), sorted(inputs["c_crossattn"][:, 0, 0].tolist())))
-        return inner(x, sigma, inputs)
+    def record(x, sigma, c_crossattn=None, **kwargs):
+        seen.append((float(sigma[0]), sorted(c_crossattn[:, 0, 0].tolist())))
+        return inner(x, sigma, c_crossattn, **kwargs)
 
-    model.denoise = record
-    model.process_latent_in = model.process_latent_out = lambda t: t
-    model.unet = torch.nn.Identity()
-    model.latent_format = type("Format", (), {"latent_channels": 4})()
+    model.apply_model = record
     late = node("ConditioningSetTimestepRange", conditioning=cond(5), start=0.5, end=1.0)
-    K.ksampler(model, 1, 4, 1.0, "euler", "normal", cond(1) + late, cond(0), {"samples": torch.zeros(1, 4, 4, 4)})
+    K.common_ksampler(ModelPatcher(model, "cpu", "cpu"), 1, 4, 1.0, "euler", "normal", cond(1) + late, cond(0),
+                      {"samples": torch.zeros(1, 4, 4, 4)})
     boundary = _sigma_at_percent(0.5)
     assert len(seen) == 4
     for sigma, values in seen:

@@ -14,8 +14,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from diffusion.checkpoint import CheckpointError, read_state_dict
-from diffusion.controlnet import (CONTROL_PREFIX, ControlNetConfig, ControlNetModel, broadcast_to_batch,
-                                  load_controlnet, load_controlnet_state_dict, merge_residuals)
+from diffusion.controlnet import (CONTROL_PREFIX, ControlBase, ControlNetConfig, ControlNetModel, broadcast_image_to,
+                                  load_controlnet, load_controlnet_state_dict)
 from diffusion.unet import UNET_PREFIX, UNetConfig
 from tests.node_helpers import checkpoint_session
 from tests.models_tiny import SDXL_TIME_EMBED_DIM, diffusers_unet_config, randomize_, tiny_unet_config
@@ -136,13 +136,16 @@ def test_unknown_files_and_diffusers_variants_are_refused_by_name(tmp_path):
 def test_hint_batch_broadcast_and_residual_merge_rules():
     hint = torch.arange(3.0).reshape(3, 1, 1, 1)
     # 2 conditionings x 4 rows each: the 3-image hint is cycled to 4, then repeated per conditioning
-    assert broadcast_to_batch(hint, 8, 2).flatten().tolist() == [0, 1, 2, 0, 0, 1, 2, 0]
-    assert broadcast_to_batch(hint[:1], 8, 2).shape[0] == 1
+    assert broadcast_image_to(hint, 8, 2).flatten().tolist() == [0, 1, 2, 0, 0, 1, 2, 0]
+    assert broadcast_image_to(hint[:1], 8, 2).shape[0] == 1
+    # ComfyUI's control_merge: own residuals times the strength, then the chained ones added.
+    control = ControlBase()
+    control.strength = 0.5
     a = {"middle": [torch.ones(1)], "output": [torch.ones(1), None]}
     b = {"middle": [torch.full((1,), 2.0)], "output": [None, torch.full((1,), 3.0), torch.full((1,), 4.0)]}
-    merged = merge_residuals(a, b)
-    assert [t.item() for t in merged["output"]] == [1.0, 3.0, 4.0] and merged["middle"][0].item() == 3.0
-    assert merge_residuals(None, b) is b and merge_residuals(None, None) is None
+    merged = control.control_merge(a, b, None)
+    assert [t.item() for t in merged["output"]] == [0.5, 3.0, 4.0] and merged["middle"][0].item() == 2.5
+    assert control.control_merge(a, None, None)["middle"][0].item() == 0.5
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +252,7 @@ def test_step_range_is_respected(env, conds, net):
     from diffusion.ksampler import ksampler_sigmas
 
     positive, negative = conds
-    ms = env.model.model_sampling
+    ms = env.model.model.model_sampling
     steps = 3
     evaluated = ksampler_sigmas(env.model, steps, "euler", "normal")[:-1].tolist()
     # a window between two of the schedule's sigmas: the ControlNet never runs, nothing changes
@@ -267,8 +270,8 @@ def test_control_is_evaluated_only_inside_its_sigma_range(env, conds, net):
     positive, _ = conds
     (pos, _) = apply(env, positive, positive, net, start=0.2, end=0.6)
     control = pos[0][1]["control"]
-    ms = env.model.model_sampling
-    control.pre_run(env.model, ms.percent_to_sigma)
+    ms = env.model.model.model_sampling
+    control.pre_run(env.model.model, ms.percent_to_sigma)
     x = torch.randn(1, 4, 6, 8)
     cond = {"c_crossattn": positive[0][0]}
     high, low = ms.percent_to_sigma(0.2), ms.percent_to_sigma(0.6)
@@ -286,14 +289,14 @@ def test_hint_is_centre_cropped_then_nearest_exact_resized(env, conds, net):
     small = torch.rand(1, 16, 16, 3, generator=gen)  # a 4x4 latent wants a 32x32 hint
     wide = torch.cat([torch.rand(1, 16, 5, 3, generator=gen), small, torch.rand(1, 16, 5, 3, generator=gen)], dim=2)
     exact = small.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)  # nearest-exact x2 by hand
-    ms = env.model.model_sampling
+    ms = env.model.model.model_sampling
     x = torch.randn(1, 4, 4, 4, generator=gen)
     cond = {"c_crossattn": positive[0][0]}
 
     def residuals(image):
         (pos,) = env.node("ControlNetApply", conditioning=positive, control_net=net, image=image, strength=1.0)
         control = pos[0][1]["control"]
-        control.pre_run(env.model, ms.percent_to_sigma)
+        control.pre_run(env.model.model, ms.percent_to_sigma)
         with torch.inference_mode():
             return control.get_control(x, torch.tensor([3.0]), cond, 1)["output"]
 
@@ -310,14 +313,14 @@ def test_two_chained_controlnets_sum_their_residuals(env, conds, net):
     pos_ab, neg_ab = apply(env, pos_a, neg_a, net_b, strength=1.3)
     pos_b, neg_b = apply(env, positive, negative, net_b, strength=1.3)
     chained = pos_ab[0][1]["control"]
-    assert chained.previous is pos_a[0][1]["control"] and neg_ab[0][1]["control"] is chained
-    ms = env.model.model_sampling
+    assert chained.previous_controlnet is pos_a[0][1]["control"] and neg_ab[0][1]["control"] is chained
+    ms = env.model.model.model_sampling
     x = torch.randn(2, 4, 4, 4)
     cond = {"c_crossattn": torch.cat([positive[0][0], negative[0][0]])}
     outs = {}
     with torch.inference_mode():
         for name, control in (("ab", chained), ("a", pos_a[0][1]["control"]), ("b", pos_b[0][1]["control"])):
-            control.pre_run(env.model, ms.percent_to_sigma)
+            control.pre_run(env.model.model, ms.percent_to_sigma)
             outs[name] = control.get_control(x, torch.tensor([2.0, 2.0]), cond, 2)
     for key in ("middle", "output"):
         for ab, a, b in zip(outs["ab"][key], outs["a"][key], outs["b"][key]):
@@ -339,7 +342,7 @@ def test_old_apply_node_also_controls_the_negative_prompt(env, conds, net):
 
 def test_diff_controlnet_adds_the_model_weights(env, base):
     real = read_state_dict(base / "models" / "controlnet" / CN_NAME)
-    unet = env.model.unet.state_dict()
+    unet = env.model.model.diffusion_model.state_dict()
     shared = [k for k in real if k[len(CONTROL_PREFIX):] in unet]
     assert len(shared) > 100  # the copied encoder
     diff = {k: (v - unet[k[len(CONTROL_PREFIX):]]).contiguous() if k in shared else v for k, v in real.items()}
@@ -389,6 +392,7 @@ def test_sdxl_style_control_uses_the_adm_vector_through_the_sampler():
     from diffusion import ksampler as ks
     from diffusion.controlnet import ControlNet
     from diffusion.model import DiffusionModel
+    from diffusion.model_patcher import ModelPatcher
     from diffusion.model_sampling import ModelSamplingDiscrete
     from diffusion.unet import UNetModel
 
@@ -396,7 +400,8 @@ def test_sdxl_style_control_uses_the_adm_vector_through_the_sampler():
     unet = randomize_(UNetModel(config), 0).eval()
     net = ControlNet(randomize_(ControlNetModel(ControlNetConfig(config)), 1).eval())
     ys = {"positive": torch.randn(1, config.adm_in_channels), "negative": torch.randn(1, config.adm_in_channels)}
-    model = DiffusionModel(unet, ModelSamplingDiscrete(), family="sdxl", adm=lambda extras, shape, kind: ys[kind])
+    model = ModelPatcher(DiffusionModel(unet, ModelSamplingDiscrete(), family="sdxl",
+                                        adm=lambda entry: ys[entry["prompt_type"]]), "cpu", "cpu")
     context = torch.randn(1, 5, config.context_dim, generator=torch.Generator().manual_seed(3))
     hint = torch.rand(1, 3, 32, 32)
     noise = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(4))
@@ -404,16 +409,16 @@ def test_sdxl_style_control_uses_the_adm_vector_through_the_sampler():
     def run(control=None):
         extras = {} if control is None else {"control": control}
         with torch.inference_mode():
-            return ks.sample(model, noise, [[context, dict(extras)]], [[-context, dict(extras)]], 2.0,
+            return ks.sample(model, noise, [[context, dict(extras)]], [[-context, dict(extras)]], 2.0, "cpu",
                              ks.ksampler_select("euler"), ks.ksampler_sigmas(model, 2, "euler", "normal"),
-                             torch.zeros_like(noise))
+                             model.model_options, latent_image=torch.zeros_like(noise))
 
     plain = run()
     controlled = run(net.apply(hint))
     assert (controlled - plain).abs().max() > 1e-3
     # the ControlNet's own residuals depend on the adm vector, and a missing one is named
     control = net.apply(hint)
-    control.pre_run(model, model.model_sampling.percent_to_sigma)
+    control.pre_run(model.model, model.model.model_sampling.percent_to_sigma)
     with torch.inference_mode():
         a = control.get_control(noise, torch.tensor([1.0]), {"c_crossattn": context, "y": ys["positive"]}, 1)
         b = control.get_control(noise, torch.tensor([1.0]), {"c_crossattn": context, "y": ys["negative"]}, 1)
@@ -427,13 +432,13 @@ def test_shuffle_controlnet_files_pool_residuals_globally(env, base):
     (net,) = env.node("ControlNetLoader", control_net_name="cn_shuffle.safetensors")
     (plain_net,) = env.node("ControlNetLoader", control_net_name=CN_NAME)
     assert net.global_average_pooling and not plain_net.global_average_pooling
-    ms = env.model.model_sampling
+    ms = env.model.model.model_sampling
     x = torch.randn(1, 4, 4, 4)
     context = torch.randn(1, 77, 768)
     outs = []
     for n in (net, plain_net):
         control = n.apply(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)), 0.5)
-        control.pre_run(env.model, ms.percent_to_sigma)
+        control.pre_run(env.model.model, ms.percent_to_sigma)
         with torch.inference_mode():
             outs.append(control.get_control(x, torch.tensor([2.0]), {"c_crossattn": context}, 1))
     pooled, full = outs

@@ -1,4 +1,6 @@
-"""Device/dtype policy, the loaded-file cache and LRU offloading (fake GPU sizes, CPU only)."""
+"""Device/dtype policy and the model-lifetime service: the file cache, LRU offloading on a GPU
+(a pretend device of fixed capacity, CPU only), releasing and rebuilding networks on the CPU
+under a budget, and ComfyUI's memory flags."""
 import argparse
 import gc
 import os
@@ -8,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion.device import (DevicePolicy, ModelCache, ModelManager, inference_mode, module_bytes,
-                              pick_device)
+from diffusion.device import DevicePolicy, inference_mode, module_bytes, pick_device
+from diffusion.model_management import MemoryOptions, ModelManagement, VRAMState
+from diffusion.model_patcher import ModelPatcher
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,131 +85,228 @@ def counting_loader(calls: list):
     return load
 
 
+def cpu_service(**options) -> ModelManagement:
+    return ModelManagement(DevicePolicy.choose(cpu=True), MemoryOptions(VRAMState.DISABLED, **options))
+
+
 def test_same_file_is_a_cache_hit_and_a_changed_file_is_not(tmp_path):
     path = tmp_path / "a.safetensors"
     path.write_bytes(b"one")
-    calls, cache = [], ModelCache()
-    first = cache.get("checkpoint", path, counting_loader(calls))
-    assert cache.get("checkpoint", tmp_path / "." / "a.safetensors", counting_loader(calls)) is first
-    assert calls == ["a.safetensors"] and (cache.hits, cache.misses) == (1, 1)
+    calls, service = [], cpu_service()
+    first = service.cached("checkpoint", path, counting_loader(calls))
+    assert service.cached("checkpoint", tmp_path / "." / "a.safetensors", counting_loader(calls)) is first
+    assert calls == ["a.safetensors"] and (service.cache_hits, service.cache_misses) == (1, 1)
     # different load options are a different entry
-    other = cache.get("checkpoint", path, counting_loader(calls), options=("bf16",))
+    other = service.cached("checkpoint", path, counting_loader(calls), options=("bf16",))
     assert other is not first and len(calls) == 2
     # the file replaced in place (new size and mtime) is loaded again
     path.write_bytes(b"second version")
     os.utime(path, ns=(1, 10**18))
-    assert cache.get("checkpoint", path, counting_loader(calls)) is not first and len(calls) == 3
+    assert service.cached("checkpoint", path, counting_loader(calls)) is not first and len(calls) == 3
 
 
-def test_switching_checkpoints_frees_the_old_one(tmp_path):
+def test_switching_checkpoints_forgets_the_old_one(tmp_path):
     a, b, v = tmp_path / "a.ckpt", tmp_path / "b.ckpt", tmp_path / "vae.pt"
     for p in (a, b, v):
         p.write_bytes(p.name.encode())
-    calls, cache = [], ModelCache()
-    manager = ModelManager("cpu")
-    model_a = cache.get("checkpoint", a, counting_loader(calls))
-    vae = cache.get("vae", v, counting_loader(calls))
-    manager.use(model_a, vae)
+    calls, service = [], cpu_service()
+    model_a = service.cached("checkpoint", a, counting_loader(calls))
+    vae = service.cached("vae", v, counting_loader(calls))
+    service.register(model_a)
+    service.load_models_gpu([ModelPatcher(model_a, "cpu", "cpu")])
     gone = weakref.ref(model_a)
     del model_a
     gc.collect()
     assert gone() is not None            # still cached
-    cache.get("checkpoint", b, counting_loader(calls))
+    service.cached("checkpoint", b, counting_loader(calls))
     gc.collect()
-    assert gone() is None                # neither the cache nor the manager kept it
-    assert cache.get("vae", v, counting_loader(calls)) is vae   # other kinds are untouched
-    cache.evict()
-    assert len(cache) == 0
+    assert gone() is None                # neither the cache nor the service kept it
+    assert service.cached("vae", v, counting_loader(calls)) is vae   # other kinds are untouched
+    service.forget_files()
+    assert service.cached_count() == 0
 
 
 # ---------------------------------------------------------------------------------------------
-# offloading with fake sizes
+# offloading on a GPU (a pretend device: bookkeeping only, nothing moves)
+
+
+class FakeGPUPatcher(ModelPatcher):
+    """A ModelPatcher whose network "moves" to a pretend cuda:0 of which the test keeps account."""
+
+    def __init__(self, name: str, size: int, log: list):
+        super().__init__(nn.Linear(1, 1), torch.device("cuda", 0), torch.device("cpu"), size=size)
+        self.name, self.log = name, log
+        self.model.device = torch.device("cpu")
+
+    def partially_load(self, device_to, extra_memory=0, force_patch_weights=False):
+        if self.model.model_loaded_weight_memory == self.size:
+            return 0
+        self.log.append((self.name, "cuda"))
+        self.model.model_loaded_weight_memory, self.model.device = self.size, torch.device(device_to)
+        return self.size
+
+    def detach(self, unpatch_all=True):
+        self.log.append((self.name, "cpu"))
+        self.model.model_loaded_weight_memory, self.model.device = 0, torch.device("cpu")
+        return self.model
+
+    def partially_unload(self, device_to, memory_to_free=0):
+        return 0
+
+
+CUDA0 = torch.device("cuda", 0)
 
 
 class FakeGPU:
-    """A pretend device of `capacity` bytes; the manager's bookkeeping decides what is on it."""
+    """A pretend cuda:0 of `capacity` bytes; free memory is what the loaded patchers leave."""
 
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.moves: list[tuple[str, str]] = []
-        self.manager = ModelManager("cuda:0", "cpu", free_fn=self.free, mover=self.move)
+    def __init__(self, capacity: int, **options):
+        self.capacity, self.moves = capacity, []
+        policy = DevicePolicy.choose(cuda_available=True, capability=(8, 6))
+        defaults = dict(vram_state=VRAMState.HIGH_VRAM, reserve=0)
+        self.service = ModelManagement(policy, MemoryOptions(**{**defaults, **options}), free_fn=self.free)
+        self.service.minimum_inference_memory = lambda: 0
 
-    def free(self) -> int:
-        return self.capacity - self.manager.loaded_bytes()
+    def free(self, device) -> int:
+        return self.capacity - self.service.loaded_bytes(device)
 
-    def move(self, model, device):
-        self.moves.append((model.name, str(device)))
+    def patcher(self, name: str, size: int) -> FakeGPUPatcher:
+        return FakeGPUPatcher(name, size, self.moves)
 
-
-def named(name: str) -> nn.Module:
-    m = nn.Linear(1, 1)
-    m.name = name
-    return m
+    def on_gpu(self) -> list[str]:
+        return sorted(lm.model.name for lm in self.service.current_loaded_models)
 
 
-def test_ensure_room_offloads_least_recently_used_first():
+def test_loading_offloads_least_recently_used_first():
     gpu = FakeGPU(capacity=100)
-    a, b, c = named("a"), named("b"), named("c")
+    a, b, c = gpu.patcher("a", 30), gpu.patcher("b", 30), gpu.patcher("c", 30)
     for m in (a, b, c):
-        gpu.manager.register(m, size=30, loaded=False)
-    gpu.manager.use(a)
-    gpu.manager.use(b)
-    gpu.manager.use(c)
-    assert gpu.moves == [("a", "cuda:0"), ("b", "cuda:0"), ("c", "cuda:0")]
-    assert gpu.free() == 10
-    gpu.manager.use(a)                      # a becomes the most recently used
+        gpu.service.load_models_gpu([m])
+    assert gpu.moves == [("a", "cuda"), ("b", "cuda"), ("c", "cuda")] and gpu.free(CUDA0) == 10
+    gpu.service.load_models_gpu([a])           # a becomes the most recently used, no move
+    assert len(gpu.moves) == 3
     gpu.moves.clear()
-    assert gpu.manager.ensure_room(40)      # frees b (LRU) only: 10 + 30 = 40
-    assert gpu.moves == [("b", "cpu")]
-    assert [gpu.manager.is_loaded(m) for m in (a, b, c)] == [True, False, True]
+    d = gpu.patcher("d", 36)
+    gpu.service.load_models_gpu([d])           # needs 36 + 10%: b (least recently used) goes
+    assert gpu.moves == [("b", "cpu"), ("d", "cuda")] and gpu.on_gpu() == ["a", "c", "d"]
     gpu.moves.clear()
-    assert gpu.manager.ensure_room(70, keep=[c])    # c is in use: only a may go
-    assert gpu.moves == [("a", "cpu")]
-    assert not gpu.manager.ensure_room(200)         # cannot be done; says so
-    assert gpu.moves[-1] == ("c", "cpu") and gpu.free() == 100
+    gpu.service.load_models_gpu([c, b])        # c is in use; b comes back; a (LRU) goes
+    assert gpu.moves[0] == ("a", "cpu") and ("b", "cuda") in gpu.moves and gpu.on_gpu() == ["b", "c", "d"]
+    gpu.service.unload_all_models()
+    assert gpu.on_gpu() == [] and gpu.free(CUDA0) == 100
 
 
-def test_use_makes_room_for_model_plus_working_memory():
+def test_working_memory_is_made_room_for():
+    # ComfyUI's rule: a load needs 1.1 x the weights plus the working memory free.
+    gpu = FakeGPU(capacity=110)
+    unet, text, vae = gpu.patcher("unet", 60), gpu.patcher("text", 20), gpu.patcher("vae", 10)
+    gpu.service.load_models_gpu([text])
+    gpu.service.load_models_gpu([unet], memory_required=15)    # 90 free >= 66 + 15
+    assert gpu.on_gpu() == ["text", "unet"]
+    gpu.moves.clear()
+    gpu.service.load_models_gpu([vae], memory_required=25)   # 30 free < 11 + 25: text (LRU) goes
+    assert gpu.moves == [("text", "cpu"), ("vae", "cuda")]
+
+
+def test_without_smart_memory_everything_else_leaves():
+    gpu = FakeGPU(capacity=1000, smart_memory=False)
+    a, b = gpu.patcher("a", 10), gpu.patcher("b", 10)
+    gpu.service.load_models_gpu([a])
+    gpu.service.load_models_gpu([b])
+    assert gpu.on_gpu() == ["b"] and ("a", "cpu") in gpu.moves
+
+
+def test_the_service_holds_patchers_weakly():
     gpu = FakeGPU(capacity=100)
-    unet, text, vae = named("unet"), named("text"), named("vae")
-    gpu.manager.register(unet, size=60, loaded=False)
-    gpu.manager.register(text, size=20, loaded=False)
-    gpu.manager.register(vae, size=10, loaded=False)
-    gpu.manager.use(text)
-    gpu.manager.use(unet, extra_bytes=15)
-    assert gpu.manager.is_loaded(text) and gpu.manager.is_loaded(unet)
-    gpu.moves.clear()
-    gpu.manager.use(vae, extra_bytes=25)    # 20 free, needs 35: the text encoder (LRU) goes
-    assert gpu.moves == [("text", "cpu"), ("vae", "cuda:0")]
-    gpu.manager.use(vae)                    # already there: no move
-    assert gpu.moves == [("text", "cpu"), ("vae", "cuda:0")]
-    gpu.manager.offload_all()
-    assert gpu.manager.loaded_bytes() == 0
-
-
-def test_manager_holds_models_weakly():
-    gpu = FakeGPU(capacity=100)
-    m = named("m")
-    gpu.manager.use(m)
+    m = gpu.patcher("m", 10)
+    gpu.service.load_models_gpu([m])
     ref = weakref.ref(m)
     del m
     gc.collect()
-    assert ref() is None and gpu.manager.loaded_bytes() == 0
+    assert ref() is None
+    gpu.service.cleanup_models()
+    assert gpu.service.current_loaded_models == []
 
 
-def test_real_moves_on_cpu_are_no_ops():
-    manager = ModelManager("cpu")
-    model = nn.Linear(3, 3)
-    manager.use(model, extra_bytes=1)
-    assert manager.is_loaded(model) and next(model.parameters()).device == torch.device("cpu")
-    assert not manager.offloads
+# ---------------------------------------------------------------------------------------------
+# the CPU: networks released under a budget and rebuilt from their source
+
+
+def numbered(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64)).requires_grad_(False)
+
+
+def test_cpu_budget_releases_the_least_recently_used_network_and_rebuilds_it_on_use():
+    size = sum(t.numel() * 4 for t in numbered(0).state_dict().values())
+    service = cpu_service(budget=int(size * 1.5))
+    first, second = numbered(1), numbered(2)
+    want = {k: v.clone() for k, v in first.state_dict().items()}
+    service.register(first, rebuild=lambda: numbered(1), name="first")
+    patcher = ModelPatcher(first, "cpu", "cpu")
+    service.load_models_gpu([patcher])
+    service.make_room_for_load(size)            # a loader about to read `second`
+    assert service.is_dropped(first) and all(t.is_meta for t in first.state_dict().values())
+    service.register(second, rebuild=lambda: numbered(2), name="second")
+    service.load_models_gpu([patcher])          # the first again: rebuilt, and the second released
+    assert not service.is_dropped(first) and service.is_dropped(second)
+    assert all(torch.equal(v, want[k]) for k, v in first.state_dict().items())
+    assert (service.drops, service.rebuilds) == (2, 1)
+
+
+def test_drop_all_releases_every_rebuildable_network():
+    service = cpu_service()
+    kept, dropped = numbered(3), numbered(4)
+    service.register(kept)                       # no way to rebuild: stays
+    service.register(dropped, rebuild=lambda: numbered(4))
+    service.load_models_gpu([ModelPatcher(dropped, "cpu", "cpu")])
+    assert service.drop_all() == 1
+    assert service.is_dropped(dropped) and not service.is_dropped(kept)
+    assert service.current_loaded_models == []
+
+
+def test_memory_flags_follow_comfyui():
+    parse = lambda *a: argparse.Namespace(**{"lowvram": False, "novram": False, "highvram": False,  # noqa: E731
+                                             "gpu_only": False, "reserve_vram": None,
+                                             "disable_smart_memory": False, "model_memory_budget": None,
+                                             **dict(a)})
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert MemoryOptions.from_args(parse(), cpu).vram_state == VRAMState.DISABLED
+    assert MemoryOptions.from_args(parse(), cuda).vram_state == VRAMState.NORMAL_VRAM
+    assert MemoryOptions.from_args(parse(("lowvram", True)), cuda).vram_state == VRAMState.LOW_VRAM
+    assert MemoryOptions.from_args(parse(("novram", True)), cuda).vram_state == VRAMState.NO_VRAM
+    assert MemoryOptions.from_args(parse(("highvram", True)), cuda).vram_state == VRAMState.HIGH_VRAM
+    options = MemoryOptions.from_args(parse(("reserve_vram", 1.5), ("disable_smart_memory", True),
+                                            ("model_memory_budget", 300.0)), cuda)
+    assert (options.reserve, options.smart_memory, options.budget) == (int(1.5 * 2**30), False, 300 * 2**20)
+    assert MemoryOptions.from_args(parse(), cpu).reserve == 400 * 2**20  # ComfyUI's default
+
+
+def test_lowvram_modules_are_cast_per_call_with_their_patches():
+    """A partial load keeps modules that do not fit on the offload device and casts them, patches
+    applied, for each call: the output equals a full load's."""
+    net = numbered(5)
+    x = torch.randn(2, 64)
+    delta = torch.randn(64, 64) * 0.01
+    full = ModelPatcher(net, "cpu", "cpu")
+    full.add_patches({"1.weight": ("diff", (delta,))})
+    with torch.no_grad():
+        want = torch.nn.functional.linear(torch.nn.functional.linear(x, net[0].weight, net[0].bias),
+                                          net[1].weight + delta, net[1].bias)
+        full.patch_model("cpu", lowvram_model_memory=1)   # everything "does not fit"
+        assert net.model_lowvram and net[1].weight_function
+        got = net(x)
+        full.unpatch_model("cpu")
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert not net.model_lowvram and getattr(net[1], "_lg_cast", None) is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_real_cuda_offload_round_trip():
-    manager = ModelManager(pick_device())
+def test_real_cuda_load_and_offload_round_trip():
+    service = ModelManagement(DevicePolicy.choose())
     model = nn.Linear(256, 256)
-    manager.use(model)
+    patcher = ModelPatcher(model, pick_device(), "cpu")
+    service.load_models_gpu([patcher])
     assert next(model.parameters()).is_cuda
-    manager.offload(model)
+    service.unload_all_models()
     assert not next(model.parameters()).is_cuda

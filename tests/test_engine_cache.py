@@ -1,4 +1,4 @@
-"""Caching across prompts, run under every cache policy (classic, lru:3, none)."""
+"""Caching across prompts, run under every cache policy (classic, lru:100, none)."""
 import copy
 
 from tests.conftest import calls
@@ -97,22 +97,61 @@ def test_lru_keeps_other_prompts_while_classic_keeps_only_the_last(cached_runtim
     run(rt, a)
     run(rt, b)
     result, _ = run(rt, a)
-    expected = {"classic": 6, "lru:3": 0, "none": 7}[rt.policy]  # node 5 is shared by a and b
+    expected = {"classic": 6, "lru:100": 0, "none": 7}[rt.policy]  # node 5 is shared by a and b
     assert len(result.executed) == expected
 
 
-def test_lru_forgets_prompts_older_than_its_size(tmp_path):
+def t2i_variant(value: int) -> dict:
+    prompt = t2i_shaped()
+    prompt["4"]["inputs"]["value"] = value  # 6 nodes of their own, node 5 shared with every variant
+    return prompt
+
+
+def test_lru_size_counts_node_results_not_prompts(tmp_path):
+    """As ComfyUI's --cache-lru N: at a prompt's start, whole generations of results are dropped,
+    oldest first, while more than N results are held. After prompts a, b, c (7 + 6 + 6 results),
+    c's start holds 13: with room for 13 nothing goes, with room for 12 a's own 6 go."""
     from tests.conftest import make_runtime
 
-    rt = make_runtime(tmp_path, "--cache-lru", "2")
-    prompts = []
-    for value in range(3):
-        p = t2i_shaped()
-        p["4"]["inputs"]["value"] = 100 + value
-        prompts.append(p)
-        run(rt, p)
-    assert len(run(rt, prompts[2])[0].executed) == 0  # used by the last prompt
-    assert len(run(rt, prompts[0])[0].executed) == 6  # three prompts ago: evicted but for shared node 5
+    for size, held, a_reruns in ((13, 19, 0), (12, 13, 6)):
+        rt = make_runtime(tmp_path / str(size), "--cache-lru", str(size))
+        a, b, c = t2i_variant(100), t2i_variant(101), t2i_variant(102)
+        for prompt in (a, b, c):
+            run(rt, prompt)
+        assert len(rt.executor.cache) == held  # what c makes is kept until the next prompt starts
+        assert len(run(rt, a)[0].executed) == a_reruns, size
+
+
+def test_lru_never_drops_what_the_starting_prompt_uses(tmp_path):
+    from tests.conftest import make_runtime
+
+    rt = make_runtime(tmp_path, "--cache-lru", "1")
+    run(rt, t2i_variant(100))
+    assert len(run(rt, t2i_variant(100))[0].executed) == 0  # 7 results > 1, but all in use
+    assert len(run(rt, t2i_variant(101))[0].executed) == 6
+    assert len(run(rt, t2i_variant(100))[0].executed) == 6  # dropped when variant 101 started
+
+
+def test_cache_lru_zero_is_classic_caching_as_in_comfyui():
+    from app.args import parse_args
+
+    assert parse_args(["--cache-lru", "0"]).cache == "classic"
+    assert parse_args(["--cache-lru", "5"]).cache == "lru:5"
+    assert parse_args([]).cache == "classic"
+
+
+def test_identical_nodes_in_one_prompt_run_once_with_a_retaining_cache(cached_runtime):
+    """ComfyUI looks a node up in the cache when it is about to run, so a node identical to one
+    that already ran in this prompt takes its outputs (without a cache both run)."""
+    rt = cached_runtime
+    prompt = {"1": {"class_type": "TestValue", "inputs": {"value": 3}},
+              "2": {"class_type": "TestAdd", "inputs": {"a": ["1", 0], "b": 1}},
+              "3": {"class_type": "TestAdd", "inputs": {"a": ["1", 0], "b": 1}},
+              "4": {"class_type": "TestOutput", "inputs": {"value": ["2", 0]}},
+              "5": {"class_type": "TestOutput", "inputs": {"value": ["3", 0]}}}
+    result, _ = run(rt, prompt)
+    assert result.outputs["4"] == result.outputs["5"] == {"text": ["4"]}
+    assert calls(rt)["TestAdd"] == (2 if rt.policy == "none" else 1)
 
 
 def test_cache_holds_references_not_copies(cached_runtime):
@@ -122,11 +161,10 @@ def test_cache_holds_references_not_copies(cached_runtime):
     pack.last.clear()
     sink.seen.clear()
     prompt = {"1": {"class_type": "TestTensor", "inputs": {"size": 1 << 20}},
-              "2": {"class_type": "TestTensorSink", "inputs": {"tensor": ["1", 0]}},
-              "3": {"class_type": "TestTensorSink", "inputs": {"tensor": ["1", 0]}}}
+              "2": {"class_type": "TestTensorSink", "inputs": {"tensor": ["1", 0]}}}
     run(rt, prompt)
-    assert sink.seen[0] is pack.last[0] and sink.seen[1] is pack.last[0]
-    prompt["3"]["class_type"] = "TestOutput"  # a new consumer, served from the cache
+    assert len(sink.seen) == 1 and sink.seen[0] is pack.last[0]
+    prompt["3"] = {"class_type": "TestOutput"}  # a new consumer, served from the cache
     prompt["3"]["inputs"] = {"value": ["1", 0]}
     run(rt, prompt)
     if rt.policy != "none":

@@ -105,14 +105,16 @@ def test_output_node_inside_an_expansion_runs_and_reports(runtime):
     assert shown and shown[0]["display_node"] == "2"
 
 
-def test_error_inside_an_expanded_node_names_it(runtime):
+def test_error_inside_an_expanded_node_is_reported_on_the_node_that_expanded(runtime):
     prompt = {"1": {"class_type": "TestValue", "inputs": {"value": 5}},
               "2": {"class_type": "TestExpandRaise", "inputs": {"value": ["1", 0], "message": "inner boom"}},
               "3": {"class_type": "TestOutput", "inputs": {"value": ["2", 0]}}}
     result, events = run(runtime, prompt)
     assert result.status == "error"
-    assert result.error["node_id"] == "2.0.0.raiser" and result.error["node_type"] == "TestRaise"
+    # as ComfyUI: the error is the expanding node's (the one the editor has), with the inner message
+    assert result.error["node_id"] == "2" and result.error["node_type"] == "TestExpandRaise"
     assert result.error["exception_message"] == "inner boom"
+    assert any("TestRaise" in line or "inner boom" in line for line in result.error["traceback"])
     assert [e for e, _ in events][-1] == "execution_error"
     assert runtime.executor.run(chain_prompt()).ok  # the engine keeps working
 

@@ -89,7 +89,7 @@ def picture(b=1, h=16, w=16, c=3, seed=0):
 def encode_by_hand(vae, pixels_bhwc):
     """The VAE's own encoder on RGB in -1..1: the reference the nodes are compared with."""
     with torch.inference_mode():
-        return vae.vae.encode(pixels_bhwc[..., :3].movedim(-1, 1) * 2.0 - 1.0).float()
+        return vae.first_stage_model.encode(pixels_bhwc[..., :3].movedim(-1, 1) * 2.0 - 1.0).float()
 
 
 def ksample(rt, model, clip, latent, steps, cfg, denoise, seed=1, sampler="euler", positive=None, negative=None):
@@ -151,7 +151,7 @@ def test_img2img_at_half_denoise_samples_the_schedule_tail_from_image_plus_noise
     (latent,) = node(rt, "VAEEncode", pixels=picture(h=32, w=32, seed=5), vae=vae)
     assert latent["samples"].shape == (1, 4, 4, 4)
     seed, steps = 17, 4
-    with UNetInputs(model.unet) as rec:
+    with UNetInputs(model.model.diffusion_model) as rec:
         ksample(rt, model, clip, latent, steps=steps, cfg=1.0, denoise=0.5, seed=seed)
     sigmas = K.ksampler_sigmas(model, steps, "euler", "normal", 0.5)
     # By hand: denoise 0.5 keeps the last 4 + 1 of the int(4 / 0.5) = 8-step "normal" schedule,
@@ -161,7 +161,7 @@ def test_img2img_at_half_denoise_samples_the_schedule_tail_from_image_plus_noise
     assert by_hand == [428, 285, 143, 0]
     assert len(rec.calls) == steps and len(sigmas) == steps + 1 and float(sigmas[-1]) == 0.0
     assert [float(t[0]) for _, t in rec.calls] == by_hand
-    ms = model.model_sampling
+    ms = model.model.model_sampling
     assert torch.allclose(sigmas[:-1], ms.sigma(torch.tensor([999 * k / 7 for k in (3, 2, 1, 0)])), rtol=1e-5)
     # First step: the model-space latent plus seeded unit noise times sigmas[0] (not the
     # sqrt(1 + sigma^2) used from the top of the schedule), VP-scaled by 1 / sqrt(sigma^2 + 1).
@@ -261,7 +261,7 @@ def test_ddim_renoises_the_kept_region_with_seed_plus_one(rt, sd15):
     mask = torch.zeros(1, 32, 32)
     mask[:, :, :16] = 1.0  # pixel columns 0..15 = latent columns 0..1 exactly
     (masked,) = node(rt, "SetLatentNoiseMask", samples=latent, mask=mask)
-    with UNetInputs(model.unet) as rec:
+    with UNetInputs(model.model.diffusion_model) as rec:
         ksample(rt, model, clip, masked, steps=2, cfg=1.0, denoise=0.5, seed=0, sampler="ddim")
     s0 = float(K.ksampler_sigmas(model, 2, "ddim", "normal", 0.5)[0])
     renoise = torch.randn(latent["samples"].shape, generator=torch.Generator().manual_seed(1))
@@ -272,7 +272,7 @@ def test_ddim_renoises_the_kept_region_with_seed_plus_one(rt, sd15):
 
 def test_denoise_mask_function_hook_replaces_the_mask(sd15):
     model, clip, _ = sd15
-    cond = clip.encode("x")
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("x"))
     seen = []
 
     def hook(sigma, mask, extra_options):
@@ -282,8 +282,10 @@ def test_denoise_mask_function_hook_replaces_the_mask(sd15):
     latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     sigmas = K.ksampler_sigmas(model, 3, "euler", "normal", 1.0)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(1))
-    out = K.sample(model, noise, cond, cond, 1.0, K.ksampler_select("euler"), sigmas, latent,
-                   denoise_mask=torch.ones(1, 8, 8), model_options={"denoise_mask_function": hook})
+    hooked = model.clone()
+    hooked.set_model_denoise_mask_function(hook)
+    out = K.sample(hooked, noise, cond, cond, 1.0, "cpu", K.ksampler_select("euler"), sigmas,
+                   model_options=hooked.model_options, latent_image=latent, denoise_mask=torch.ones(1, 8, 8))
     assert len(seen) == 3 and seen[0] == (pytest.approx(float(sigmas[0])), 4)
     assert torch.allclose(out, latent, atol=1e-5)
 
@@ -328,7 +330,7 @@ def test_inpaint_model_conditioning_feeds_mask_then_masked_image_latent(rt, sd15
         assert torch.allclose(conditioning[0][1]["concat_latent_image"], masked_latent, atol=1e-5)
         assert torch.equal(conditioning[0][1]["concat_mask"], mask[:, None])
     assert "concat_mask" not in pos[0][1]  # the inputs are not modified
-    with UNetInputs(model.unet) as rec:
+    with UNetInputs(model.model.diffusion_model) as rec:
         ksample(rt, model, clip, latent, steps=1, cfg=7.0, denoise=1.0, positive=positive, negative=negative)
     assert rec.calls[0][0].shape[0] == 2  # cond and uncond in one batch, both with the extra channels
     _check_unet_input(rec.calls, latent_mask, masked_latent * SD1_SCALE)
@@ -358,7 +360,7 @@ def test_vae_encode_for_inpaint_latent_reaches_an_inpainting_unet(rt, sd15_inpai
     model, clip, vae = sd15_inpaint
     image, mask, greyed, latent_mask = _hole_inputs()
     (latent,) = node(rt, "VAEEncodeForInpaint", pixels=image, vae=vae, mask=mask, grow_mask_by=0)
-    with UNetInputs(model.unet) as rec:
+    with UNetInputs(model.model.diffusion_model) as rec:
         ksample(rt, model, clip, latent, steps=2, cfg=7.0, denoise=1.0)
     # Without concat extras the model takes the noise mask and the (greyed) latent being sampled.
     _check_unet_input(rec.calls, latent_mask, encode_by_hand(vae, greyed) * SD1_SCALE)
@@ -368,7 +370,7 @@ def test_concat_image_batch_is_resampled_as_comfyui_does(sd15_inpaint):
     model = sd15_inpaint[0]
     image = torch.arange(2.0).view(2, 1, 1, 1).expand(2, 4, 3, 3)
     mask = torch.ones(2, 1, 3, 3)
-    concat = model.inpaint_concat(torch.zeros(4, 4, 3, 3), None, mask, {"concat_latent_image": image})
+    concat = model.model.concat_cond(noise=torch.zeros(4, 4, 3, 3), denoise_mask=mask, concat_latent_image=image)
     picked = concat[:, 1, 0, 0] / SD1_SCALE  # channel 0 is the mask, 1..4 the image
     assert picked.tolist() == pytest.approx([0.0, 0.0, 1.0, 1.0])  # nearest over the batch, not tiled
 

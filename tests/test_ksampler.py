@@ -8,6 +8,7 @@ import torch
 from diffusion import ksampler as K
 from diffusion import schedules as sch
 from diffusion.model import DiffusionModel, SDXLAdm, SDXLRefinerAdm, sdxl_adm, timestep_embedding
+from diffusion.model_patcher import ModelPatcher
 from diffusion.model_sampling import ModelSamplingDiscrete
 from diffusion.noise import RandomNoise, prepare_noise
 
@@ -34,8 +35,31 @@ def cond(value, tokens=77, **extras):
     return [[torch.full((1, tokens, 8), float(value)), extras]]
 
 
+def patcher(unet, prediction="eps", family="sd1"):
+    """MODEL as the loaders give it: a ModelPatcher over a DiffusionModel, on the CPU."""
+    return ModelPatcher(DiffusionModel(unet, ModelSamplingDiscrete(prediction), family=family), "cpu", "cpu")
+
+
 def make_model(k=0.3):
-    return DiffusionModel(FakeUNet(k), ModelSamplingDiscrete(), family="sd1")
+    return patcher(FakeUNet(k))
+
+
+def unet_of(model):
+    return model.model.diffusion_model
+
+
+def denoise(model, x, sigma, context):
+    return model.model.apply_model(x, sigma, c_crossattn=context)
+
+
+def prepared(model, x, positive, negative):
+    return K.process_conds(model.model, x, {"positive": K.convert_cond(positive),
+                                            "negative": K.convert_cond(negative)}, x.device)
+
+
+def guided(model, conds, cfg, x, sigma):
+    """The guided denoiser a sampler calls (CFGGuider.predict_noise's sampling_function)."""
+    return K.sampling_function(model.model, x, sigma, conds["negative"], conds["positive"], cfg, model.model_options)
 
 
 def latent(b=1, h=4, w=4, value=0.0):
@@ -68,7 +92,7 @@ def test_prepare_noise_batch_index_rule():
 
 def test_denoise_keeps_the_tail_of_a_longer_schedule():
     model = make_model()
-    ms = model.model_sampling
+    ms = model.model.model_sampling
     # steps 4, denoise 0.5: an 8-step schedule, keep its last 5 sigmas.
     assert torch.equal(K.ksampler_sigmas(model, 4, "euler", "normal", 0.5), sch.calculate_sigmas(ms, "normal", 8)[-5:])
     # steps 10, denoise 0.75: int(13.33) = 13 steps, keep 11.
@@ -80,7 +104,7 @@ def test_denoise_keeps_the_tail_of_a_longer_schedule():
 
 def test_dpm2_and_unipc_drop_the_penultimate_sigma():
     model = make_model()
-    full = sch.calculate_sigmas(model.model_sampling, "karras", 5)
+    full = sch.calculate_sigmas(model.model.model_sampling, "karras", 5)
     for name in ("dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"):
         got = K.ksampler_sigmas(model, 4, name, "karras")
         assert torch.equal(got, torch.cat([full[:-2], full[-1:]])) and len(got) == 5
@@ -100,8 +124,8 @@ def test_advanced_start_end_steps():
 def test_start_step_past_the_end_returns_latent_unchanged():
     model = make_model()
     lat = latent(value=0.7)
-    out = K.ksampler(model, 1, 10, 7.0, "euler", "normal", cond(1), cond(0), lat, start_step=10, last_step=10000)
-    assert torch.equal(out["samples"], lat["samples"]) and model.unet.calls == []
+    out = K.common_ksampler(model, 1, 10, 7.0, "euler", "normal", cond(1), cond(0), lat, start_step=10, last_step=10000)
+    assert torch.equal(out["samples"], lat["samples"]) and unet_of(model).calls == []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,47 +136,46 @@ def test_noise_and_latent_scaling_end_to_end():
     # With eps = 0 the denoiser is the identity, Euler never moves, and the output is exactly the
     # starting point: VAE latent + noise * sqrt(1 + sigma_max^2) / scale_factor (full denoise) ...
     model = make_model(k=0.0)
-    model.unet.forward = lambda x, t, context=None, **kw: torch.zeros_like(x)
+    unet_of(model).forward = lambda x, t, context=None, **kw: torch.zeros_like(x)
     lat = {"samples": torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(1))}
-    out = K.ksampler(model, 42, 3, 1.0, "euler", "normal", cond(1), cond(0), lat)["samples"]
-    sigma_max = float(model.model_sampling.sigma_max)
+    out = K.common_ksampler(model, 42, 3, 1.0, "euler", "normal", cond(1), cond(0), lat)["samples"]
+    sigma_max = float(model.model.model_sampling.sigma_max)
     want = lat["samples"] + prepare_noise(lat["samples"], 42) * math.sqrt(1 + sigma_max ** 2) / 0.18215
     assert torch.allclose(out, want, rtol=1e-5, atol=1e-4)
     # ... and noise * sigma_start when denoise < 1 starts below the top.
-    out = K.ksampler(model, 42, 3, 1.0, "euler", "normal", cond(1), cond(0), lat, denoise=0.5)["samples"]
+    out = K.common_ksampler(model, 42, 3, 1.0, "euler", "normal", cond(1), cond(0), lat, denoise=0.5)["samples"]
     s0 = float(K.ksampler_sigmas(model, 3, "euler", "normal", 0.5)[0])
     assert torch.allclose(out, lat["samples"] + prepare_noise(lat["samples"], 42) * s0 / 0.18215, rtol=1e-5, atol=1e-4)
     # With the noise disabled nothing changes.
-    out = K.ksampler(model, 42, 3, 1.0, "euler", "normal", cond(1), cond(0), lat, disable_noise=True)["samples"]
+    out = K.common_ksampler(model, 42, 3, 1.0, "euler", "normal", cond(1), cond(0), lat, disable_noise=True)["samples"]
     assert torch.allclose(out, lat["samples"], atol=1e-6)
 
 
 def test_cfg_one_skips_the_uncond_pass():
     model = make_model()
-    K.ksampler(model, 1, 3, 1.0, "euler", "normal", cond(1), cond(0), latent())
-    assert [c["batch"] for c in model.unet.calls] == [1, 1, 1]
+    K.common_ksampler(model, 1, 3, 1.0, "euler", "normal", cond(1), cond(0), latent())
+    assert [c["batch"] for c in unet_of(model).calls] == [1, 1, 1]
 
 
 def test_cfg_batches_cond_and_uncond_and_combines_them():
     model = make_model()
-    K.ksampler(model, 1, 3, 7.5, "euler", "normal", cond(1), cond(-2, tokens=154), latent())
+    K.common_ksampler(model, 1, 3, 7.5, "euler", "normal", cond(1), cond(-2, tokens=154), latent())
     # One UNet call per step with cond and uncond together; the 77-token context was repeated to 154.
-    assert [c["batch"] for c in model.unet.calls] == [2, 2, 2]
-    assert all(c["context"] == (2, 154, 8) for c in model.unet.calls)
+    assert [c["batch"] for c in unet_of(model).calls] == [2, 2, 2]
+    assert all(c["context"] == (2, 154, 8) for c in unet_of(model).calls)
 
     x, sigma = torch.randn(1, 4, 4, 4), torch.tensor([3.0])
-    conds = K.process_conds(model, x, {"positive": K.convert_cond(cond(1)), "negative": K.convert_cond(cond(-2))})
-    got = K.CFGDenoiser(model, conds, 7.5)(x, sigma)
-    d_cond = model.denoise(x, sigma, {"c_crossattn": torch.full((1, 77, 8), 1.0)})
-    d_uncond = model.denoise(x, sigma, {"c_crossattn": torch.full((1, 77, 8), -2.0)})
+    got = guided(model, prepared(model, x, cond(1), cond(-2)), 7.5, x, sigma)
+    d_cond = denoise(model, x, sigma, torch.full((1, 77, 8), 1.0))
+    d_uncond = denoise(model, x, sigma, torch.full((1, 77, 8), -2.0))
     assert torch.allclose(got, d_uncond + 7.5 * (d_cond - d_uncond), atol=1e-5)
     assert not torch.allclose(d_cond, d_uncond)
 
 
 def test_timesteps_given_to_the_unet_are_table_indices():
     model = make_model()
-    K.ksampler(model, 1, 2, 1.0, "euler", "normal", cond(1), cond(0), latent())
-    assert [float(c["t"][0]) for c in model.unet.calls] == [999.0, 0.0]
+    K.common_ksampler(model, 1, 2, 1.0, "euler", "normal", cond(1), cond(0), latent())
+    assert [float(c["t"][0]) for c in unet_of(model).calls] == [999.0, 0.0]
 
 
 def test_noise_mask_keeps_the_unmasked_region():
@@ -161,7 +184,7 @@ def test_noise_mask_keeps_the_unmasked_region():
            "noise_mask": torch.zeros(1, 8, 8)}
     lat["noise_mask"][:, :, :4] = 1.0
     for sampler in ("euler", "dpmpp_2m", "euler_ancestral", "ddim"):
-        out = K.ksampler(model, 5, 6, 5.0, sampler, "karras", cond(1), cond(0), lat)["samples"]
+        out = K.common_ksampler(model, 5, 6, 5.0, sampler, "karras", cond(1), cond(0), lat)["samples"]
         assert torch.allclose(out[..., 4:], lat["samples"][..., 4:], atol=1e-4), sampler
         assert not torch.allclose(out[..., :4], lat["samples"][..., :4], atol=1e-2), sampler
 
@@ -169,22 +192,22 @@ def test_noise_mask_keeps_the_unmasked_region():
 def test_progress_callback_per_step():
     model = make_model()
     seen = []
-    K.ksampler(model, 1, 4, 2.0, "heun", "normal", cond(1), cond(0), latent(),
+    K.common_ksampler(model, 1, 4, 2.0, "heun", "normal", cond(1), cond(0), latent(),
                callback=lambda step, total, x0: seen.append((step, total, tuple(x0.shape))))
     assert seen == [(i, 4, (1, 4, 4, 4)) for i in range(1, 5)]
 
 
 def test_same_seed_same_result_and_ancestral_seed_dependence():
     model = make_model()
-    a = K.ksampler(model, 77, 5, 3.0, "euler_ancestral", "karras", cond(1), cond(0), latent())["samples"]
-    b = K.ksampler(model, 77, 5, 3.0, "euler_ancestral", "karras", cond(1), cond(0), latent())["samples"]
-    c = K.ksampler(model, 78, 5, 3.0, "euler_ancestral", "karras", cond(1), cond(0), latent())["samples"]
+    a = K.common_ksampler(model, 77, 5, 3.0, "euler_ancestral", "karras", cond(1), cond(0), latent())["samples"]
+    b = K.common_ksampler(model, 77, 5, 3.0, "euler_ancestral", "karras", cond(1), cond(0), latent())["samples"]
+    c = K.common_ksampler(model, 78, 5, 3.0, "euler_ancestral", "karras", cond(1), cond(0), latent())["samples"]
     assert torch.equal(a, b) and not torch.allclose(a, c)
 
 
 def test_sample_custom_matches_ksampler():
     model = make_model()
-    want = K.ksampler(model, 31, 6, 4.0, "dpmpp_2m", "karras", cond(1), cond(0), latent())["samples"]
+    want = K.common_ksampler(model, 31, 6, 4.0, "dpmpp_2m", "karras", cond(1), cond(0), latent())["samples"]
     sigmas = K.basic_scheduler(model, "karras", 6)
     out, denoised = K.sample_custom(model, RandomNoise(31), 4.0, K.ksampler_select("dpmpp_2m"), sigmas, cond(1),
                                     cond(0), latent())
@@ -211,11 +234,10 @@ def test_masked_cond_is_weighted_average():
     x, sigma = torch.randn(1, 4, 8, 8), torch.tensor([2.0])
     mask = torch.zeros(1, 8, 8)
     mask[:, :, :4] = 1.0
-    positive = K.convert_cond(cond(1) + cond(3, mask=mask, strength=1.0))
-    conds = K.process_conds(model, x, {"positive": positive, "negative": K.convert_cond(cond(0))})
-    got = K.CFGDenoiser(model, conds, 1.0)(x, sigma)
-    d1 = model.denoise(x, sigma, {"c_crossattn": torch.full((1, 77, 8), 1.0)})
-    d3 = model.denoise(x, sigma, {"c_crossattn": torch.full((1, 77, 8), 3.0)})
+    conds = prepared(model, x, cond(1) + cond(3, mask=mask, strength=1.0), cond(0))
+    got = guided(model, conds, 1.0, x, sigma)
+    d1 = denoise(model, x, sigma, torch.full((1, 77, 8), 1.0))
+    d3 = denoise(model, x, sigma, torch.full((1, 77, 8), 3.0))
     m = mask.unsqueeze(1)
     assert torch.allclose(got, (d1 + d3 * m) / (1 + m), atol=1e-5)
 
@@ -223,14 +245,13 @@ def test_masked_cond_is_weighted_average():
 def test_area_cond_runs_on_the_crop_and_feathers():
     model = make_model()
     x, sigma = torch.randn(1, 4, 16, 16), torch.tensor([2.0])
-    positive = K.convert_cond(cond(1) + cond(3, area=(8, 8, 0, 8), strength=1.0))
-    conds = K.process_conds(model, x, {"positive": positive, "negative": K.convert_cond(cond(0))})
+    conds = prepared(model, x, cond(1) + cond(3, area=(8, 8, 0, 8), strength=1.0), cond(0))
     # The negative gained a copy over the same area (so CFG compares like with like).
     assert len(conds["negative"]) == 2 and conds["negative"][1]["area"] == (8, 8, 0, 8)
-    got = K.CFGDenoiser(model, conds, 1.0)(x, sigma)
-    d1 = model.denoise(x, sigma, {"c_crossattn": torch.full((1, 77, 8), 1.0)})
+    got = guided(model, conds, 1.0, x, sigma)
+    d1 = denoise(model, x, sigma, torch.full((1, 77, 8), 1.0))
     crop = x[:, :, 0:8, 8:16]
-    d3 = model.denoise(crop, sigma, {"c_crossattn": torch.full((1, 77, 8), 3.0)})
+    d3 = denoise(model, crop, sigma, torch.full((1, 77, 8), 3.0))
     # Outside the area only the full cond counts; deep inside (away from the feathered left and
     # bottom edges) both count equally.
     assert torch.allclose(got[..., :, :8], d1[..., :, :8], atol=1e-5)
@@ -242,14 +263,13 @@ def test_area_cond_runs_on_the_crop_and_feathers():
 def test_timestep_range_disables_a_cond():
     model = make_model()
     x = torch.randn(1, 4, 4, 4)
-    positive = K.convert_cond(cond(1) + cond(5, start_percent=0.5, end_percent=1.0))
-    conds = K.process_conds(model, x, {"positive": positive, "negative": K.convert_cond(cond(0))})
+    conds = prepared(model, x, cond(1) + cond(5, start_percent=0.5, end_percent=1.0), cond(0))
     high, low = torch.tensor([10.0]), torch.tensor([0.5])
-    d1_high = model.denoise(x, high, {"c_crossattn": torch.full((1, 77, 8), 1.0)})
-    assert torch.allclose(K.CFGDenoiser(model, conds, 1.0)(x, high), d1_high, atol=1e-5)
-    d_low = (model.denoise(x, low, {"c_crossattn": torch.full((1, 77, 8), 1.0)})
-             + model.denoise(x, low, {"c_crossattn": torch.full((1, 77, 8), 5.0)})) / 2
-    assert torch.allclose(K.CFGDenoiser(model, conds, 1.0)(x, low), d_low, atol=1e-5)
+    d1_high = denoise(model, x, high, torch.full((1, 77, 8), 1.0))
+    assert torch.allclose(guided(model, conds, 1.0, x, high), d1_high, atol=1e-5)
+    d_low = (denoise(model, x, low, torch.full((1, 77, 8), 1.0))
+             + denoise(model, x, low, torch.full((1, 77, 8), 5.0))) / 2
+    assert torch.allclose(guided(model, conds, 1.0, x, low), d_low, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,9 +279,9 @@ def test_timestep_range_disables_a_cond():
 def test_v_prediction_model_denoise():
     unet = FakeUNet()
     unet.forward = lambda x, t, context=None, **kw: torch.full_like(x, 0.5)
-    model = DiffusionModel(unet, ModelSamplingDiscrete("v_prediction"), family="sd2")
+    model = patcher(unet, "v_prediction", "sd2")
     x = torch.full((1, 4, 2, 2), 2.0)
-    got = model.denoise(x, torch.tensor([3.0]), {"c_crossattn": torch.zeros(1, 77, 8)})
+    got = denoise(model, x, torch.tensor([3.0]), torch.zeros(1, 77, 8))
     assert torch.allclose(got, torch.full_like(x, 2.0 / 10 - 0.5 * 3.0 / math.sqrt(10)), atol=1e-6)
 
 
@@ -277,15 +297,15 @@ def test_sdxl_adm_layout():
     e = timestep_embedding(torch.tensor([5.0]), 256)[0]
     assert float(e[3]) == pytest.approx(math.cos(5.0 * 10000 ** (-3 / 128)), abs=1e-6)
     assert float(e[128 + 3]) == pytest.approx(math.sin(5.0 * 10000 ** (-3 / 128)), abs=1e-6)
-    # Defaults: image size from the latent, targets equal to it.
-    y2 = SDXLAdm()({"pooled_output": pooled}, (2, 4, 96, 128))
+    # Defaults: targets equal to the size (the sampler fills the size from the latent).
+    y2 = SDXLAdm()({"pooled_output": pooled, "width": 1024, "height": 768})
     assert torch.allclose(y2, sdxl_adm(pooled, 1024, 768))
 
 
 def test_sdxl_refiner_adm_and_aesthetic_defaults():
     pooled = torch.randn(1, 1280)
-    pos = SDXLRefinerAdm()({"pooled_output": pooled}, (1, 4, 128, 128), "positive")
-    neg = SDXLRefinerAdm()({"pooled_output": pooled}, (1, 4, 128, 128), "negative")
+    pos = SDXLRefinerAdm()({"pooled_output": pooled, "width": 1024, "height": 1024, "prompt_type": "positive"})
+    neg = SDXLRefinerAdm()({"pooled_output": pooled, "width": 1024, "height": 1024, "prompt_type": "negative"})
     assert pos.shape == (1, 2560)
     assert torch.allclose(pos[0, -256:], timestep_embedding(torch.tensor([6.0]), 256)[0])
     assert torch.allclose(neg[0, -256:], timestep_embedding(torch.tensor([2.5]), 256)[0])
@@ -293,26 +313,26 @@ def test_sdxl_refiner_adm_and_aesthetic_defaults():
 
 def test_sdxl_model_passes_y_to_the_unet():
     unet = FakeUNet()
-    model = DiffusionModel(unet, ModelSamplingDiscrete(), family="sdxl")
+    model = patcher(unet, family="sdxl")
     pooled = torch.randn(1, 1280)
-    K.ksampler(model, 1, 2, 1.0, "euler", "normal", cond(1, pooled_output=pooled), cond(0, pooled_output=pooled),
-               latent())
-    assert model.latent_format.scale_factor == 0.13025 and len(unet.calls) == 2
+    K.common_ksampler(model, 1, 2, 1.0, "euler", "normal", cond(1, pooled_output=pooled),
+                      cond(0, pooled_output=pooled), latent())
+    assert model.model.latent_format.scale_factor == 0.13025 and len(unet.calls) == 2
 
 
 def test_inpainting_model_gets_mask_then_masked_latent():
     unet = FakeUNet(in_channels=9)
-    model = DiffusionModel(unet, ModelSamplingDiscrete(), family="sd1")
-    assert model.concat_keys == ("mask", "masked_image")
+    model = patcher(unet)
+    assert model.model.concat_keys == ("mask", "masked_image")
     lat = {"samples": torch.randn(1, 4, 8, 8), "noise_mask": torch.zeros(1, 8, 8)}
     lat["noise_mask"][:, 2:6, 2:6] = 1.0
-    K.ksampler(model, 1, 2, 1.0, "euler", "normal", cond(1), cond(0), lat)
+    K.common_ksampler(model, 1, 2, 1.0, "euler", "normal", cond(1), cond(0), lat)
     x_in = unet.calls[0]["x"]
     assert x_in.shape == (1, 9, 8, 8)
     assert torch.equal(x_in[:, 4], lat["noise_mask"])
     assert torch.allclose(x_in[:, 5:], lat["samples"] * 0.18215, atol=1e-6)
     # Without a mask: all-ones mask and the grey-image latent.
-    c = model.inpaint_concat(torch.zeros(2, 4, 3, 3), None, None)
+    c = model.model.concat_cond(noise=torch.zeros(2, 4, 3, 3))
     assert torch.equal(c[:, 0], torch.ones(2, 3, 3)) and c[0, 1:, 0, 0].tolist() == pytest.approx(
         [0.8223, -0.6876, 0.6364, 0.1380])
 
@@ -328,7 +348,7 @@ def test_names():
 @pytest.mark.parametrize("name", K.SAMPLER_NAMES)
 def test_every_sampler_runs_through_ksampler(name):
     model = make_model()
-    out = K.ksampler(model, 3, 3, 2.5, name, "karras", cond(1), cond(0), latent(value=0.1), denoise=0.8)
+    out = K.common_ksampler(model, 3, 3, 2.5, name, "karras", cond(1), cond(0), latent(value=0.1), denoise=0.8)
     assert out["samples"].shape == (1, 4, 4, 4) and torch.isfinite(out["samples"]).all()
 
 
@@ -342,25 +362,27 @@ def _tiny_unet(**extra):
 
 def test_real_unet_batched_cfg_equals_separate_passes():
     # Batching cond and uncond into one UNet call must not change the result.
-    model = DiffusionModel(_tiny_unet(), ModelSamplingDiscrete(), family="sd1")
+    model = patcher(_tiny_unet())
     pos, neg = [[torch.randn(1, 77, 16), {}]], [[torch.randn(1, 154, 16), {}]]
     x, sigma = torch.randn(1, 4, 8, 8), torch.tensor([4.0])
-    conds = K.process_conds(model, x, {"positive": K.convert_cond(pos), "negative": K.convert_cond(neg)})
+    conds = prepared(model, x, pos, neg)
     with torch.no_grad():
-        batched = K.CFGDenoiser(model, conds, 6.0)(x, sigma)
-        separate = K.CFGDenoiser(model, conds, 6.0, max_batch=1)(x, sigma)
+        batched = guided(model, conds, 6.0, x, sigma)
+        [cond_pred] = K.calc_cond_batch(model.model, [conds["positive"]], x, sigma, model.model_options)
+        [uncond_pred] = K.calc_cond_batch(model.model, [conds["negative"]], x, sigma, model.model_options)
+        separate = uncond_pred + 6.0 * (cond_pred - uncond_pred)
     # float32 reductions differ slightly with the batch size (~1e-5 relative), which cfg 6 amplifies.
     assert torch.allclose(batched, separate, atol=2e-4)
-    out = K.ksampler(model, 1, 3, 6.0, "dpmpp_2m", "karras", pos, neg, latent(h=8, w=8))
+    out = K.common_ksampler(model, 1, 3, 6.0, "dpmpp_2m", "karras", pos, neg, latent(h=8, w=8))
     assert torch.isfinite(out["samples"]).all()
 
 
 def test_real_sdxl_style_unet_gets_the_adm_vector():
-    model = DiffusionModel(_tiny_unet(adm_in_channels=2816), ModelSamplingDiscrete(), family="sdxl")
+    model = patcher(_tiny_unet(adm_in_channels=2816), family="sdxl")
     pooled = torch.randn(1, 1280)
     pos = [[torch.randn(1, 77, 16), {"pooled_output": pooled, "width": 1024, "height": 1024}]]
     neg = [[torch.randn(1, 77, 16), {"pooled_output": torch.zeros(1, 1280)}]]
-    out = K.ksampler(model, 1, 2, 5.0, "euler", "normal", pos, neg, latent(h=8, w=8))
+    out = K.common_ksampler(model, 1, 2, 5.0, "euler", "normal", pos, neg, latent(h=8, w=8))
     assert torch.isfinite(out["samples"]).all()
 
 
@@ -379,8 +401,8 @@ def test_control_objects_are_prepared_and_called_per_batch():
     model = make_model()
     control = Control()
     pos = cond(1, control=control, control_apply_to_uncond=True)
-    K.ksampler(model, 1, 2, 4.0, "euler", "normal", pos, cond(0), latent())
+    K.common_ksampler(model, 1, 2, 4.0, "euler", "normal", pos, cond(0), latent())
     # The old-style apply shares the ControlNet with the negative prompt, so cond and uncond still
     # batch into one call per step, and the control sees both.
     assert control.pre_runs == 1 and control.calls == [(2, 2), (2, 2)]
-    assert all(c["batch"] == 2 for c in model.unet.calls)
+    assert all(c["batch"] == 2 for c in unet_of(model).calls)

@@ -1,6 +1,8 @@
 """LoRA: key names of real kohya files and of diffusers' layout against our modules, the patch maths
-against independent references (float64 products; convolution/linear compositions), patches that
-leave the cached networks untouched, stacking, reporting of unusable keys, and one CLI run."""
+against independent references (float64 products; convolution/linear compositions), patches applied
+once per patch set and the originals restored bit for bit, stacking, reporting of unusable keys,
+and one CLI run."""
+import collections
 import json
 import logging
 import shutil
@@ -15,8 +17,12 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
-from diffusion import patches as P
-from diffusion.lora import LoraAdapter, diffusers_unet_key_map, match_lora, text_key_map, unet_key_map
+from diffusion import model_patcher as MP
+from diffusion.lora import (diffusers_unet_key_map, load_lora_for_models, model_lora_keys_clip, model_lora_keys_unet,
+                            read_lora, text_key_map, unet_key_map)
+from diffusion.model import DiffusionModel
+from diffusion.model_management import load_models_gpu
+from diffusion.patches import LoRAAdapter, patch_fits
 from diffusion.text_encoders import SD1TextEncoder
 from diffusion.unet import UNetConfig, UNetModel
 from tests.node_helpers import checkpoint_session
@@ -49,6 +55,9 @@ TEXT_TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "sel
 # LoRA files
 
 
+Written = collections.namedtuple("Written", ["up", "down", "alpha"])
+
+
 def lora_pair(shape, kind, gen, rank=RANK):
     """(up, down) for a weight of `shape`: 2-D for linear kinds, 4-D for conv kinds."""
     out_f, in_f = shape[0], shape[1]
@@ -64,7 +73,7 @@ def kohya_name(diffusers_module: str, prefix="lora_unet_") -> str:
 
 
 def write_lora(path: Path, modules: dict, layout: str, seed: int, with_alpha=True, extra=None) -> dict:
-    """modules: {(kohya name, peft name): (shape, kind)}; returns {kohya name: LoraAdapter} as written."""
+    """modules: {(kohya name, peft name): (shape, kind)}; returns {kohya name: Written} as written."""
     gen = torch.Generator().manual_seed(seed)
     sd, written = {}, {}
     for (kohya, peft), (shape, kind) in modules.items():
@@ -79,15 +88,19 @@ def write_lora(path: Path, modules: dict, layout: str, seed: int, with_alpha=Tru
             sd[f"{peft}.lora_B.weight"], sd[f"{peft}.lora_A.weight"] = up, down
             if alpha is not None:
                 sd[f"{peft}.alpha"] = torch.tensor(alpha)
-        written[kohya] = LoraAdapter(up, down, alpha)
+        written[kohya] = Written(up, down, alpha)
     sd.update(extra or {})
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     return written
 
 
+def unet_of(env):
+    return env.model.model.diffusion_model
+
+
 def sd15_modules(env) -> dict:
-    unet_map = unet_key_map(env.model.unet)
-    text_map = text_key_map(env.clip.encoder)
+    unet_map = unet_key_map(unet_of(env))
+    text_map = text_key_map(env.clip.cond_stage_model)
     mods = {}
     for d, kind in SD15_UNET_TARGETS.items():
         mods[(kohya_name(d), "unet." + d)] = (unet_map[kohya_name(d)].shape, kind)
@@ -95,6 +108,11 @@ def sd15_modules(env) -> dict:
         kohya = f"lora_te_text_model_encoder_layers_0_{m.replace('.', '_')}"
         mods[(kohya, f"text_encoder.text_model.encoder.layers.0.{m}")] = (text_map[kohya].shape, "linear")
     return mods
+
+
+def patch_keys(env) -> dict:
+    """LoRA module name -> the ModelPatcher key of the weight it patches (MODEL or CLIP)."""
+    return {**model_lora_keys_unet(env.model.model), **model_lora_keys_clip(env.clip.cond_stage_model)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,15 +135,14 @@ def env(base):
     return session
 
 
-def snapshot(module):
-    return {k: (p, p.detach().clone()) for k, p in module.named_parameters()}
+def weights_as_loaded(patcher) -> dict:
+    """The network's tensors while `patcher` is the one loaded (its patches applied), copied."""
+    load_models_gpu([patcher])
+    return {k: v.detach().clone() for k, v in patcher.model.state_dict().items()}
 
 
-def assert_untouched(module, snap):
-    """Values, not Parameter identity: the UNet may itself swap a conv Parameter for an NHWC copy."""
-    assert set(dict(module.named_parameters())) == set(snap)
-    for k, p in module.named_parameters():
-        assert torch.equal(p, snap[k][1]), f"{k}: the base weight changed"
+def plain_weights(env) -> tuple[dict, dict]:
+    return weights_as_loaded(env.model), weights_as_loaded(env.clip.patcher)
 
 
 def expected(weight, adapters_strengths):
@@ -166,19 +183,24 @@ def test_every_key_of_a_full_kohya_sd15_file_maps_to_a_module_of_matching_shape(
     rows = json.loads((KEYS / "sd15_lora_kohya_full.json").read_text())
     example = json.loads((KEYS / "sd15_lora_kohya_example.json").read_text())
     with torch.device("meta"):
-        unet, text = UNetModel(UNetConfig.sd15()), SD1TextEncoder()
+        model, text = DiffusionModel(UNetModel(UNetConfig.sd15())), SD1TextEncoder()
     lora = {key: torch.zeros(shape) for key, shape, _ in rows}  # alpha must be readable: not meta
-    targets = {**unet_key_map(unet), **text_key_map(text)}
-    found = match_lora(lora, targets)
-    assert found.unmatched == [] and found.misfit == []
-    assert (found.count("model"), found.count("clip")) == (192, 72) == tuple(example["module_count"].values())
+    key_map = {**model_lora_keys_unet(model), **model_lora_keys_clip(text)}
+    patches, unloaded = read_lora(lora, key_map)
+    assert unloaded == []
+    shapes = {**{k: tuple(v.shape) for k, v in model.state_dict().items()},
+              **{k: tuple(v.shape) for k, v in text.state_dict().items()}}
+    assert all(patch_fits(v, shapes[k]) for k, v in patches.items())
+    counts = (sum(k.startswith("diffusion_model.") for k in patches), sum(k.startswith("clip_l.") for k in patches))
+    assert counts == (192, 72) == tuple(example["module_count"].values())
     for module, checkpoint_key in example["module_to_checkpoint_weight"].items():
-        target = targets[module]
+        key = key_map[module]
         if checkpoint_key.startswith("model.diffusion_model."):
-            assert target.component == "model" and "model.diffusion_model." + target.key == checkpoint_key
+            assert "model." + key == checkpoint_key
         else:
+            # ComfyUI's own CLIP key for it: clip_l.transformer.text_model.encoder.layers...
             tail = checkpoint_key[checkpoint_key.index("encoder.layers."):]
-            assert target.component == "clip" and target.key.endswith("." + tail) and "towers.l." in target.key
+            assert key == "clip_l.transformer.text_model." + tail
 
 
 @pytest.mark.parametrize("style", ["sd15", "sdxl"])
@@ -206,24 +228,22 @@ def test_diffusers_names_agree_with_diffusers_own_converter(style):
 def test_patched_weights_follow_the_formula_and_nothing_else_moves(env, layout):
     mods = sd15_modules(env)
     written = write_lora(env.loras / f"{layout}.safetensors", mods, layout, seed=11)
-    unet_snap, text_snap = snapshot(env.model.unet), snapshot(env.clip.encoder)
+    plain_unet, plain_text = plain_weights(env)
     model, clip = load(env, f"{layout}.safetensors", strength_model=0.7, strength_clip=-1.3)
-    targets = {**unet_key_map(env.model.unet), **text_key_map(env.clip.encoder)}
-    by_key = {targets[k].key: (targets[k].component, a) for k, a in written.items()}
-    assert len(P.patches_of(model)) == len(SD15_UNET_TARGETS) and len(clip.patches) == len(TEXT_TARGETS)
-
-    for module, patches, snap, component, strength in (
-            (env.model.unet, P.patches_of(model), unet_snap, "model", 0.7),
-            (env.clip.encoder, clip.patches, text_snap, "clip", -1.3)):
-        with P.applied(module, patches):
-            for key, p in module.named_parameters():
-                base = snap[key][1]
-                if key in by_key and by_key[key][0] == component:
-                    assert_close_rel(p, expected(base, [(by_key[key][1], strength)]), key)
-                    assert p.dtype == base.dtype and not torch.equal(p, base)
-                else:
-                    assert torch.equal(p, base), f"{key} is not targeted but changed"
-        assert_untouched(module, snap)
+    keys = patch_keys(env)
+    by_key = {keys[k]: a for k, a in written.items()}
+    assert len(model.patches) == len(SD15_UNET_TARGETS) and len(clip.patcher.patches) == len(TEXT_TARGETS)
+    for patcher, plain, strength in ((model, plain_unet, 0.7), (clip.patcher, plain_text, -1.3)):
+        for key, p in weights_as_loaded(patcher).items():
+            if key in by_key:
+                assert_close_rel(p, expected(plain[key], [(by_key[key], strength)]), key)
+                assert p.dtype == plain[key].dtype and not torch.equal(p, plain[key])
+            else:
+                assert torch.equal(p, plain[key]), f"{key} is not targeted but changed"
+    # the plain MODEL and CLIP again: the original tensors, bit for bit
+    again_unet, again_text = plain_weights(env)
+    assert all(torch.equal(again_unet[k], v) for k, v in plain_unet.items())
+    assert all(torch.equal(again_text[k], v) for k, v in plain_text.items())
 
 
 def test_conv_and_linear_patches_act_as_the_low_rank_branch(env):
@@ -232,11 +252,11 @@ def test_conv_and_linear_patches_act_as_the_low_rank_branch(env):
     mods = sd15_modules(env)
     written = write_lora(env.loras / "functional.safetensors", mods, "kohya", seed=5)
     model, _ = load(env, "functional.safetensors", strength_model=0.5, strength_clip=0.0)
-    targets = unet_key_map(env.model.unet)
+    targets = unet_key_map(unet_of(env))
     gen = torch.Generator().manual_seed(0)
     for d, kind in SD15_UNET_TARGETS.items():
         adapter = written[kohya_name(d)]
-        layer = env.model.unet.get_submodule(targets[kohya_name(d)].key[:-len(".weight")])
+        layer = unet_of(env).get_submodule(targets[kohya_name(d)].key[:-len(".weight")])
         scale = 0.5 * adapter.alpha / RANK
         if kind == "linear":
             x = torch.randn(3, layer.in_features, generator=gen)
@@ -247,19 +267,20 @@ def test_conv_and_linear_patches_act_as_the_low_rank_branch(env):
             up = adapter.up if adapter.up.ndim == 4 else adapter.up[:, :, None, None]
             branch = F.conv2d(F.conv2d(x, down, padding=layer.padding), up)
         with torch.no_grad():
+            load_models_gpu([env.model])
             before = layer(x)
-            with P.applied(env.model.unet, P.patches_of(model)):
-                after = layer(x)
+            load_models_gpu([model])
+            after = layer(x)
         torch.testing.assert_close(after - before, scale * branch, rtol=1e-4, atol=1e-5)
+    load_models_gpu([env.model])
 
 
 def test_tucker_mid_kernel_is_the_composition_of_its_three_convolutions():
     gen = torch.Generator().manual_seed(2)
     up, down, mid = (torch.randn(6, 3, 1, 1, generator=gen), torch.randn(3, 5, 1, 1, generator=gen),
                      torch.randn(3, 3, 3, 3, generator=gen))
-    adapter = LoraAdapter(up, down, alpha=1.5, mid=mid)
-    weight = torch.zeros(6, 5, 3, 3)
-    adapter.add_to(weight, strength=2.0)
+    adapter = LoRAAdapter(set(), (up, down, 1.5, mid, None, None))
+    weight = adapter.calculate_weight(torch.zeros(6, 5, 3, 3), "w", 2.0, 1.0, None, lambda a: a)
     x = torch.randn(2, 5, 7, 7, generator=gen)
     reference = 2.0 * 0.5 * F.conv2d(F.conv2d(F.conv2d(x, down), mid, padding=1), up)
     torch.testing.assert_close(F.conv2d(x, weight, padding=1), reference, rtol=1e-4, atol=1e-5)
@@ -268,83 +289,99 @@ def test_tucker_mid_kernel_is_the_composition_of_its_three_convolutions():
 def test_missing_alpha_means_scale_one_and_half_precision_weights_are_summed_in_float32():
     gen = torch.Generator().manual_seed(4)
     up, down = torch.randn(8, 2, generator=gen), torch.randn(2, 8, generator=gen)
-    weight = torch.randn(8, 8, generator=gen).to(torch.bfloat16)
-    patch = P.WeightPatch("w", LoraAdapter(up, down, None), 0.25)
-    out = P.patched_weight(weight, [patch, patch])
-    reference = (weight.float() + 0.25 * (up @ down) + 0.25 * (up @ down)).to(torch.bfloat16)
-    assert out.dtype == torch.bfloat16 and torch.equal(out, reference)
-    with pytest.raises(ValueError, match=r"does not fit a weight of shape \[8, 4\]"):
-        LoraAdapter(up, down).add_to(torch.zeros(8, 4), 1.0)
+    layer = torch.nn.Linear(8, 8, bias=False).to(torch.bfloat16).requires_grad_(False)
+    patcher = MP.ModelPatcher(layer, "cpu", "cpu")
+    adapter = LoRAAdapter(set(), (up, down, None, None, None, None))
+    patcher.add_patches({"weight": adapter}, 0.25)
+    patcher.add_patches({"weight": adapter}, 0.25)
+    original = layer.weight.detach().clone()
+    load_models_gpu([patcher])
+    reference = (original.float() + 0.25 * (up @ down) + 0.25 * (up @ down)).to(torch.bfloat16)
+    assert layer.weight.dtype == torch.bfloat16 and torch.equal(layer.weight, reference)
+    patcher.detach()
+    assert torch.equal(layer.weight, original)
+    assert not patch_fits(LoRAAdapter(set(), (up, down, None, None, None, None)), (8, 4))
 
 
 # ---------------------------------------------------------------------------------------------
-# handles, sampling and stacking
+# MODEL / CLIP clones, sampling and stacking
 
 
 def test_strength_zero_and_the_unpatched_model_give_bit_identical_samples(env):
     write_lora(env.loras / "sampling.safetensors", sd15_modules(env), "kohya", seed=21)
-    unet_snap, text_snap = snapshot(env.model.unet), snapshot(env.clip.encoder)
+    plain_unet, plain_text = plain_weights(env)
     plain = sample(env, env.model, env.clip)
     model, clip = load(env, "sampling.safetensors")
     patched = sample(env, model, clip)
     assert (patched - plain).abs().max() > 1e-3
-    assert torch.equal(sample(env, env.model, env.clip), plain)  # the base handles again
-    assert_untouched(env.model.unet, unet_snap)
-    assert_untouched(env.clip.encoder, text_snap)
+    assert torch.equal(sample(env, env.model, env.clip), plain)  # the base MODEL and CLIP again
+    again_unet, again_text = plain_weights(env)
+    assert all(torch.equal(again_unet[k], v) for k, v in plain_unet.items())
+    assert all(torch.equal(again_text[k], v) for k, v in plain_text.items())
     # zero strength on both: ComfyUI hands back the very inputs
     same_model, same_clip = load(env, "sampling.safetensors", 0.0, 0.0)
     assert same_model is env.model and same_clip is env.clip
     # zero on one side only: a clone whose patches change nothing
     zero_model, lora_clip = load(env, "sampling.safetensors", 0.0, 1.0)
-    assert zero_model is not env.model and len(P.patches_of(zero_model)) == len(SD15_UNET_TARGETS)
+    assert zero_model is not env.model and len(zero_model.patches) == len(SD15_UNET_TARGETS)
     assert torch.equal(sample(env, zero_model, env.clip), plain)
     (with_lora_text,) = env.node("CLIPTextEncode", text="a red house", clip=lora_clip)
-    (plain_text,) = env.node("CLIPTextEncode", text="a red house", clip=env.clip)
-    assert not torch.equal(with_lora_text[0][0], plain_text[0][0])
-    assert torch.equal(env.node("CLIPTextEncode", text="a red house", clip=env.clip)[0][0][0], plain_text[0][0])
+    (plain_text_cond,) = env.node("CLIPTextEncode", text="a red house", clip=env.clip)
+    assert not torch.equal(with_lora_text[0][0], plain_text_cond[0][0])
+    assert torch.equal(env.node("CLIPTextEncode", text="a red house", clip=env.clip)[0][0][0], plain_text_cond[0][0])
 
 
 def test_two_loras_stack_additively_in_order(env):
     mods = sd15_modules(env)
     first = write_lora(env.loras / "first.safetensors", mods, "kohya", seed=31)
     second = write_lora(env.loras / "second.safetensors", mods, "peft", seed=32, with_alpha=False)
+    plain_unet, plain_text = plain_weights(env)
     m1, c1 = load(env, "first.safetensors", 0.8, 0.6)
     m2, c2 = load(env, "second.safetensors", -0.5, 1.5, model=m1, clip=c1)
-    assert P.patches_of(m2)[:len(P.patches_of(m1))] == P.patches_of(m1)
-    targets = {**unet_key_map(env.model.unet), **text_key_map(env.clip.encoder)}
-    for module, patches, component, strengths in ((env.model.unet, P.patches_of(m2), "model", (0.8, -0.5)),
-                                                   (env.clip.encoder, c2.patches, "clip", (0.6, 1.5))):
-        base = dict(snapshot(module))
-        with P.applied(module, patches):
-            params = dict(module.named_parameters())
-            for name in first:
-                target = targets[name]
-                if target.component == component:
-                    ref = expected(base[target.key][1], [(first[name], strengths[0]), (second[name], strengths[1])])
-                    assert_close_rel(params[target.key], ref, target.key)
-    # the first LoRA's handles are unchanged by the second
-    assert len(P.patches_of(m1)) == len(SD15_UNET_TARGETS) and len(c1.patches) == len(TEXT_TARGETS)
+    assert all(m2.patches[k][:len(v)] == v for k, v in m1.patches.items())
+    keys = patch_keys(env)
+    for patcher, plain, strengths in ((m2, plain_unet, (0.8, -0.5)), (c2.patcher, plain_text, (0.6, 1.5))):
+        params = weights_as_loaded(patcher)
+        for name in first:
+            key = keys[name]
+            if key in params:
+                ref = expected(plain[key], [(first[name], strengths[0]), (second[name], strengths[1])])
+                assert_close_rel(params[key], ref, key)
+    # the first LoRA's MODEL and CLIP are unchanged by the second
+    assert all(len(v) == 1 for v in m1.patches.values()) and len(c1.patcher.patches) == len(TEXT_TARGETS)
+    plain_weights(env)
 
 
-def test_nesting_is_refused_and_errors_restore_the_weights(env):
-    write_lora(env.loras / "nest.safetensors", sd15_modules(env), "kohya", seed=41)
-    m1, _ = load(env, "nest.safetensors")
-    m2, _ = load(env, "nest.safetensors", 0.3, 0.3)
-    snap = snapshot(env.model.unet)
-    with P.applied(env.model.unet, P.patches_of(m1)):
-        with P.applied(env.model.unet, P.patches_of(m1)):  # the same set: already applied
-            pass
-        with pytest.raises(RuntimeError, match="already patched"):
-            with P.applied(env.model.unet, P.patches_of(m2)):
-                pass
-    assert_untouched(env.model.unet, snap)
-    # an error (or an interrupt) inside the block still restores the base weights
-    with pytest.raises(KeyboardInterrupt):
-        with P.applied(env.model.unet, P.patches_of(m2)):
-            raise KeyboardInterrupt
-    assert_untouched(env.model.unet, snap)
-    with P.applied(env.model.unet, P.patches_of(m2)):  # and the module is free for the next set
-        pass
+def test_patches_apply_once_per_patch_set_and_switching_restores_the_originals(env, monkeypatch):
+    """ComfyUI's rule: a model remembers the patch set it holds; loading the same MODEL again does
+    no patch work, another set first puts the original tensors back (bit for bit)."""
+    write_lora(env.loras / "once.safetensors", sd15_modules(env), "kohya", seed=41)
+    plain_unet, _ = plain_weights(env)
+    m1, _ = load(env, "once.safetensors")
+    m2, _ = load(env, "once.safetensors", 0.3, 0.3)
+    calls = []
+    real = MP.calculate_weight
+
+    def counting(patches, weight, key, *args, **kwargs):
+        calls.append(key)
+        return real(patches, weight, key, *args, **kwargs)
+
+    monkeypatch.setattr(MP, "calculate_weight", counting)
+    import sys
+    if "comfy.lora" in sys.modules:
+        monkeypatch.setattr(sys.modules["comfy.lora"], "calculate_weight", counting)
+    first = weights_as_loaded(m1)
+    assert len(calls) == len(SD15_UNET_TARGETS)
+    calls.clear()
+    assert all(torch.equal(v, first[k]) for k, v in weights_as_loaded(m1).items())
+    assert calls == []  # the same MODEL again: nothing recomputed
+    second = weights_as_loaded(m2)
+    assert len(calls) == len(SD15_UNET_TARGETS)  # another set: patched once, from the originals
+    for key in m1.patches:  # 0.3 of the first set's change, not on top of it
+        plain = plain_unet[key].double()
+        assert_close_rel(second[key], plain + 0.3 * (first[key].double() - plain), key)
+    back = weights_as_loaded(env.model)
+    assert all(torch.equal(back[k], v) for k, v in plain_unet.items())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +395,7 @@ def test_keys_that_match_nothing_are_reported_not_dropped(env, caplog):
     extra = {"lora_unet_no_such_block.lora_up.weight": torch.zeros(4, 2),
              "lora_unet_no_such_block.lora_down.weight": torch.zeros(2, 4),
              "lora_unet_no_such_block.alpha": torch.tensor(2.0),
-             "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.hada_w1_a": torch.zeros(2, 2),
+             "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.hada_w2_a": torch.zeros(2, 2),
              "lora_unet_up_blocks_0_attentions_1_transformer_blocks_0_attn1_to_q.lora_up.weight":
                  torch.zeros(shape[0] + 1, 2),
              "lora_unet_up_blocks_0_attentions_1_transformer_blocks_0_attn1_to_q.lora_down.weight":
@@ -371,10 +408,10 @@ def test_keys_that_match_nothing_are_reported_not_dropped(env, caplog):
     assert "4 key(s) matched no module" in message and "1 module(s) have shapes that do not fit" in message
     logged = caplog.text
     for key in ("lora_unet_no_such_block.lora_up.weight", "lora_unet_no_such_block.alpha",
-                "attn1_to_q.hada_w1_a", "up_blocks_0_attentions_1_transformer_blocks_0_attn1_to_q"):
+                "attn1_to_q.hada_w2_a", "up_blocks_0_attentions_1_transformer_blocks_0_attn1_to_q"):
         assert key in logged
     model, clip = out["result"]
-    assert len(P.patches_of(model)) == len(SD15_UNET_TARGETS) and len(clip.patches) == len(TEXT_TARGETS)
+    assert len(model.patches) == len(SD15_UNET_TARGETS) and len(clip.patcher.patches) == len(TEXT_TARGETS)
     # a clean file reports nothing in the UI
     assert isinstance(load(env, "odd.safetensors", 0.0, 0.0), tuple)
 
@@ -383,7 +420,7 @@ def test_model_only_loader_leaves_the_text_encoder_and_counts_its_keys(env):
     write_lora(env.loras / "model_only.safetensors", sd15_modules(env), "kohya", seed=61)
     out = env.node("LoraLoaderModelOnly", model=env.model, lora_name="model_only.safetensors", strength_model=1.0)
     (model,) = out if isinstance(out, tuple) else out["result"]
-    assert len(P.patches_of(model)) == len(SD15_UNET_TARGETS)
+    assert len(model.patches) == len(SD15_UNET_TARGETS)
     clean = env.node("LoraLoader", model=env.model, clip=env.clip, lora_name="model_only.safetensors",
                      strength_model=1.0, strength_clip=1.0)
     assert isinstance(clean, tuple)  # every key used: nothing to surface
@@ -393,40 +430,39 @@ def test_model_only_loader_leaves_the_text_encoder_and_counts_its_keys(env):
 
 def test_sdxl_te1_te2_and_unet_keys_reach_clip_l_bigg_and_the_unet(tmp_path):
     """SDXL layout on a tiny SDXL UNet and a narrow CLIP-L + bigG pair (the key names do not
-    depend on widths), through apply_lora, the function the loader nodes call."""
+    depend on widths), through load_lora_for_models, the function the loader nodes call."""
     from diffusion import text_encoders as te
-    from diffusion.handles import ClipHandle
-    from diffusion.lora import apply_lora
-    from diffusion.model import DiffusionModel
+    from diffusion.handles import CLIP
     from diffusion.checkpoint import read_state_dict
     from tests.models_tiny import randomize_
 
-    model = DiffusionModel(tiny_unet("sdxl"), family="sdxl")
+    model = MP.ModelPatcher(DiffusionModel(tiny_unet("sdxl"), family="sdxl"), "cpu", "cpu")
     encoder = randomize_(te.SDXLTextEncoder({"l": te.text_config(64, 2, positions=8),
                                              "g": te.text_config(64, 2, act="gelu", positions=8)}), 3)
-    clip = ClipHandle(encoder)
-    unet_map, text_map = unet_key_map(model.unet), text_key_map(encoder)
+    clip = CLIP(encoder)
+    unet_map, text_map = unet_key_map(model.model.diffusion_model), text_key_map(encoder)
     d = "down_blocks.2.attentions.0.transformer_blocks.1.attn2.to_k"
     mods = {(kohya_name(d), "unet." + d): (unet_map[kohya_name(d)].shape, "linear")}
     for tower, kohya_prefix, peft_prefix in (("l", "lora_te1_", "text_encoder."), ("g", "lora_te2_", "text_encoder_2.")):
         for m in ("self_attn.q_proj", "mlp.fc2"):
             kohya = f"{kohya_prefix}text_model_encoder_layers_1_{m.replace('.', '_')}"
-            assert f"towers.{tower}." in text_map[kohya].key
+            assert text_map[kohya].key.startswith(f"clip_{tower}.transformer.text_model.")
             assert text_map[f"{peft_prefix}text_model.encoder.layers.1.{m}"] == text_map[kohya]
             mods[(kohya, f"{peft_prefix}text_model.encoder.layers.1.{m}")] = (text_map[kohya].shape, "linear")
     assert unet_map[kohya_name(d)].key == "input_blocks.7.1.transformer_blocks.1.attn2.to_k.weight"
     written = write_lora(tmp_path / "xl.safetensors", mods, "peft", seed=71)
-    model2, clip2, report = apply_lora(read_state_dict(tmp_path / "xl.safetensors"), model, clip, 1.0, 2.0, "xl")
+    base = {k: v.clone() for k, v in encoder.state_dict().items()}
+    model2, clip2, report = load_lora_for_models(model, clip, read_state_dict(tmp_path / "xl.safetensors"), 1.0, 2.0,
+                                                 "xl")
     assert (report.model_modules, report.clip_modules, report.problems) == (1, 4, 0)
-    base = snapshot(encoder)
-    with P.applied(encoder, clip2.patches):
-        params = dict(encoder.named_parameters())
-        for name, adapter in written.items():
-            if name.startswith("lora_te"):
-                key = text_map[name].key
-                assert_close_rel(params[key], expected(base[key][1], [(adapter, 2.0)]), key)
-    assert_untouched(encoder, base)
-    assert [p.key for p in P.patches_of(model2)] == [unet_map[kohya_name(d)].key]
+    params = weights_as_loaded(clip2.patcher)
+    for name, adapter in written.items():
+        if name.startswith("lora_te"):
+            key = text_map[name].key
+            assert_close_rel(params[key], expected(base[key], [(adapter, 2.0)]), key)
+    clip2.patcher.detach()
+    assert all(torch.equal(v, base[k]) for k, v in encoder.state_dict().items())
+    assert list(model2.patches) == ["diffusion_model." + unet_map[kohya_name(d)].key]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -187,7 +187,7 @@ def test_images_with_alpha_or_one_channel_convert_to_matching_png_modes():
     for channels, image in (("RGBA", rgba), ("L", grey)):
         png = tensor_to_pil(image[0])
         assert png.mode == channels and png.size == (4, 3)
-    expected = tuple(round(float(v) * 255) for v in rgba[0, 2, 3])
+    expected = tuple(int(v) for v in (rgba[0, 2, 3] * 255).tolist())  # float32, truncated, as ComfyUI
     assert tensor_to_pil(rgba[0]).getpixel((3, 2)) == expected
 
 

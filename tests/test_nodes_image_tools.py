@@ -204,5 +204,7 @@ def test_tools_chain_through_the_executor(registry):
     result = Executor(registry).run(prompt)
     assert result.ok, result.error
     with Image.open(registry.env.folders.output_dir / "tools_00002_.png") as png:
-        # invert of a flat colour stays flat through blur, sharpen and crop
-        assert png.size == (8, 8) and png.getpixel((3, 3)) == (0xFF - 0x20, 0xFF - 0x40, 0xFF - 0x80)
+        # invert of a flat colour stays flat through blur, sharpen and crop; 8-bit by truncation
+        # as ComfyUI (1 - 64/255 is 0.74901956 in float32: 190.99998, saved as 190)
+        assert png.size == (8, 8)
+        assert all(abs(got - want) <= 1 for got, want in zip(png.getpixel((3, 3)), (0xDF, 0xBF, 0x7F)))

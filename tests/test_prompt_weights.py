@@ -137,11 +137,22 @@ def test_long_group_is_split_at_the_window_edge(tokenizer):
 
 
 def test_chunk_groups_directly():
+    # Items carry ComfyUI's word ids: the group's number from 1, 0 for start, end and padding.
     groups = [[(1, 1.0)] * 3, [(2, 2.0)] * 3]
     (window,) = chunk_groups(groups, start_token=9, end_token=8, pad_token=0, length=10)
-    assert window == [(9, 1.0)] + [(1, 1.0)] * 3 + [(2, 2.0)] * 3 + [(8, 1.0), (0, 1.0), (0, 1.0)]
+    assert window == [(9, 1.0, 0)] + [(1, 1.0, 1)] * 3 + [(2, 2.0, 2)] * 3 + [(8, 1.0, 0), (0, 1.0, 0), (0, 1.0, 0)]
     windows = chunk_groups([[(1, 1.0)] * 12], start_token=9, end_token=8, pad_token=0, length=10)
-    assert [[t for t, _ in w] for w in windows] == [[9] + [1] * 8 + [8], [9] + [1] * 4 + [8] + [0] * 4]
+    assert [[t for t, _, _ in w] for w in windows] == [[9] + [1] * 8 + [8], [9] + [1] * 4 + [8] + [0] * 4]
+
+
+def test_word_ids_on_request(tokenizer):
+    """return_word_ids gives (token, weight, word id); the ids number the weighted pieces."""
+    plain = tokenizer.tokenize_with_weights("a cat (on a mat:1.2)")
+    with_ids = tokenizer.tokenize_with_weights("a cat (on a mat:1.2)", return_word_ids=True)
+    assert [(t, w) for t, w, _ in with_ids[0]] == plain[0]
+    ids = [i for _, w, i in with_ids[0] if i]
+    weights = [w for _, w, i in with_ids[0] if i]
+    assert sorted(set(ids)) == [1, 2] and weights == [1.0 if i == 1 else 1.2 for i in ids]
 
 
 # -- embeddings ---------------------------------------------------------------------------------

@@ -232,7 +232,9 @@ def test_brownian_tree_noise_is_consistent_across_subdivision():
 
 
 # ---------------------------------------------------------------------------------------------
-# CFG++ variants reduce to their base samplers when cond == uncond
+# CFG++ variants reduce to their base samplers when cond == uncond. Not dpmpp_2s_ancestral_cfg_pp:
+# ComfyUI's (which ours follows, see test_sampler_golden.py) shifts the full step by the first
+# guided estimate minus the midpoint's unconditional one, which differ even without guidance.
 
 
 class GaussianCFG(Gaussian):
@@ -249,7 +251,6 @@ class GaussianCFG(Gaussian):
                                      ("res_multistep_cfg_pp", "res_multistep"),
                                      ("gradient_estimation_cfg_pp", "gradient_estimation"),
                                      ("euler_ancestral_cfg_pp", "euler_ancestral"),
-                                     ("dpmpp_2s_ancestral_cfg_pp", "dpmpp_2s_ancestral"),
                                      ("res_multistep_ancestral_cfg_pp", "res_multistep_ancestral")])
 def test_cfg_pp_equals_base_without_guidance(pp, base):
     sigmas = sch.karras(8, 0.03, 14.6)

@@ -131,18 +131,18 @@ def test_original_keys_match_released_files(cls, file):
     # and the family is recognised from those keys alone, built at full size from shapes
     meta_sd = {k: torch.empty(shape, device="meta") for k, shape in expected.items()}
     assert TextEncoder.detect(meta_sd) is cls
-    configs = {name: t.model.config for name, t in encoder.towers.items()}
+    configs = {name: t.transformer.config for name, t in encoder.towers.items()}
     built = TextEncoder.from_state_dict(meta_sd, device="meta")
     for name, tower in built.towers.items():
         for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act"):
-            assert getattr(tower.model.config, field) == getattr(configs[name], field)
+            assert getattr(tower.transformer.config, field) == getattr(configs[name], field)
 
 
 def test_real_configs():
     with torch.device("meta"):
         sd1, sd2, xl = SD1TextEncoder(), SD2TextEncoder(), SDXLTextEncoder()
     def shape(tower):
-        c = tower.model.config
+        c = tower.transformer.config
         return c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size, c.hidden_act
     assert shape(sd1.towers["l"]) == (768, 12, 12, 3072, "quick_gelu")
     assert shape(sd2.towers["h"]) == (1024, 24, 16, 4096, "gelu")
@@ -312,7 +312,7 @@ def test_long_prompt_concatenates_windows(sd1):
 def test_embedding_vectors_are_injected(sd1, tmp_path):
     encoder, _ = sd1
     table = encoder.towers["l"].text.embeddings.token_embedding.weight
-    photo, cat = encoder.tokenizer.encode_text("photo cat")
+    photo, cat = encoder.bpe.encode_text("photo cat")
     save_file({"emb_params": table[[photo, cat]].clone()}, tmp_path / "photocat.safetensors")
     resolver = EmbeddingDirectory([tmp_path])
     tokens = encoder.tokenize("a embedding:photocat on a mat", embeddings=resolver)

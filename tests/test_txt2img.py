@@ -143,7 +143,7 @@ def loader_only(ckpt: str) -> dict:
 def record_unet_inputs(model) -> list:
     """Every (x, kwargs) the UNet is called with, through a forward pre-hook."""
     calls = []
-    model.unet.register_forward_pre_hook(lambda _m, args, kwargs: calls.append((args[0].clone(), dict(kwargs))),
+    model.model.diffusion_model.register_forward_pre_hook(lambda _m, args, kwargs: calls.append((args[0].clone(), dict(kwargs))),
                                          with_kwargs=True)
     return calls
 
@@ -239,16 +239,16 @@ def test_checkpoint_cache_hits_on_the_same_file_and_frees_the_old_model_on_a_swi
     place_checkpoint(sd15_base, tiny_checkpoint("sd21_v"), "v2-1_768-ema-pruned.safetensors")
     # Without the node-output cache the loader node really runs each time and asks the ModelCache.
     rt, captured = capturing_runtime(sd15_base, "--cache-none")
-    cache = rt.env.models.cache
+    service = rt.env.models
     run(rt, loader_only("v1-5-pruned-emaonly.safetensors"))
     run(rt, loader_only("v1-5-pruned-emaonly.safetensors"))
-    assert (cache.misses, cache.hits, len(cache)) == (1, 1, 1)
+    assert (service.cache_misses, service.cache_hits, service.cached_count()) == (1, 1, 1)
     assert captured[0] is captured[1]
-    old = weakref.ref(captured[0].unet)
+    old = weakref.ref(captured[0].model.diffusion_model)
     captured.clear()
     run(rt, loader_only("v2-1_768-ema-pruned.safetensors"))
-    assert (cache.misses, cache.hits, len(cache)) == (2, 1, 1)
-    assert captured[0].model_sampling.prediction == "v_prediction"
+    assert (service.cache_misses, service.cache_hits, service.cached_count()) == (2, 1, 1)
+    assert captured[0].get_model_object("model_sampling").prediction == "v_prediction"
     captured.clear()
     gc.collect()
     assert old() is None, "the SD1.5 UNet is still alive after switching checkpoints"
@@ -266,7 +266,8 @@ def test_sd21_v_checkpoint_denoises_with_the_v_prediction_formula(tmp_path, tiny
     prompt["9"] = {"class_type": "CaptureAny", "inputs": {"value": ["2", 0]}}
     run(rt, prompt)
     by_type = {type(v).__name__: v for v in captured}
-    image, model, [[cond, _]] = by_type["Tensor"], by_type["DiffusionModel"], by_type["list"]
+    image, patcher, [[cond, _]] = by_type["Tensor"], by_type["ModelPatcher"], by_type["list"]
+    model = patcher.model
     assert image.shape == (1, SMALL_IMAGE, SMALL_IMAGE, 3)
     assert_real_image(image)
     assert cond.shape[-1] == 1024  # OpenCLIP ViT-H width
@@ -274,9 +275,9 @@ def test_sd21_v_checkpoint_denoises_with_the_v_prediction_formula(tmp_path, tiny
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     sigma = torch.tensor([2.5])
     with torch.inference_mode():
-        got = model.denoise(x, sigma, {"c_crossattn": cond})
+        got = model.apply_model(x, sigma, c_crossattn=cond)
         t = model.model_sampling.timestep(sigma).float()
-        v = model.unet(x / math.sqrt(2.5 ** 2 + 1), t, context=cond).float()
+        v = model.diffusion_model(x / math.sqrt(2.5 ** 2 + 1), t, context=cond).float()
     expected = x / (2.5 ** 2 + 1) - v * 2.5 / math.sqrt(2.5 ** 2 + 1)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     eps_x0 = x - 2.5 * v  # what an eps reading of the same output would give

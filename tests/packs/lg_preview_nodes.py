@@ -4,7 +4,8 @@ import time
 import torch
 from PIL import Image
 
-from graph.context import LatentPreview, ProgressBar
+from comfy.utils import ProgressBar
+from graph.context import LatentPreview
 
 
 class TestPreviewSampler:

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from graph.context import ProgressBar
+from comfy.utils import ProgressBar  # ComfyUI plugins import it from here
 from comfy_execution.graph import ExecutionBlocker  # ComfyUI plugins import it from here
 from comfy_execution.graph_utils import GraphBuilder
 

@@ -1,0 +1,1 @@
+"""ComfyUI's `comfy.ldm`: the network modules plugins reach into."""

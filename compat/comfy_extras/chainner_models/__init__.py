@@ -1,0 +1,1 @@
+"""ComfyUI's old upscale-model package path; spandrel does the work, as in ComfyUI."""
