@@ -127,11 +127,12 @@ def prepare(args, log) -> tuple[object, torch.Tensor, list, dict]:
     """(MODEL, latents, conditioning, data-set description) from the checkpoint and the folder."""
     from diffusion.device import DevicePolicy
     from diffusion.handles import open_checkpoint
+    from diffusion.model_management import ModelManagement
 
     checkpoint = find_checkpoint(args.checkpoint, args.base_directory)
-    policy = DevicePolicy.choose(cpu=args.cpu, force_fp32=True)
+    manager = ModelManagement(DevicePolicy.choose(cpu=args.cpu, force_fp32=True))
     log(f"loading {checkpoint}")
-    models = open_checkpoint(checkpoint, policy, [])
+    models = open_checkpoint(checkpoint, manager, [])
     if models.vae is None or models.clip is None:
         raise ValueError(f"{checkpoint} lacks a VAE or a text encoder; the train command needs both")
     if not args.dataset.is_dir():
@@ -145,7 +146,7 @@ def prepare(args, log) -> tuple[object, torch.Tensor, list, dict]:
         encoded: dict[str, list] = {}
         for _, caption in pairs:
             if caption not in encoded:
-                encoded[caption] = models.clip.encode(caption)[0]
+                encoded[caption] = models.clip.encode_from_tokens_scheduled(models.clip.tokenize(caption))[0]
         positive = [encoded[caption] for _, caption in pairs]
     described = {"dataset": str(args.dataset.resolve()), "images": [str(p) for p, _ in pairs],
                  "checkpoint": str(checkpoint.resolve())}
@@ -163,7 +164,7 @@ def main(argv: list[str], err: TextIO = sys.stderr) -> int:
 
     try:
         model, latents, positive, described = prepare(args, log)
-        device = next(model.unet.parameters()).device
+        device = model.load_device
         dtype_name = args.training_dtype
         if dtype_name == "auto":
             dtype_name = "bf16" if training_dtype(device, "auto") == torch.bfloat16 else "fp32"

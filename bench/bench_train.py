@@ -76,6 +76,7 @@ def denoiser_job(dtype: torch.dtype, batch: int = 32):
 def lora_job(dtype: torch.dtype, batch: int = 4):
     from diffusion.device import DevicePolicy
     from diffusion.handles import open_checkpoint
+    from diffusion.model_management import ModelManagement
     from diffusion.training.lora_train import LoraSettings, LoraTrainer
 
     path = BUILTIN
@@ -86,9 +87,10 @@ def lora_job(dtype: torch.dtype, batch: int = 4):
         path = Path("/tmp/bench_train_random.safetensors")
         write_checkpoint(path, checkpoint_state_dict(UNetModel(recipe.unet_config()), AutoencoderKL(recipe.vae_config()),
                                                      recipe.text_encoder()), {})
-    models = open_checkpoint(path, DevicePolicy.choose(cpu=True), [])
+    models = open_checkpoint(path, ModelManagement(DevicePolicy.choose(cpu=True)), [])
     latents = torch.randn(16, 4, 8, 8) * 5
-    positive = models.clip.encode("a small red circle at the top left on a blue background")
+    positive = models.clip.encode_from_tokens_scheduled(
+        models.clip.tokenize("a small red circle at the top left on a blue background"))
     name = "bf16" if dtype == torch.bfloat16 else "fp32"
     trainer = LoraTrainer(models.model, latents, positive,
                           LoraSettings(steps=10 ** 6, batch_size=batch, training_dtype=name, lora_dtype=name))

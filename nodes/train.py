@@ -13,7 +13,7 @@ from pathlib import Path
 
 from app.folders import safe_join
 from diffusion.checkpoint import read_state_dict
-from diffusion.lora import apply_lora
+from diffusion.lora import load_lora_for_models
 from diffusion.training import datasets
 from diffusion.training.lora_train import DTYPES, LOSSES, OPTIMIZERS, LoraSettings, LoraTrainer, steps_in_filename
 from diffusion.training.loss_plot import draw_loss_plot
@@ -95,7 +95,7 @@ class LoadImageTextSetFromFolderNode(Node):
         conditioning = []
         for n, (_, caption) in enumerate(pairs, 1):
             if caption not in encoded:   # repeated images (kohya folders) share one encoding
-                encoded[caption] = clip.encode(caption)[0]
+                encoded[caption] = clip.encode_from_tokens_scheduled(clip.tokenize(caption))[0]
             conditioning.append(encoded[caption])
             ctx.progress(n, len(pairs))
         return (images, conditioning)
@@ -153,10 +153,10 @@ class TrainLoraNode(Node):
                                 loss_function=loss_function, seed=seed, training_dtype=training_dtype,
                                 lora_dtype=lora_dtype, gradient_checkpointing=gradient_checkpointing)
         trainer = LoraTrainer(model, latents["samples"], positive, settings, existing)
-        family = getattr(model, "family", "sd1")
+        family = getattr(model.model, "family", "sd1")
         trainer.run(lambda step, total, loss, x0: ctx.progress(step, total, LatentPreview(x0, family)))
         lora = trainer.lora_state_dict()
-        model_with_lora, _, _ = apply_lora(lora, model, None, 1.0, 0.0, name="trained LoRA")
+        model_with_lora, _, _ = load_lora_for_models(model, None, lora, 1.0, 0.0, name="trained LoRA")
         return (model_with_lora, lora, {"loss": list(trainer.losses)}, steps + existing_steps)
 
 
@@ -175,7 +175,7 @@ class LoraModelLoader(Node):
     def run(self, ctx, model, lora, strength_model):
         if strength_model == 0:
             return (model,)
-        new_model, _, _ = apply_lora(lora, model, None, strength_model, 0.0, name="LoRA model")
+        new_model, _, _ = load_lora_for_models(model, None, lora, strength_model, 0.0, name="LoRA model")
         return (new_model,)
 
 

@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 from app import train_cli
 from diffusion.device import DevicePolicy
 from diffusion.handles import open_checkpoint
-from diffusion.ksampler import ksampler
-from diffusion.lora import apply_lora, match_lora, unet_key_map
+from diffusion.ksampler import common_ksampler
+from diffusion.lora import load_lora_for_models, read_lora, unet_key_map
+from diffusion.model_management import ModelManagement, load_models_gpu
 from diffusion.training.lora_train import LoraSettings, LoraTrainer, checkpoint_units, kohya_name, steps_in_filename
 from diffusion.training.scratch import Recipe, checkpoint_state_dict, write_checkpoint
 from diffusion.unet import UNetModel
@@ -54,7 +55,19 @@ def base(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def models(base):
-    return open_checkpoint(base / "models" / "checkpoints" / "tiny_sd1.safetensors", DevicePolicy.choose(cpu=True), [])
+    return open_checkpoint(base / "models" / "checkpoints" / "tiny_sd1.safetensors",
+                           ModelManagement(DevicePolicy.choose(cpu=True)), [])
+
+
+def encode(clip, text: str) -> list:
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def denoised(model, x, sigma, context) -> torch.Tensor:
+    """The MODEL's x0 estimate with its patches applied (loaded as for sampling)."""
+    load_models_gpu([model], force_full_load=True)
+    with torch.no_grad():
+        return model.model.apply_model(x, sigma, c_crossattn=context)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +75,7 @@ def data(models):
     """Three 8x8 latents (decodable pictures: flat colours with a block) and their captions."""
     gen = torch.Generator().manual_seed(7)
     latents = torch.randn(3, 4, 8, 8, generator=gen) * 3
-    positive = [models.clip.encode(text)[0] for text in ("a red square", "a blue circle", "a green triangle")]
+    positive = [encode(models.clip, text)[0] for text in ("a red square", "a blue circle", "a green triangle")]
     return latents, positive
 
 
@@ -91,13 +104,10 @@ def test_the_first_step_starts_from_the_unchanged_model(models, data):
     """down = 0 at the start: the adapters add nothing until the optimizer moves them."""
     latents, positive = data
     trainer = LoraTrainer(models.model, latents, positive, LoraSettings(rank=4, training_dtype="fp32"))
-    with torch.no_grad():
-        x = torch.randn(1, 4, 8, 8)
-        sigma = torch.tensor([3.0])
-        cond = {"c_crossattn": positive[0][0]}
-        plain = models.model.denoise(x, sigma, cond)
-        with trainer.lora.installed(models.model.unet):
-            adapted = models.model.denoise(x, sigma, cond)
+    x, sigma = torch.randn(1, 4, 8, 8), torch.tensor([3.0])
+    plain = denoised(models.model, x, sigma, positive[0][0])
+    with trainer.lora.installed(models.model.model.diffusion_model):
+        adapted = denoised(models.model, x, sigma, positive[0][0])
     # equal up to the convolution kernel chosen for a channels-last vs a contiguous weight
     assert torch.allclose(plain, adapted, rtol=0, atol=1e-5)
 
@@ -105,7 +115,7 @@ def test_the_first_step_starts_from_the_unchanged_model(models, data):
 def test_the_saved_lora_loads_with_every_key_used_and_pulls_samples_towards_the_training_latent(models, base):
     """One image, one caption: after training, sampling that caption lands nearer the image."""
     target = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3)) * 3
-    positive = models.clip.encode("a purple star")
+    positive = encode(models.clip, "a purple star")
     with torch.inference_mode():
         trainer = LoraTrainer(models.model, target, positive,
                               LoraSettings(steps=40, batch_size=1, learning_rate=0.02, rank=8, lora_dtype="fp32"))
@@ -113,8 +123,8 @@ def test_the_saved_lora_loads_with_every_key_used_and_pulls_samples_towards_the_
     lora = trainer.lora_state_dict()
     assert any(k.endswith(".diff") for k in lora) and any(k.endswith(".diff_b") for k in lora)
     assert all(k.startswith("lora_unet_") for k in lora)
-    found = match_lora(lora, unet_key_map(models.model.unet))
-    assert found.unmatched == [] and found.misfit == []
+    to_load = {name: target.key for name, target in unet_key_map(models.model.model.diffusion_model).items()}
+    assert read_lora(lora, to_load)[1] == []   # every key used
 
     from safetensors.torch import save_file
     folder = base / "models" / "loras"
@@ -126,11 +136,11 @@ def test_the_saved_lora_loads_with_every_key_used_and_pulls_samples_towards_the_
     assert isinstance(result, tuple), result  # a dict result would carry a warning about unused keys
     patched, _ = result
     empty = {"samples": torch.zeros(1, 4, 8, 8)}
-    cond = session.clip.encode("a purple star")
+    cond = encode(session.clip, "a purple star")
 
     def sample(model, seed):
         with torch.inference_mode():
-            return ksampler(model, seed, 10, 1.0, "euler", "normal", cond, cond, empty)["samples"]
+            return common_ksampler(model, seed, 10, 1.0, "euler", "normal", cond, cond, empty)["samples"]
 
     for seed in (0, 1):
         plain, trained = sample(session.model, seed), sample(patched, seed)
@@ -149,7 +159,7 @@ def test_gradient_checkpointing_gives_the_same_training(models, data):
     off = train(models, data, gradient_checkpointing=False, training_dtype="fp32", lora_dtype="fp32")
     a, b = on.lora_state_dict(), off.lora_state_dict()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
-    assert len(checkpoint_units(models.model.unet)) > 10   # blocks, not the whole network
+    assert len(checkpoint_units(models.model.model.diffusion_model)) > 10   # blocks, not the whole network
 
 
 def test_resuming_from_a_saved_state_continues_exactly(models, data):
@@ -186,16 +196,13 @@ def test_an_existing_lora_is_continued_from_its_values(models, data, tmp_path):
 def test_the_applied_lora_matches_the_trained_adapters(models, data):
     """What Load LoRA applies from the file is what the trainer computed with."""
     trainer = train(models, data, lora_dtype="fp32", training_dtype="fp32")
-    patched, _, report = apply_lora(trainer.lora_state_dict(), models.model, None, 1.0, 0.0)
+    patched, _, report = load_lora_for_models(models.model, None, trainer.lora_state_dict(), 1.0, 0.0)
     assert report.problems == 0
     x, sigma = torch.randn(2, 4, 8, 8), torch.tensor([2.0, 5.0])
-    cond = {"c_crossattn": torch.cat([data[1][0][0], data[1][1][0]])}
-    from diffusion.patches import applied, patches_of
-    with torch.no_grad():
-        with applied(patched.unet, patches_of(patched)):
-            loaded = patched.denoise(x, sigma, cond)
-        with trainer.lora.installed(models.model.unet):
-            trained = models.model.denoise(x, sigma, cond)
+    context = torch.cat([data[1][0][0], data[1][1][0]])
+    loaded = denoised(patched, x, sigma, context)
+    with trainer.lora.installed(models.model.model.diffusion_model):
+        trained = denoised(models.model, x, sigma, context)
     assert (loaded - trained).abs().max().item() < 1e-4
 
 

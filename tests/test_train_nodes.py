@@ -73,7 +73,8 @@ def test_captioned_sets_repeat_kohya_folders_and_encode_every_caption(rt):
                                            width=32, height=32, resize_method="Stretch")
     assert images.shape == (4, 32, 32, 3) and len(conditioning) == 4
     with torch.inference_mode():
-        expected = [clip.encode(t)[0][0] for t in ("a square number 0", "a square number 1", "", "")]
+        expected = [clip.encode_from_tokens_scheduled(clip.tokenize(t))[0][0]
+                    for t in ("a square number 0", "a square number 1", "", "")]
     order = [0, 1, 2, 3]   # "0.png", "1.png", then the repeated folder "2_extra"
     for got, want in zip((conditioning[i][0] for i in order), expected):
         assert torch.equal(got, want)
@@ -133,7 +134,7 @@ def test_the_trained_model_output_and_load_lora_model_agree(rt):
     model, clip, _ = call_in_context(registry, "CheckpointLoaderSimple", ckpt_name="tiny_sd1.safetensors")
     latents = {"samples": torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 3}
     with torch.inference_mode():
-        positive = clip.encode("a square")
+        positive = clip.encode_from_tokens_scheduled(clip.tokenize("a square"))
     trained, lora, loss, steps = call_in_context(
         registry, "TrainLoraNode", model=model, latents=latents, positive=positive, batch_size=2,
         grad_accumulation_steps=2, steps=2, learning_rate=0.01, rank=2, optimizer="SGD", loss_function="Huber",
@@ -143,13 +144,9 @@ def test_the_trained_model_output_and_load_lora_model_agree(rt):
     (reloaded,) = call_in_context(registry, "LoraModelLoader", model=model, lora=lora, strength_model=1.0)
     (unchanged,) = call_in_context(registry, "LoraModelLoader", model=model, lora=lora, strength_model=0.0)
     assert unchanged is model
-    from diffusion.patches import applied, patches_of
-    x, sigma, cond = torch.randn(1, 4, 8, 8), torch.tensor([2.0]), {"c_crossattn": positive[0][0]}
-    outs = []
-    with torch.no_grad():
-        for m in (trained, reloaded, model):
-            with applied(m.unet, patches_of(m)):
-                outs.append(m.denoise(x, sigma, cond))
+    from tests.test_train_lora import denoised
+    x, sigma = torch.randn(1, 4, 8, 8), torch.tensor([2.0])
+    outs = [denoised(m, x, sigma, positive[0][0]) for m in (trained, reloaded, model)]
     assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
     with pytest.raises(NotImplementedError, match="LoHa"):
         call_in_context(registry, "TrainLoraNode", model=model, latents=latents, positive=positive, batch_size=1,

@@ -21,7 +21,8 @@ import torch
 
 from diffusion.device import DevicePolicy
 from diffusion.handles import open_checkpoint
-from diffusion.ksampler import ksampler
+from diffusion.ksampler import common_ksampler
+from diffusion.model_management import ModelManagement
 from diffusion.training import shapes
 
 
@@ -38,13 +39,14 @@ def generate(models, prompt: str, seeds: list[int], settings: Sampling = Samplin
              size: int = shapes.IMAGE_SIZE) -> np.ndarray:
     """uint8 [len(seeds), size, size, 3]: one picture per seed, each sampled on its own as
     KSampler does for that seed."""
-    positive = models.clip.encode(prompt)
-    negative = models.clip.encode(settings.negative)
+    clip = models.clip
+    positive = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+    negative = clip.encode_from_tokens_scheduled(clip.tokenize(settings.negative))
     out = []
     for seed in seeds:
         latent = {"samples": torch.zeros(1, 4, size // 8, size // 8)}
-        result = ksampler(models.model, seed, settings.steps, settings.cfg, settings.sampler, settings.scheduler,
-                          positive, negative, latent)
+        result = common_ksampler(models.model, seed, settings.steps, settings.cfg, settings.sampler,
+                                 settings.scheduler, positive, negative, latent)
         image = models.vae.decode(result["samples"])[0]
         out.append((image.numpy() * 255).round().astype(np.uint8))
     return np.stack(out)
@@ -54,7 +56,7 @@ def evaluate(checkpoint: str | Path, seeds: int = 4, settings: Sampling = Sampli
              scenes: list[shapes.Scene] | None = None, report=print) -> dict:
     """Per-scene judgements and accuracy summaries (overall, held-out, per colour and per shape)."""
     torch.set_grad_enabled(False)
-    models = open_checkpoint(Path(checkpoint), DevicePolicy.choose(cpu=True), [])
+    models = open_checkpoint(Path(checkpoint), ModelManagement(DevicePolicy.choose(cpu=True)), [])
     scenes = scenes if scenes is not None else shapes.evaluation_scenes()
     rows = []
     started = time.perf_counter()

@@ -36,8 +36,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from diffusion import lora as lora_maps
+from diffusion.ksampler import convert_cond, encode_model_conds
+from diffusion.model_management import load_models_gpu
 from diffusion.noise import prepare_noise
-from diffusion.patches import applied, patches_of
+from diffusion.patches import LoRAAdapter
 from diffusion.training.loop import autocast, elementwise_loss
 
 OPTIMIZERS = ("AdamW", "Adam", "SGD", "RMSprop")
@@ -117,18 +119,28 @@ class ModuleAdapter(nn.Module):
 
     @torch.no_grad()
     def load_from(self, found: Mapping[str, object]) -> None:
-        """Start from a saved LoRA's values for this module ("weight": LoraAdapter or WeightDiff,
-        "bias": WeightDiff), taking the saved rank and alpha."""
+        """Start from a saved LoRA's values for this module ("weight": a plain LoRA pair or a
+        ("diff", (tensor,)) patch, "bias": a diff patch), keeping the saved rank and alpha."""
         weight, bias = found.get("weight"), found.get("bias")
         dtype = (self.up if self.up is not None else self.diff).dtype
-        if isinstance(weight, lora_maps.LoraAdapter) and self.diff is None:
-            self.up = nn.Parameter(weight.up.reshape(weight.up.shape[0], -1).to(dtype).clone())
-            self.down = nn.Parameter(weight.down.reshape(weight.down.shape[0], -1).to(dtype).clone())
-            self.alpha = float(weight.alpha) if weight.alpha is not None else float(weight.rank)
-        elif isinstance(weight, lora_maps.WeightDiff) and self.diff is not None:
-            self.diff.copy_(weight.diff.reshape(self.shape).to(dtype))
-        if isinstance(bias, lora_maps.WeightDiff) and self.diff_b is not None:
-            self.diff_b.copy_(bias.diff.reshape(self.diff_b.shape).to(dtype))
+        if isinstance(weight, LoRAAdapter) and self.diff is None:
+            up, down, alpha, mid, dora, reshape = weight.weights
+            if mid is not None or dora is not None or reshape is not None:
+                raise ValueError("only plain LoRA pairs can be trained further (this one has a Tucker mid, "
+                                 "DoRA scale or reshape)")
+            self.up = nn.Parameter(up.reshape(up.shape[0], -1).to(dtype).clone())
+            self.down = nn.Parameter(down.reshape(down.shape[0], -1).to(dtype).clone())
+            self.alpha = float(alpha) if alpha is not None else float(down.shape[0])
+        elif _is_diff(weight) and self.diff is not None:
+            self.diff.copy_(weight[1][0].reshape(self.shape).to(dtype))
+        elif weight is not None:
+            raise ValueError(f"a {type(weight).__name__} patch cannot be trained further as a LoRA")
+        if _is_diff(bias) and self.diff_b is not None:
+            self.diff_b.copy_(bias[1][0].reshape(self.diff_b.shape).to(dtype))
+
+
+def _is_diff(patch) -> bool:
+    return isinstance(patch, tuple) and len(patch) == 2 and patch[0] == "diff"
 
 
 def adapted_modules(network: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -157,15 +169,18 @@ class LoraSet(nn.Module):
     def load_existing(self, network: nn.Module, lora_sd: Mapping[str, torch.Tensor]) -> int:
         """Initialise from a LoRA file in any layout the LoRA loader reads; returns how many
         modules it covered. Keys that patch nothing of this network are an error."""
-        found = lora_maps.match_lora(lora_sd, lora_maps.unet_key_map(network))
-        if found.unmatched or found.misfit:
-            bad = (found.unmatched + found.misfit)[:5]
-            raise ValueError(f"the existing LoRA does not fit this model: {len(found.unmatched)} unmatched and "
-                             f"{len(found.misfit)} mis-shaped key(s), e.g. {', '.join(map(str, bad))}")
+        to_load = {name: target.key for name, target in lora_maps.unet_key_map(network).items()}
+        patches, unused = lora_maps.read_lora(lora_sd, to_load)
+        shapes = {k: tuple(v.shape) for k, v in network.state_dict().items()}
+        unknown = [k for k in patches if k not in shapes]
+        if unused or unknown:
+            bad = (unused + unknown)[:5]
+            raise ValueError(f"the existing LoRA does not fit this model: {len(unused) + len(unknown)} key(s) patch "
+                             f"nothing in it, e.g. {', '.join(bad)}")
         per_module: dict[str, dict[str, object]] = {}
-        for key, adapter in found.patches["model"].items():
+        for key, patch in patches.items():
             path, kind = key.rsplit(".", 1)
-            per_module.setdefault(kohya_name(path), {})[kind] = adapter
+            per_module.setdefault(kohya_name(path), {})[kind] = patch
         for name, items in per_module.items():
             self.adapters[name].load_from(items)
         return len(per_module)
@@ -259,19 +274,9 @@ def gradient_checkpointing(network: nn.Module, enabled: bool = True) -> Iterator
 # --- the training loop -------------------------------------------------------------------------
 
 def _batch_conds(conds: list[dict]) -> dict:
-    """Per-image model inputs stacked on the batch axis; cross-attention contexts of different
-    lengths are repeated up to their least common multiple, as ComfyUI batches conds."""
-    out = {}
-    for key in conds[0]:
-        values = [c[key] for c in conds]
-        if not isinstance(values[0], torch.Tensor):
-            out[key] = values[0]
-            continue
-        if key == "c_crossattn":
-            length = math.lcm(*(v.shape[1] for v in values))
-            values = [v.repeat(1, length // v.shape[1], 1) for v in values]
-        out[key] = torch.cat(values)
-    return out
+    """Per-image model inputs (ComfyUI's COND objects) joined on the batch axis by their own rules
+    (cross-attention contexts of different lengths repeat to a common multiple)."""
+    return {key: conds[0][key].concat([c[key] for c in conds[1:]]) for key in conds[0]}
 
 
 def _optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
@@ -285,16 +290,22 @@ StepHook = Callable[[int, int, float, torch.Tensor], None]
 class LoraTrainer:
     """Trains a `LoraSet` on a MODEL's UNet for images given as latents and conditioning.
 
-    `latents` are VAE latents [N, C, h, w] (unscaled, as LATENT carries them); `positive` is
-    CONDITIONING with one entry for all images or one per image. The trainer can be stepped,
-    saved (`state_dict`) and resumed; `losses` holds one value per batch.
+    `model` is a MODEL (ModelPatcher); its own weight patches (a LoRA loaded before) are applied
+    while training, the new adapters on top. `latents` are VAE latents [N, C, h, w] (unscaled, as
+    LATENT carries them); `positive` is CONDITIONING with one entry for all images or one per
+    image. The trainer can be stepped, saved (`state_dict`) and resumed; `losses` holds one value
+    per batch.
     """
 
     def __init__(self, model, latents: torch.Tensor, positive: list, settings: LoraSettings,
                  existing: Mapping[str, torch.Tensor] | None = None):
-        self.model, self.settings = model, settings
-        self.network: nn.Module = model.unet
-        self.device = next(self.network.parameters()).device
+        self.settings = settings
+        self.patcher = model.clone()
+        self._load()
+        self.base = self.patcher.model                      # the DiffusionModel
+        self.network: nn.Module = self.base.diffusion_model
+        self.model_sampling = self.patcher.get_model_object("model_sampling")
+        self.device = self.patcher.load_device
         self.compute_dtype = DTYPES[settings.training_dtype]
         n = latents.shape[0]
         if len(positive) == 1 and n > 1:
@@ -303,7 +314,7 @@ class LoraTrainer:
             raise ValueError(f"number of positive conditions ({len(positive)}) does not match number of images ({n})")
         with torch.inference_mode(False):
             # Clones are ordinary tensors: tensors made under inference mode cannot be saved for backward.
-            self.latents = model.process_latent_in(latents.float().clone()).to(self.device)
+            self.latents = self.base.process_latent_in(latents.float().clone()).to(self.device)
             self.conds = [self._model_cond(entry, self.latents[i:i + 1]) for i, entry in enumerate(positive)]
             self.generator = torch.Generator().manual_seed(settings.seed)
             self.lora = LoraSet(self.network, settings.rank, DTYPES[settings.lora_dtype], self.generator)
@@ -313,10 +324,23 @@ class LoraTrainer:
         self.step_index = 0          # batches done (optimizer steps x accumulation)
         self.losses: list[float] = []
 
+    def _load(self) -> None:
+        """Weights on the compute device with the MODEL's own patches applied (again, if another
+        model was loaded meanwhile)."""
+        load_models_gpu([self.patcher], force_full_load=True)
+
     def _model_cond(self, entry, latent: torch.Tensor) -> dict:
         cond, extras = entry[0], entry[1] if len(entry) > 1 else {}
-        built = self.model.model_conds(cond.float().clone(), dict(extras), latent)
-        return {k: v.clone().to(self.device) if isinstance(v, torch.Tensor) else v for k, v in built.items()}
+        converted = convert_cond([[cond.float().clone(), dict(extras)]])
+        (encoded,) = encode_model_conds(self.base.extra_conds, converted, latent, self.device, "positive",
+                                        latent_image=latent)
+        return {k: v.process_cond(batch_size=1, device=self.device) for k, v in encoded["model_conds"].items()}
+
+    def _denoise(self, xt: torch.Tensor, sigmas: torch.Tensor, index: list[int]) -> torch.Tensor:
+        inputs = _batch_conds([self.conds[i] for i in index])
+        options = dict(self.patcher.model_options.get("transformer_options", {}))
+        with autocast(self.device, self.compute_dtype):
+            return self.base.apply_model(xt, sigmas, transformer_options=options, **inputs)
 
     @property
     def total_batches(self) -> int:
@@ -328,15 +352,15 @@ class LoraTrainer:
 
     @contextlib.contextmanager
     def _training(self):
-        with torch.inference_mode(False), torch.enable_grad(), \
-                applied(self.network, patches_of(self.model)), self.lora.installed(self.network), \
+        self._load()
+        with torch.inference_mode(False), torch.enable_grad(), self.lora.installed(self.network), \
                 gradient_checkpointing(self.network, self.settings.gradient_checkpointing):
             yield
 
     def step(self) -> tuple[float, torch.Tensor]:
         """One batch: (loss, the model's denoised estimate of its first image, for previews)."""
         s = self.settings
-        ms = self.model.model_sampling
+        ms = self.model_sampling
         n = self.latents.shape[0]
         with self._training():
             index = torch.randperm(n, generator=self.generator)[:s.batch_size].tolist()
@@ -345,9 +369,7 @@ class LoraTrainer:
             sigmas = torch.tensor([ms.percent_to_sigma(torch.rand(1, generator=self.generator).item())
                                    for _ in index], device=self.device)
             xt = x0 + noise * sigmas.view(-1, *([1] * (x0.ndim - 1)))
-            cond = _batch_conds([self.conds[i] for i in index])
-            with autocast(self.device, self.compute_dtype):
-                pred = self.model.denoise(xt, sigmas, cond)
+            pred = self._denoise(xt, sigmas, index)
             loss = elementwise_loss(pred.float(), x0, LOSSES[s.loss_function]).mean()
             loss.backward()
             self.step_index += 1
@@ -361,16 +383,16 @@ class LoraTrainer:
     def validation_loss(self, percents: tuple[float, ...] = (0.2, 0.5, 0.8), seed: int = 12345) -> float:
         """The loss over every image at fixed noise levels and noise (no training, no randomness
         drawn from the run's generator): comparable between steps and between runs."""
-        ms = self.model.model_sampling
+        ms = self.model_sampling
+        x0 = self.latents
+        everything = list(range(x0.shape[0]))
         total = 0.0
         with self._training(), torch.no_grad():
             for k, percent in enumerate(percents):
-                x0 = self.latents
                 noise = prepare_noise(x0.cpu(), seed + k).to(self.device)
                 sigma = torch.full((x0.shape[0],), ms.percent_to_sigma(percent), device=self.device)
                 xt = x0 + noise * sigma.view(-1, *([1] * (x0.ndim - 1)))
-                with autocast(self.device, self.compute_dtype):
-                    pred = self.model.denoise(xt, sigma, _batch_conds(self.conds))
+                pred = self._denoise(xt, sigma, everything)
                 total += elementwise_loss(pred.float(), x0, LOSSES[self.settings.loss_function]).mean().item()
         return total / len(percents)
 
