@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from graph.context import LatentPreview
 from tests.conftest import make_runtime
 from tests.node_helpers import call_in_context
-from tests.test_train_lora import write_tiny_sd1
+from tests.test_train_lora import one_thread, write_tiny_sd1  # noqa: F401 (one_thread: autouse fixture)
 
 COLOURS = [(220, 40, 40), (40, 80, 220), (40, 170, 60)]
 
@@ -19,15 +19,6 @@ def picture(colour, size=(64, 64)):
     pixels = np.full((size[1], size[0], 3), 235, np.uint8)
     pixels[8:40, 16:48] = colour
     return Image.fromarray(pixels)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks: one thread is fastest, and on a shared machine a second one mostly spins."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
