@@ -49,10 +49,12 @@ class Recipe:
     # VAE
     vae_channels: int = 32
     vae_mult: tuple[int, ...] = (1, 1, 2, 2)
-    vae_steps: int = 1200
+    vae_steps: int = 3000
     vae_batch: int = 16
-    vae_lr: float = 8e-4
-    vae_kl: float = 1e-5
+    vae_lr: float = 1e-3
+    vae_noise: float = 0.05
+    vae_foreground: float = 3.0
+    vae_edges: float = 0.5
     # data
     dataset_size: int = 30000
     # denoiser
@@ -89,12 +91,34 @@ def log(msg: str) -> None:
 
 def pixels(batch: np.ndarray) -> torch.Tensor:
     """uint8 [B, H, W, 3] -> float [B, 3, H, W] in -1..1."""
-    return torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    # contiguous NCHW: a permuted (NHWC-strided) input sends every convolution after it down
+    # oneDNN's channels-last path, which trains this VAE at half the speed on the CPU
+    return (torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 127.5 - 1.0).contiguous()
 
 
 # --- stage 1: the autoencoder ---------------------------------------------------------------
 
+def reconstruction_loss(out: torch.Tensor, x: torch.Tensor, foreground: float, edges: float) -> torch.Tensor:
+    """MSE + 0.5 L1, with pixels away from the picture's background weighted 1 + `foreground`,
+    plus an L1 on horizontal and vertical pixel differences weighted `edges`.
+
+    A shape covers 4-15% of a picture: unweighted, the background's many pixels set the loss and
+    an autoencoder learns flat colours with blobs; the weight and the edge term pay for outlines.
+    The background is each picture's per-channel median.
+    """
+    background = x.flatten(2).median(dim=2).values[:, :, None, None]
+    weight = 1 + foreground * ((x - background).abs().amax(1, keepdim=True) > 0.1).float()
+    diff = out - x
+    loss = (diff.pow(2) * weight).mean() + 0.5 * (diff.abs() * weight).mean()
+    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]
+    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]
+    return loss + edges * ((dx(out) - dx(x)).abs().mean() + (dy(out) - dy(x)).abs().mean())
+
+
 def train_vae(recipe: Recipe, device: torch.device, dtype: torch.dtype) -> AutoencoderKL:
+    """The autoencoder, trained as a deterministic one with a little latent noise (5% of the
+    latents' spread) so that nearby latents decode alike; the KL posterior's variance half of
+    `quant_conv` is left untrained (inference reads the mean only)."""
     seed_everything(recipe.seed)
     vae = AutoencoderKL(recipe.vae_config()).to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
@@ -107,25 +131,34 @@ def train_vae(recipe: Recipe, device: torch.device, dtype: torch.dtype) -> Autoe
             group["lr"] = cosine_lr(step, recipe.vae_steps, recipe.vae_lr, warmup=100)
         x = pixels(shapes.make_batch([next(scenes) for _ in range(recipe.vae_batch)], draw_rng)).to(device)
         with autocast(device, dtype):
-            moments = vae.quant_conv(vae.encoder(x)).float()
-        mean, logvar = moments.chunk(2, dim=1)
-        logvar = logvar.clamp(-30, 20)
-        z = mean + torch.randn(mean.shape, generator=gen).to(device) * (0.5 * logvar).exp()
+            mean = vae.encode_mean(x).float()
+        z = mean + torch.randn(mean.shape, generator=gen).to(device) * recipe.vae_noise * mean.detach().std()
         with autocast(device, dtype):
             out = vae.decode_raw(z).float()
-        rec = F.mse_loss(out, x) + 0.5 * F.l1_loss(out, x)
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).mean()
-        loss = rec + recipe.vae_kl * kl
+        rec = reconstruction_loss(out, x, recipe.vae_foreground, recipe.vae_edges)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        rec.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         seen = 0.98 * seen + 0.02 * rec.item() if step else rec.item()
         if step % 50 == 0 or step == recipe.vae_steps - 1:
             elapsed = time.perf_counter() - started
-            log(f"vae step {step + 1}/{recipe.vae_steps} rec {seen:.5f} kl {kl.item():.3f} "
-                f"({elapsed / (step + 1):.2f} s/step)")
+            log(f"vae step {step + 1}/{recipe.vae_steps} loss {seen:.5f} ({elapsed / (step + 1):.2f} s/step)")
     return vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def judge_reconstructions(vae: AutoencoderKL, recipe: Recipe, device, dtype, count: int = 96) -> dict:
+    """How many pictures survive encoding and decoding with their colour, background and shape
+    (shapes.judge): an upper bound for what the diffusion model can show through this VAE."""
+    rng = random.Random(recipe.seed + 51)
+    scenes = [rng.choice(shapes.all_scenes()) for _ in range(count)]
+    images = pixels(shapes.make_batch(scenes, rng))
+    decoded = vae.decode(encode(vae, images, device, dtype).to(device)).float().cpu()
+    decoded = ((decoded + 1) * 127.5).clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()
+    verdicts = [shapes.judge(img, scene) for img, scene in zip(decoded, scenes)]
+    return {what: float(np.mean([getattr(v, what) for v in verdicts]))
+            for what in ("colour_ok", "background_ok", "shape_ok", "all_ok")}
 
 
 @torch.no_grad()
@@ -352,6 +385,8 @@ def run(recipe: Recipe, out: Path, work: Path, device: torch.device, command: st
         vae = train_vae(recipe, device, dtype)
         timings["normalisation"] = normalise_latent_space(vae, recipe, device, dtype)
         log(f"latent space: {timings['normalisation']}")
+        timings["vae_reconstructions"] = judge_reconstructions(vae, recipe, device, dtype)
+        log(f"pictures judged after encoding and decoding: {timings['vae_reconstructions']}")
         save_tensors(vae_file, vae.state_dict())
         timings["vae_seconds"] = time.perf_counter() - t0
         (work / "timings.json").write_text(json.dumps(timings, indent=1))

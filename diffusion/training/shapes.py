@@ -32,7 +32,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "blue": (40, 80, 220), "purple": (140, 50, 180), "white": (245, 245, 245), "black": (20, 20, 20),
 }
 SHAPES = ("circle", "square", "triangle")
-SIZES = {"small": 12, "large": 22}           # side of the shape's box in pixels
+SIZES = {"small": 14, "large": 24}           # side of the shape's box in pixels
 SIZE_JITTER = {"small": 1, "large": 2}
 # Box centres on a 3 x 3 grid (fractions of the side), and how the caption says each place.
 GRID = (12 / 64, 0.5, 52 / 64)
