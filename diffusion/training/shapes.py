@@ -113,7 +113,7 @@ def draw(scene: Scene, rng: random.Random | None = None, size: int = IMAGE_SIZE)
         pen.rectangle((left, top, right, bottom), fill=fill)
     else:   # apex up
         pen.polygon([((left + right) / 2, top), (right, bottom), (left, bottom)], fill=fill)
-    return np.asarray(big.resize((size, size), Image.BOX))
+    return np.array(big.resize((size, size), Image.BOX))
 
 
 def sample_caption(scene: Scene, rng: random.Random) -> str:
