@@ -46,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-cors-header", nargs="?", const="*", default=None, metavar="ORIGIN",
                    help="allow cross-origin requests from ORIGIN (bare flag = any origin); "
                         "this switches off the cross-site request guard")
+    p.add_argument("--front-end-root", type=Path, metavar="DIR",
+                   help="serve this web root instead of the LatentGraph editor (e.g. a built ComfyUI frontend)")
+    p.add_argument("--front-end-version", metavar="OWNER/REPO@VERSION",
+                   help="serve ComfyUI's official frontend from the installed comfyui-frontend-package "
+                        "(pip install 'latentgraph[frontend]'): Comfy-Org/ComfyUI_frontend@latest, or @X.Y.Z to "
+                        "insist on that version; nothing is downloaded")
+    p.add_argument("--multi-user", action="store_true",
+                   help="per-user settings and workflows, the user named by the Comfy-User header")
     p.add_argument("--cpu", action="store_true", help="run everything on the CPU")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--force-fp32", action="store_true", help="fp32 weights everywhere")
@@ -81,4 +89,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.cache_lru > 0:  # as in ComfyUI, 0 means no LRU cache: the classic one
             args.cache = f"lru:{args.cache_lru}"
     args.cache = args.cache or "classic"
+    from server.frontend import FrontendError, choose_web_root
+
+    try:
+        args.web_root = choose_web_root(args.front_end_root, args.front_end_version)
+    except FrontendError as exc:
+        parser.error(str(exc))
     return args

@@ -143,7 +143,7 @@ class _Run:
         self.extra_data = extra_data
         self.result = RunResult(prompt_id, "success")
         self._sink = emit
-        self.progress = NodeProgress(prompt_id, self.dyn, self.emit)
+        self.progress = NodeProgress(prompt_id, self.dyn, self.emit if emit is not None else None)
         self.keys: dict[str, str] = {}
         self.results: dict[str, Entry] = {}  # outputs available to this run, by node id
         self.executed: set[str] = set()
@@ -152,6 +152,8 @@ class _Run:
         self._consumers: dict[str, set[str]] = {}  # without a retaining cache: who still needs a node
         self._expansion_sources: dict[str, set[str]] = {}  # expanded node -> what its results link to
         self._specs: dict[str, dict] = {}
+        self._preference: dict[str, tuple[bool, bool]] = {}
+        self._lazy: dict[str, frozenset[str]] = {}
         self._hidden: dict[str, dict[str, str]] = {}
         self._used_instances: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task] = set()
@@ -172,7 +174,11 @@ class _Run:
         return self._specs[node_type.name]
 
     def lazy_inputs(self, node_id: str) -> frozenset[str]:
-        return frozenset(n for n, spec in self.specs(self.node_type(node_id)).items() if spec.lazy)
+        class_type = self.dyn.get_node(node_id)["class_type"]
+        if class_type not in self._lazy:
+            specs = self.specs(self.ex.registry.get(class_type))
+            self._lazy[class_type] = frozenset(n for n, spec in specs.items() if spec.lazy)
+        return self._lazy[class_type]
 
     def hidden_inputs(self, node_type: NodeType) -> dict[str, str]:
         """{input name: hidden kind}, read once per class per prompt."""
@@ -225,6 +231,7 @@ class _Run:
         finally:
             await self._cancel_tasks()
             self.ex._end_instances(self._used_instances)
+            self.ex.active = None
         return self.result
 
     async def _cancel_tasks(self) -> None:
@@ -238,14 +245,16 @@ class _Run:
     async def _plan(self) -> None:
         """Key every node the outputs could use, tell the cache, and announce the cache hits."""
         wanted = reachable(self.graph.pred, self.outputs)
-        for node_id in nx.topological_sort(self.graph.subgraph(wanted)):
+        sources = {node_id: self._sources(node_id) & wanted for node_id in wanted}
+        for node_id in _sources_first(sources):
             self.keys[node_id] = await self._key(node_id)
         self.ex.cache.begin_prompt(self.keys.values())
         self.result.cached = sorted(n for n in wanted if self.ex.cache.get(self.keys[n]) is not None)
         self.emit("execution_cached", {"nodes": self.result.cached, "prompt_id": self.prompt_id, "timestamp": _now()})
         if not self.ex.cache.retains:
-            for node_id in wanted:
-                self._consumers[node_id] = {c for c in self.graph.succ[node_id] if c in wanted}
+            for node_id, linked in sources.items():
+                for source in linked:
+                    self._consumers.setdefault(source, set()).add(node_id)
 
     async def _key(self, node_id: str) -> str:
         """A node's cache key, from its class, literals, IS_CHANGED and its sources' keys."""
@@ -290,8 +299,12 @@ class _Run:
         return True
 
     def _preferred(self, node_id: str) -> tuple[bool, bool]:
-        node_type = self.node_type(node_id)
-        return node_type.is_output_node, node_type.is_async()
+        """(is an output node, is async) of a node's class: the scheduler runs these first."""
+        class_type = self.dyn.get_node(node_id)["class_type"]
+        if class_type not in self._preference:
+            node_type = self.ex.registry.get(class_type)
+            self._preference[class_type] = (node_type.is_output_node, node_type.is_async())
+        return self._preference[class_type]
 
     # -- one node ----------------------------------------------------------------------------
     async def _execute(self, node_id: str) -> str:
@@ -674,6 +687,24 @@ class _Run:
             "current_outputs": list(self.results),
             "timestamp": _now(),
         }
+
+
+def _sources_first(sources: dict[str, set[str]]) -> list[str]:
+    """The nodes of `sources` (node -> the nodes it links to, all among them) in an order where
+    each comes after its sources: Kahn's algorithm (validation has refused cycles among the nodes
+    an output needs)."""
+    waiting = {node_id: len(linked) for node_id, linked in sources.items()}
+    consumers: dict[str, list[str]] = {}
+    for node_id, linked in sources.items():
+        for source in linked:
+            consumers.setdefault(source, []).append(node_id)
+    order = [node_id for node_id, count in waiting.items() if count == 0]
+    for node_id in order:  # grows while it is walked
+        for consumer in consumers.get(node_id, ()):
+            waiting[consumer] -= 1
+            if waiting[consumer] == 0:
+                order.append(consumer)
+    return order
 
 
 async def _resolve(calls: list) -> list:

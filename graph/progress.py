@@ -16,32 +16,32 @@ FINISHED = "finished"
 
 
 class NodeProgress:
-    def __init__(self, prompt_id: str, dynprompt: DynamicPrompt, emit: Callable[[str, dict], None]):
+    def __init__(self, prompt_id: str, dynprompt: DynamicPrompt, emit: Callable[[str, dict], None] | None):
+        """`emit` None: nobody listens, and no message is built."""
         self.prompt_id = prompt_id
         self.dynprompt = dynprompt
         self.emit = emit
+        # Each entry is replaced, never changed, once sent: a message is a shallow copy of this map
+        # (cheap for big graphs) and messages already handed out keep their values.
         self.nodes: dict[str, dict] = {}
 
     def start(self, node_id: str) -> None:
-        self.nodes[node_id] = {"state": RUNNING, "value": 0.0, "max": 1.0}
-        self._send()
+        self._set(node_id, RUNNING, 0.0, 1.0)
 
     def update(self, node_id: str, value: float, total: float) -> None:
-        self.nodes[node_id] = {"state": RUNNING, "value": value, "max": total}
-        self._send()
+        self._set(node_id, RUNNING, value, total)
 
     def finish(self, node_id: str) -> None:
-        entry = self.nodes.setdefault(node_id, {"value": 0.0, "max": 1.0})
-        entry["state"] = FINISHED
-        entry["value"] = entry["max"]
-        self._send()
+        entry = self.nodes.get(node_id)
+        total = entry["max"] if entry is not None else 1.0
+        self._set(node_id, FINISHED, total, total)
 
-    def _send(self) -> None:
+    def _set(self, node_id: str, state: str, value: float, total: float) -> None:
+        if self.emit is None:
+            return
         dyn = self.dynprompt
-        nodes = {node_id: {"value": entry["value"], "max": entry["max"], "state": entry["state"],
-                           "node_id": node_id, "prompt_id": self.prompt_id,
-                           "display_node_id": dyn.get_display_node_id(node_id),
-                           "parent_node_id": dyn.get_parent_node_id(node_id),
-                           "real_node_id": dyn.get_real_node_id(node_id)}
-                 for node_id, entry in self.nodes.items()}
-        self.emit("progress_state", {"prompt_id": self.prompt_id, "nodes": nodes})
+        self.nodes[node_id] = {"value": value, "max": total, "state": state, "node_id": node_id,
+                               "prompt_id": self.prompt_id, "display_node_id": dyn.get_display_node_id(node_id),
+                               "parent_node_id": dyn.get_parent_node_id(node_id),
+                               "real_node_id": dyn.get_real_node_id(node_id)}
+        self.emit("progress_state", {"prompt_id": self.prompt_id, "nodes": dict(self.nodes)})

@@ -39,7 +39,8 @@ class ExecutionList:
         self.is_available = is_available
         self.is_preferred = is_preferred
         self.display_of = display_of
-        self.pending: dict[str, bool] = {}
+        self.pending: dict[str, int] = {}  # node -> the order it became pending in
+        self.ready: set[str] = set()  # pending nodes nothing blocks
         self.block_count: dict[str, int] = {}
         self.blocking: dict[str, dict[str, dict[int, bool]]] = {}  # source -> consumer -> sockets
         self.external_blocks = 0
@@ -56,8 +57,9 @@ class ExecutionList:
             current = stack.pop()
             if current in self.pending:
                 continue
-            self.pending[current] = True
+            self.pending[current] = len(self.pending)
             self.block_count[current] = 0
+            self.ready.add(current)
             self.blocking[current] = {}
             lazy = self.lazy_inputs(current)
             for name, value in self.node_of(current)["inputs"].items():
@@ -77,13 +79,14 @@ class ExecutionList:
         consumers = self.blocking[source]
         if consumer not in consumers:
             consumers[consumer] = {}
-            self.block_count[consumer] += 1
+            self._block(consumer)
         consumers[consumer][socket] = True
 
     def make_input_strong_link(self, node_id: str, name: str) -> None:
         inputs = self.node_of(node_id)["inputs"]
         if name not in inputs:
-            raise NodeInputError(f"Node {node_id} says it needs input {name}, but there is no input to that node at all")
+            raise NodeInputError(f"Node {node_id} says it needs input {name}, "
+                                 "but there is no input to that node at all")
         value = inputs[name]
         if not is_link(value):
             raise NodeInputError(f"Node {node_id} says it needs input {name}, but that value is a constant")
@@ -92,11 +95,11 @@ class ExecutionList:
     def add_external_block(self, node_id: str) -> Callable[[], None]:
         """Hold `node_id` back until the returned function is called (its async calls finished)."""
         self.external_blocks += 1
-        self.block_count[node_id] += 1
+        self._block(node_id)
 
         def unblock() -> None:
             self.external_blocks -= 1
-            self.block_count[node_id] -= 1
+            self._unblock(node_id)
             self.unblocked.set()
 
         return unblock
@@ -126,16 +129,31 @@ class ExecutionList:
     def complete(self) -> None:
         node_id = self.staged
         del self.pending[node_id]
+        self.ready.discard(node_id)
         for consumer in self.blocking.pop(node_id):
-            self.block_count[consumer] -= 1
+            self._unblock(consumer)
         self.staged = None
 
+    def _block(self, node_id: str) -> None:
+        self.block_count[node_id] += 1
+        self.ready.discard(node_id)
+
+    def _unblock(self, node_id: str) -> None:
+        self.block_count[node_id] -= 1
+        if self.block_count[node_id] == 0 and node_id in self.pending:
+            self.ready.add(node_id)
+
     def _ready(self) -> list[str]:
-        return [n for n in self.pending if self.block_count[n] == 0]
+        """Ready nodes in the order they became pending (ComfyUI's order, so ties break alike)."""
+        if len(self.ready) < 2:
+            return list(self.ready)
+        return sorted(self.ready, key=self.pending.__getitem__)
 
     def _pick(self, ready: list[str]) -> str:
         """ComfyUI's choice: an output or async node first (previews show early, async work
         starts early), then a node an output waits for, then one two steps from an output."""
+        if len(ready) == 1:
+            return ready[0]
         for node_id in ready:
             if any(self.is_preferred(node_id)):
                 return node_id

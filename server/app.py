@@ -13,13 +13,16 @@ from pathlib import Path
 from aiohttp import web
 
 from app.runtime import Runtime, create_runtime
-from server import routes_files, routes_info, routes_prompt
+from server import (routes_files, routes_frontend, routes_info, routes_internal, routes_models, routes_prompt,
+                    routes_settings, routes_user)
 from server.config import ServerConfig, listen_warning
+from server.logbuffer import LogBuffer
 from server.preview import Previewer
 from server.queue import DB_NAME, PromptStore, StoreBusy
 from server.routes_static import add_static_routes, cache_headers, index
 from server.security import make_cors, make_error_middleware, make_guard
 from server.state import STATE, ServerState, state_of
+from server.userdata import UserStore
 from server.worker import Worker
 from server.ws import Hub
 
@@ -53,7 +56,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     return await state.hub.handle(request, greeting)
 
 
-def build_app(state: ServerState) -> web.Application:
+API_MODULES = (routes_prompt, routes_files, routes_info, routes_user, routes_settings, routes_models, routes_frontend)
+
+
+def build_app(state: ServerState, logs: LogBuffer | None = None) -> web.Application:
     """The application; its owner starts state.worker once listening (see run_server)."""
     config = state.config
     middlewares = [make_error_middleware(config), make_guard(config), cache_headers]
@@ -67,11 +73,17 @@ def build_app(state: ServerState) -> web.Application:
         app.middlewares.insert(position, middleware)
     app[STATE] = state
     plugin_server.attach(state)
-    for module in (routes_prompt, routes_files, routes_info):
+    app[routes_user.USERS] = UserStore(state.folders.user_dir, config.multi_user)
+    routes_frontend.setup(app, state)
+    routes_internal.setup(app, state, logs)
+    for module in API_MODULES:
         for method, path, handler in module.ROUTES:
             # the stock frontend calls /api/...; older scripts call the bare paths
             for prefix in ("", API_PREFIX):
                 app.router.add_route(method, prefix + path, handler)
+    for method, path, handler in routes_internal.ROUTES:  # no /api twin, as in ComfyUI
+        app.router.add_route(method, path, handler)
+    routes_frontend.add_file_routes(app)
     for path in ("/ws", API_PREFIX + "/ws"):
         app.router.add_get(path, websocket)
     app.router.add_get("/", index)
@@ -126,7 +138,7 @@ async def _listen(runner: web.AppRunner, config: ServerConfig) -> list[str]:
     return problems
 
 
-async def run_server(runtime: Runtime, config: ServerConfig) -> int:
+async def run_server(runtime: Runtime, config: ServerConfig, logs: LogBuffer | None = None) -> int:
     try:
         state = create_state(runtime, config)
     except StoreBusy as exc:
@@ -137,7 +149,7 @@ async def run_server(runtime: Runtime, config: ServerConfig) -> int:
     if state.store.recovered:
         log.warning("%d prompt(s) were running when the server last stopped; they will run again",
                     len(state.store.recovered))
-    app = build_app(state)
+    app = build_app(state, logs)
     access_log = logging.getLogger("aiohttp.access") if log.isEnabledFor(logging.DEBUG) else None
     runner = web.AppRunner(app, access_log=access_log, handle_signals=False)
     await runner.setup()
@@ -175,9 +187,12 @@ async def run_server(runtime: Runtime, config: ServerConfig) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     """`python main.py`: start the engine and serve until interrupted; returns the exit code."""
-    runtime = create_runtime(args, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    config = ServerConfig.from_args(args)
+    logs = LogBuffer().capture()  # before anything prints: the frontend's terminal shows start-up too
     try:
-        return asyncio.run(run_server(runtime, config))
+        runtime = create_runtime(args, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        config = ServerConfig.from_args(args)
+        return asyncio.run(run_server(runtime, config, logs))
     except KeyboardInterrupt:
         return 0
+    finally:
+        logs.release()

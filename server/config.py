@@ -22,14 +22,19 @@ class ServerConfig:
     preview_max_size: int = 512
     preview_interval_s: float = 0.1  # at most ~10 preview frames per second per prompt
     cpu: bool = False
+    multi_user: bool = False  # per-user data, the user from the Comfy-User header
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ServerConfig":
         hosts = [h.strip() for h in str(args.listen).split(",") if h.strip()] or ["127.0.0.1"]
         max_mb = getattr(args, "max_upload_size", 100)
-        return cls(hosts=hosts, port=args.port, max_upload_bytes=int(max_mb * 1024 * 1024),
-                   preview_method=getattr(args, "preview_method", "auto") or "auto",
-                   cors_origin=getattr(args, "enable_cors_header", None), cpu=bool(getattr(args, "cpu", False)))
+        config = cls(hosts=hosts, port=args.port, max_upload_bytes=int(max_mb * 1024 * 1024),
+                     preview_method=getattr(args, "preview_method", "auto") or "auto",
+                     cors_origin=getattr(args, "enable_cors_header", None), cpu=bool(getattr(args, "cpu", False)),
+                     multi_user=bool(getattr(args, "multi_user", False)))
+        if getattr(args, "web_root", None) is not None:  # --front-end-root / --front-end-version
+            config.web_root = args.web_root
+        return config
 
     @property
     def loopback_only(self) -> bool:

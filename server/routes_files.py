@@ -41,7 +41,7 @@ def _disposition(kind: str, name: str) -> str:
     return f"{kind}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
 
 
-def _file_headers(name: str) -> dict[str, str]:
+def file_headers(name: str) -> dict[str, str]:
     guessed = mimetypes.guess_type(name)[0] or "application/octet-stream"
     inline = guessed in INLINE_TYPES or guessed.startswith(INLINE_PREFIXES)
     return {
@@ -103,10 +103,10 @@ async def view(request: web.Request) -> web.StreamResponse:
         if converted is not None:
             body, content_type = converted
             name = Path(filename).stem + ("." + content_type.split("/")[1])
-            headers = _file_headers(name)
+            headers = file_headers(name)
             headers["Content-Type"] = content_type
             return web.Response(body=body, headers=headers)
-    return web.FileResponse(path, headers=_file_headers(path.name))
+    return web.FileResponse(path, headers=file_headers(path.name))
 
 
 async def _upload_form(request: web.Request) -> tuple[Any, dict[str, str]]:

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from server import frontend
 from server.jsonio import BadRequest, json_response
 from server.state import state_of
 
@@ -85,6 +86,9 @@ async def system_stats(request: web.Request) -> web.Response:
             "ram_free": ram[1],
             "comfyui_version": version(),
             "latentgraph_version": version(),
+            "required_frontend_version": frontend.REQUIRED_FRONTEND_VERSION,
+            "installed_templates_version": frontend.installed_version(frontend.TEMPLATES_DIST),
+            "required_templates_version": frontend.REQUIRED_TEMPLATES_VERSION,
             "python_version": sys.version,
             "pytorch_version": torch.__version__,
             "embedded_python": False,

@@ -132,7 +132,7 @@ async def post_queue(request: web.Request) -> web.Response:
     state.worker.forget(deleted)
     if deleted:
         state.notify_queue()
-    return json_response({"deleted": deleted})
+    return web.Response(status=200)  # empty, as ComfyUI answers (so are /interrupt, /free, /history)
 
 
 @expects_json
@@ -142,8 +142,8 @@ async def post_interrupt(request: web.Request) -> web.Response:
     prompt_id = body.get("prompt_id")
     if prompt_id is not None and not isinstance(prompt_id, str):
         raise BadRequest(400, "invalid_request", "'prompt_id' must be a string")
-    hit = state.worker.interrupt(prompt_id)
-    return json_response({"interrupted": hit})
+    state.worker.interrupt(prompt_id)
+    return web.Response(status=200)
 
 
 @expects_json
@@ -152,7 +152,7 @@ async def post_free(request: web.Request) -> web.Response:
     unload, free = body.get("unload_models") is True, body.get("free_memory") is True
     if unload or free:
         state_of(request).worker.request_free(unload, free)
-    return json_response({})
+    return web.Response(status=200)
 
 
 def _int_param(request: web.Request, name: str) -> int | None:
@@ -190,7 +190,7 @@ async def post_history(request: web.Request) -> web.Response:
     ids = _id_list(body, "delete")
     if ids:
         store.delete_history(ids)
-    return json_response({})
+    return web.Response(status=200)
 
 
 ROUTES: list[tuple[str, str, Any]] = [

@@ -37,7 +37,7 @@ async def index(request: web.Request) -> web.StreamResponse:
     return web.Response(text=text, content_type="text/html", headers=NO_CACHE)
 
 
-def _serve_file(root: Path, relative: str) -> web.StreamResponse:
+def serve_file(root: Path, relative: str) -> web.StreamResponse:
     """A file under root, with the same strict resolution as /view (no escapes, no symlinks out)."""
     try:
         path = resolve_inside(root, relative)
@@ -51,7 +51,7 @@ def _serve_file(root: Path, relative: str) -> web.StreamResponse:
 
 
 async def web_file(request: web.Request) -> web.StreamResponse:
-    return _serve_file(state_of(request).config.web_root, request.match_info["path"])
+    return serve_file(state_of(request).config.web_root, request.match_info["path"])
 
 
 async def extension_file(request: web.Request) -> web.StreamResponse:
@@ -59,7 +59,7 @@ async def extension_file(request: web.Request) -> web.StreamResponse:
     pack = request.match_info["pack"]
     if pack not in directories:
         raise BadRequest(404, "not_found", f"no node pack {pack!r} serves web files")
-    return _serve_file(Path(directories[pack]), request.match_info["path"])
+    return serve_file(Path(directories[pack]), request.match_info["path"])
 
 
 def add_static_routes(app: web.Application) -> None:

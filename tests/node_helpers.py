@@ -49,3 +49,12 @@ def checkpoint_session(base: Path, ckpt_name: str) -> SimpleNamespace:
 
     model, clip, _ = node("CheckpointLoaderSimple", ckpt_name=ckpt_name)
     return SimpleNamespace(node=node, model=model, clip=clip, runtime=runtime)
+
+
+def register_constant(registry: NodeRegistry, name: str, types: tuple, values: tuple) -> None:
+    """Register a classic node `name` without inputs that returns `values` (of `types`)."""
+    def go(self):
+        return values
+
+    registry.register(name, type(name, (), {"INPUT_TYPES": classmethod(lambda cls: {"required": {}}),
+                                            "RETURN_TYPES": types, "FUNCTION": "go", "go": go}))

@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ class LiveServer:
         self.flags = list(flags)
         self.packs = packs
         self.launcher = launcher or [sys.executable]
-        self.extra_env = env or {}
+        self.env = env or {}
         self.proc: subprocess.Popen | None = None
         self.url = ""
         self.log_path = self.base / "server.log"
@@ -51,7 +53,7 @@ class LiveServer:
                 shutil.copy(PACKS / pack, self.base / "custom_nodes" / pack)
         self._log = open(self.log_path, "ab")
         offset = self.log_path.stat().st_size
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.proc = subprocess.Popen(
             [*self.launcher, str(REPO / "main.py"), "--base-directory", str(self.base), "--port", "0", *self.flags],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO), env=env)
@@ -204,3 +206,29 @@ async def wait_history(session: aiohttp.ClientSession, server: LiveServer, promp
 def types(messages: list[dict], prompt_id: str | None = None) -> list[str]:
     return [m["type"] for m in messages
             if prompt_id is None or (m.get("data") or {}).get("prompt_id") in (prompt_id, None)]
+
+
+# -- plain synchronous HTTP, for routes whose answers are small ------------------------------
+
+def call(url: str, method: str = "GET", body: bytes | dict | list | None = None,
+         headers: dict | None = None) -> tuple[int, object]:
+    """(status, JSON body or raw bytes or None when empty)."""
+    headers = dict(headers or {})
+    data = body
+    if isinstance(body, (dict, list)):
+        data = json.dumps(body).encode()
+        headers.setdefault("Content-Type", "application/json")
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, raw, ctype = response.status, response.read(), response.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        status, raw, ctype = exc.code, exc.read(), exc.headers.get("Content-Type", "")
+    if not raw:
+        return status, None
+    return status, json.loads(raw) if "json" in ctype else raw
+
+
+def error_message(doc) -> str:
+    assert isinstance(doc, dict) and isinstance(doc["error"]["message"], str) and doc["error"]["message"], doc
+    return doc["error"]["message"]

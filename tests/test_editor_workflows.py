@@ -139,7 +139,7 @@ def test_comfyui_sdxl_workflow_opens_saves_and_exports(editor, editor_server):
     expected = ui_to_api(copy.deepcopy(original), object_info)
     assert editor.js("lgApp.exportApi()") == expected
     with page.expect_download() as download:
-        page.click("#save-button")
+        page.click("#download-button")
     saved = json.loads(open(download.value.path()).read())
     assert ui_to_api(copy.deepcopy(saved), object_info) == expected
     with page.expect_download() as download:

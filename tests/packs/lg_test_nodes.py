@@ -3,12 +3,15 @@
 Loaded like any custom node pack (tests copy or point at this file), so every test goes through
 the real plugin path. CALLS counts executions per node class, so tests can see what ran.
 """
+import asyncio
 import collections
 import time
+import weakref
 
 import torch
 
 from comfy.utils import ProgressBar  # ComfyUI plugins import it from here
+from comfy_api.v0_0_2 import ComfyAPI, ComfyAPISync
 from comfy_execution.graph import ExecutionBlocker  # ComfyUI plugins import it from here
 from comfy_execution.graph_utils import GraphBuilder
 
@@ -376,10 +379,213 @@ class TestBlock(_Counted):
         return (value, value)
 
 
+# -- async nodes, as ComfyUI runs them -------------------------------------------------------
+
+_EVENTS: dict = {}
+
+
+def _event(name: str) -> asyncio.Event:
+    """One event per name per running loop (each prompt runs on its own loop)."""
+    return _EVENTS.setdefault((id(asyncio.get_running_loop()), name), asyncio.Event())
+
+
+class TestAsyncRendezvous(_Counted):
+    """Announces `name`, then waits up to `timeout` s for `partner` to announce itself: two of
+    these finish only if they run at the same time."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"name": ("STRING", {"default": "a"}), "partner": ("STRING", {"default": "b"}),
+                             "timeout": ("FLOAT", {"default": 5.0, "min": 0.0, "max": 60.0})}}
+
+    RETURN_TYPES = ("STRING",)
+
+    async def run(self, name, partner, timeout):
+        self.count()
+        _event(name).set()
+        await asyncio.wait_for(_event(partner).wait(), timeout)
+        return (f"{name} met {partner}",)
+
+
+class TestAsyncRaise(_Counted):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"message": ("STRING", {"default": "async boom"}),
+                             "delay": ("FLOAT", {"default": 0.01, "min": 0.0, "max": 10.0})}}
+
+    RETURN_TYPES = ("INT",)
+
+    async def run(self, message, delay):
+        self.count()
+        await asyncio.sleep(delay)
+        raise RuntimeError(message)
+
+
+class TestAsyncHang(_Counted):
+    """Sleeps `seconds`; records in `cancelled` when the engine cancels it."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seconds": ("FLOAT", {"default": 30.0, "min": 0.0, "max": 600.0})}}
+
+    RETURN_TYPES = ("INT",)
+    cancelled = []
+
+    async def run(self, seconds):
+        self.count()
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            TestAsyncHang.cancelled.append(seconds)
+            raise
+        return (1,)
+
+
+class TestAsyncChecks(_Counted):
+    """Async VALIDATE_INPUTS (refuses 7), IS_CHANGED (the token) and check_lazy_status."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"default": 0, "min": -100, "max": 100}),
+                             "token": ("STRING", {"default": "t"}), "select": ("BOOLEAN", {"default": True}),
+                             "on_true": ("*", {"lazy": True}), "on_false": ("*", {"lazy": True})}}
+
+    RETURN_TYPES = ("*",)
+
+    @classmethod
+    async def VALIDATE_INPUTS(cls, value):
+        await asyncio.sleep(0)
+        return True if value != 7 else "seven, checked asynchronously"
+
+    @classmethod
+    async def IS_CHANGED(cls, token):
+        await asyncio.sleep(0)
+        return float("nan") if token == "always" else token
+
+    async def check_lazy_status(self, select, on_true=None, on_false=None, **_):
+        await asyncio.sleep(0)
+        return ["on_true"] if select else ["on_false"]
+
+    def run(self, value, token, select, on_true=None, on_false=None):
+        self.count()
+        return ((on_true if select else on_false) + value,)
+
+
+class TestApiProgress(_Counted):
+    """Reports progress with ComfyAPI.execution.set_progress (async) or ComfyAPISync (sync)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"steps": ("INT", {"default": 2, "min": 1, "max": 100}),
+                             "sync": ("BOOLEAN", {"default": False})}}
+
+    RETURN_TYPES = ("INT",)
+
+    async def run(self, steps, sync):
+        self.count()
+        for step in range(1, steps + 1):
+            if sync:
+                ComfyAPISync().execution.set_progress(value=step, max_value=steps)
+            else:
+                await ComfyAPI().execution.set_progress(value=step, max_value=steps)
+        return (steps,)
+
+
+# -- engine contract details -----------------------------------------------------------------
+
+class TestThing(_Counted):
+    """Takes a plugin type ("THING") and reports what it received."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"thing": ("THING",)}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+
+    def run(self, thing):
+        self.count()
+        return {"ui": {"text": [f"{type(thing).__name__}:{thing!r}"]}}
+
+
+class TestRawLink(_Counted):
+    """A rawLink input receives the link itself; the node still runs after its source."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"source": ("INT", {"rawLink": True})}}
+
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+
+    def run(self, source):
+        self.count()
+        return {"ui": {"text": [repr(source), str(sorted(CALLS.items()))]}}
+
+
+class TestBadIsChanged(_Counted):
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"default": 0})}}
+
+    RETURN_TYPES = ("INT",)
+
+    @classmethod
+    def IS_CHANGED(cls, value):
+        raise ValueError(f"cannot fingerprint {value}")
+
+    def run(self, value):
+        self.count()
+        return (value,)
+
+
+class TestInstances(_Counted):
+    """Counts how many instances of it are alive (the engine keeps one per node id)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"default": 0})}}
+
+    RETURN_TYPES = ("INT",)
+    alive = weakref.WeakSet()
+
+    def __init__(self):
+        TestInstances.alive.add(self)
+        self.runs = 0
+
+    def run(self, value):
+        self.count()
+        self.runs += 1
+        return (self.runs,)
+
+
+class TestExpandCycle(_Counted):
+    """Expands into two TestAdd nodes linked to each other; `display` overrides the display id."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"forceInput": True}), "display": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ("INT",)
+
+    def run(self, value, display):
+        self.count()
+        graph = GraphBuilder()
+        first = graph.node("TestAdd", b=1)
+        second = graph.node("TestAdd", a=first.out(0), b=value)
+        first.set_input("a", second.out(0))
+        if display:
+            first.set_override_display_id(display)
+            second.set_override_display_id(display)
+        return {"result": (second.out(0),), "expand": graph.finalize()}
+
+
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in [
     TestLazySwitch, TestExpandChain, TestExpandLink, TestExpandNested, TestExpandOutput, TestExpandRaise,
     TestBlock,
     TestValue, TestAdd, TestSampler, TestOutput, TestSlow, TestRaise, TestListOut, TestListIn,
     TestVolatile, TestFingerprint, TestHidden, TestValidated, TestAnyType, TestTensor, TestTensorSink,
+    TestAsyncRendezvous, TestAsyncRaise, TestAsyncHang, TestAsyncChecks, TestApiProgress,
+    TestThing, TestRawLink, TestBadIsChanged, TestInstances, TestExpandCycle,
 ]}
 NODE_DISPLAY_NAME_MAPPINGS = {"TestValue": "Test Value", "TestOutput": "Test Output"}

@@ -52,7 +52,7 @@ export class Api extends EventTarget {
   async request(path, { method = "GET", body, json = true } = {}) {
     const init = { method, headers: {} };
     if (body !== undefined) {
-      if (body instanceof FormData) init.body = body;
+      if (body instanceof FormData || typeof body === "string") init.body = body; // a string is sent as it is
       else {
         init.body = JSON.stringify(body);
         init.headers["Content-Type"] = "application/json";
@@ -61,7 +61,7 @@ export class Api extends EventTarget {
     const response = await fetch(this.url(path), init);
     const text = await response.text();
     let doc = null;
-    if (json && text) {
+    if ((json || !response.ok) && text) { // errors are JSON whatever the route returns
       try {
         doc = JSON.parse(text);
       } catch {
@@ -117,6 +117,43 @@ export class Api extends EventTarget {
 
   interrupt(promptId = null) {
     return this.request("/interrupt", { method: "POST", body: promptId ? { prompt_id: promptId } : {} });
+  }
+
+  // -- the user's settings and files on the server (ComfyUI's /settings and /userdata) ---------
+  settings() {
+    return this.request("/settings");
+  }
+
+  storeSetting(id, value) {
+    return this.request(`/settings/${encodeURIComponent(id)}`, { method: "POST", body: JSON.stringify(value), json: false });
+  }
+
+  /** Files under a folder of the user's data, with {path, size, modified}; [] when it does not exist yet. */
+  async listUserData(dir) {
+    try {
+      return await this.request(`/userdata?dir=${encodeURIComponent(dir)}&recurse=true&full_info=true`);
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 404) return [];
+      throw err;
+    }
+  }
+
+  async userData(path) {
+    const text = await this.request(`/userdata/${encodeURIComponent(path)}`, { json: false });
+    return JSON.parse(text);
+  }
+
+  storeUserData(path, text, { overwrite = true } = {}) {
+    return this.request(`/userdata/${encodeURIComponent(path)}?overwrite=${overwrite}`, { method: "POST", body: text });
+  }
+
+  moveUserData(path, dest, { overwrite = false } = {}) {
+    return this.request(`/userdata/${encodeURIComponent(path)}/move/${encodeURIComponent(dest)}?overwrite=${overwrite}`,
+      { method: "POST" });
+  }
+
+  deleteUserData(path) {
+    return this.request(`/userdata/${encodeURIComponent(path)}`, { method: "DELETE", json: false });
   }
 
   async uploadImage(file, { overwrite = false, type = "input", subfolder = "" } = {}) {

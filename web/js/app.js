@@ -15,6 +15,8 @@ import { RunState } from "./run_state.js";
 import { Runner } from "./runner.js";
 import { Toolbar } from "./toolbar.js";
 import { QueuePanel } from "./queue_panel.js";
+import { Settings } from "./settings.js";
+import { SettingsView, WorkflowLibrary } from "./workflow_library.js";
 import { Notifier } from "./notify.js";
 import { UndoStack } from "./undo.js";
 import { Uploads } from "./upload.js";
@@ -45,6 +47,8 @@ class App {
 
   async start() {
     this.api = new Api();
+    this.settings = new Settings(this.api);
+    const settingsRead = this.settings.load();
     this.notifier = new Notifier();
     this.runState = new RunState(this.api);
     this.graph = new Graph();
@@ -62,7 +66,11 @@ class App {
       restore: (text) => this.restoreSnapshot(text),
     });
     this.toolbar = new Toolbar(this, document.getElementById("toolbar"));
+    this.settings.addEventListener("change", () => this.applySettings());
     this.queuePanel = new QueuePanel(this, document.getElementById("side-panel"));
+    this.library = new WorkflowLibrary(this);
+    this.queuePanel.addTab("workflows", "Workflows", this.library);
+    this.queuePanel.addTab("settings", "Settings", new SettingsView(this));
     this.widgetUi = this.makeWidgetUi();
     this.interaction = new Interaction(this);
     this.persist = debounce(() => this.saveToBrowser(), 400);
@@ -72,6 +80,8 @@ class App {
 
     this.objectInfo = await this.fetchObjectInfo();
     this.defs = buildDefs(this.objectInfo);
+    await settingsRead;
+    this.applySettings();
     await this.extensions.load();
     this.openInitialWorkflow();
     this.undoStack.reset();
@@ -104,12 +114,22 @@ class App {
     if (stored && isUiWorkflow(stored)) {
       try {
         this.loadWorkflowData(stored, "browser", { quiet: true, record: false });
+        this.library.setPath(this.library.path); // the saved workflow it was, if any
         return;
       } catch (err) {
         this.notify(`The workflow kept in this browser could not be opened: ${err.message}`, "warn");
       }
     }
     this.loadWorkflowData(defaultWorkflow(this.objectInfo), "default", { quiet: true, record: false });
+  }
+
+  applySettings() {
+    this.toolbar.batch.max = this.settings.get("Comfy.QueueButton.BatchCountLimit");
+  }
+
+  /** The graph now holds another document than the saved workflow that was open. */
+  leaveSavedWorkflow() {
+    if (this.library.path) this.library.setPath(null);
   }
 
   wireEvents() {
@@ -247,6 +267,7 @@ class App {
       return false;
     }
     const warnings = loadWorkflow(this.graph, workflow, this.defs);
+    if (source !== "browser" && source !== "server") this.leaveSavedWorkflow();
     this.afterLoad();
     this.canvas.selected.clear();
     this.runState.clearErrors();
@@ -273,6 +294,7 @@ class App {
   }
 
   clearGraph() {
+    this.leaveSavedWorkflow();
     this.graph.clear();
     this.canvas.selected.clear();
     this.runState.clearErrors();
@@ -282,6 +304,7 @@ class App {
 
   loadPrompt(prompt) {
     loadApiPrompt(this.graph, prompt, this.defs);
+    this.leaveSavedWorkflow();
     this.afterLoad();
     this.canvas.selected.clear();
     this.runState.clearErrors();

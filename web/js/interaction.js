@@ -338,7 +338,8 @@ export class Interaction {
     if (this.app.search.isOpen) return;
     closeEditor(true);
     const delta = e.deltaMode === 1 ? e.deltaY * 16 : e.deltaY;
-    this.canvas.zoomAt(Math.exp(-delta * 0.0015), e.clientX, e.clientY);
+    // the zoom-speed setting is the factor per wheel notch (deltaY 100), as in ComfyUI's canvas
+    this.canvas.zoomAt(this.app.settings.get("Comfy.Graph.ZoomSpeed") ** (-delta / 100), e.clientX, e.clientY);
     this.app.viewChanged();
   }
 

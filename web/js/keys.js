@@ -23,7 +23,7 @@ export function installShortcuts(app) {
     else if (mod && key === "b") app.commands.toggleBypass();
     else if (mod && key === "m") app.commands.toggleMute();
     else if (mod && key === "g") app.commands.groupSelected();
-    else if (mod && key === "s") app.saveWorkflowFile();
+    else if (mod && key === "s") app.library.save();
     else if (mod && key === "o") app.toolbar.open();
     else if (e.altKey && key === "c") app.commands.toggleCollapse();
     else if (!mod && (e.key === "Delete" || e.key === "Backspace")) app.commands.deleteSelected();

@@ -1,4 +1,5 @@
-// The side panel: the queue (running, pending, finished prompts) and a gallery of outputs.
+// The side panel: the queue (running, pending, finished prompts), a gallery of outputs, and the
+// tabs other modules add (saved workflows, settings).
 
 import { el, debounce } from "./dom.js";
 
@@ -21,7 +22,8 @@ export class QueuePanel {
     this.tab = "queue";
     this.gallery = []; // [{url, filename, subfolder, type}] newest first
     this.data = { running: [], pending: [], history: [] };
-    this.refreshSoon = debounce(() => this.refresh(), 150);
+    this.refreshSoon = debounce(() => this.refreshQueue(), 150);
+    this.views = new Map(); // tab -> {button, view: {render(body), refresh()}} of added tabs
     this.tabs = el("div", { class: "tabs" },
       this.queueTab = el("button", { text: "Queue", class: "active", onclick: () => this.show("queue") }),
       this.galleryTab = el("button", { text: "Gallery", onclick: () => this.show("gallery") }));
@@ -34,6 +36,13 @@ export class QueuePanel {
     return !this.root.hidden;
   }
 
+  /** A tab whose `view` draws into the panel body (render(body)) and reloads its data (refresh()). */
+  addTab(tab, label, view) {
+    const button = el("button", { text: label, "data-tab": tab, onclick: () => this.show(tab) });
+    this.tabs.append(button);
+    this.views.set(tab, { button, view });
+  }
+
   toggle(force) {
     this.root.hidden = force === undefined ? !this.root.hidden : !force;
     this.app.canvas.resize();
@@ -44,6 +53,7 @@ export class QueuePanel {
     this.tab = tab;
     this.queueTab.classList.toggle("active", tab === "queue");
     this.galleryTab.classList.toggle("active", tab === "gallery");
+    for (const [key, { button }] of this.views) button.classList.toggle("active", key === tab);
     this.toggle(true);
     this.render();
   }
@@ -60,6 +70,13 @@ export class QueuePanel {
   }
 
   async refresh() {
+    const added = this.views.get(this.tab);
+    if (!added) return this.refreshQueue();
+    await added.view.refresh();
+    if (this.visible && this.tab === added.button.dataset.tab) this.render();
+  }
+
+  async refreshQueue() {
     const api = this.app.api;
     try {
       const [queue, history] = await Promise.all([api.queue(), api.history(50)]);
@@ -76,11 +93,13 @@ export class QueuePanel {
     } catch {
       return; // server away: the connection status already says so
     }
-    if (this.visible) this.render();
+    if (this.visible && !this.views.has(this.tab)) this.render();
   }
 
   render() {
-    if (this.tab === "gallery") this.renderGallery();
+    const added = this.views.get(this.tab);
+    if (added) added.view.render(this.body);
+    else if (this.tab === "gallery") this.renderGallery();
     else this.renderQueue();
   }
 

@@ -7,6 +7,7 @@ export class Toolbar {
   constructor(app, root) {
     this.app = app;
     this.batch = el("input", { type: "number", id: "batch-count", min: 1, max: 100, value: 1, title: "Batch count" });
+    this.workflowName = el("span", { class: "status workflow-name", id: "workflow-name", title: "The saved workflow that is open" });
     this.queueButton = el("button", { class: "btn primary", id: "queue-button", title: "Queue (Ctrl+Enter)",
       text: "Queue", onclick: () => app.queue(this.batchCount) });
     this.cancelButton = el("button", { class: "btn danger", id: "cancel-button", title: "Interrupt the running prompt",
@@ -33,17 +34,23 @@ export class Toolbar {
         onclick: () => app.loadDefault() }),
       el("button", { class: "btn", id: "open-button", text: "Open", title: "Open a workflow .json or .png (Ctrl+O)",
         onclick: () => this.open() }),
-      el("button", { class: "btn", id: "save-button", text: "Save", title: "Save the workflow (Ctrl+S)",
+      el("button", { class: "btn", id: "save-button", text: "Save", title: "Save the workflow on the server (Ctrl+S)",
+        onclick: () => app.library.save() }),
+      el("button", { class: "btn", id: "download-button", text: "Download", title: "Download the workflow as a .json file",
         onclick: () => app.saveWorkflowFile() }),
       el("button", { class: "btn", id: "export-button", text: "Export API", title: "Save the API-format prompt",
         onclick: () => app.exportApiFile() }),
       el("span", { class: "sep" }),
       this.undoButton,
       this.redoButton,
+      this.workflowName,
       el("span", { class: "spacer" }),
       this.progress,
       this.queueInfo,
       this.status,
+      el("button", { class: "btn", id: "workflows-button", text: "Workflows", title: "Workflows saved on the server",
+        onclick: () => app.queuePanel.show("workflows") }),
+      el("button", { class: "btn", id: "settings-button", text: "Settings", onclick: () => app.queuePanel.show("settings") }),
       el("button", { class: "btn", id: "panel-button", text: "Queue ▸", title: "Queue, history and gallery",
         onclick: () => app.queuePanel.toggle() }),
       this.openInput,
@@ -52,7 +59,7 @@ export class Toolbar {
 
   get batchCount() {
     const n = Math.round(Number(this.batch.value));
-    return Number.isFinite(n) && n > 0 ? Math.min(n, 100) : 1;
+    return Number.isFinite(n) && n > 0 ? Math.min(n, this.app.settings.get("Comfy.QueueButton.BatchCountLimit")) : 1;
   }
 
   open() {
@@ -63,6 +70,10 @@ export class Toolbar {
   async onOpen() {
     const file = this.openInput.files && this.openInput.files[0];
     if (file) await this.app.openFile(file);
+  }
+
+  setWorkflowName(name) {
+    this.workflowName.textContent = name || "";
   }
 
   setConnection(state) {

@@ -16,7 +16,7 @@ import copy
 import inspect
 from abc import ABC, abstractmethod
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Literal
 
@@ -734,8 +734,9 @@ def _normalise(cls: type, value: Any) -> NodeOutput:
     return out
 
 
-class ComfyNode(ABC):
-    """Base class of V3 nodes. Implement define_schema() and execute() as classmethods."""
+class ComfyNode:
+    """Base class of V3 nodes. Implement define_schema() and execute() as classmethods. (Not an
+    ABC, as in ComfyUI: VALIDATE_CLASS reports a missing method when the node is loaded.)"""
 
     RELATIVE_PYTHON_MODULE: str | None = None  # set by the plugin loader: "custom_nodes.<pack>"
     SCHEMA: Schema | None = None
