@@ -1,10 +1,13 @@
 """The model the project trained and ships (models_builtin/): an SD1-layout file that the loader
 detects and lists, that says how it was made, and whose pictures follow their prompts, both
 through the command line's example workflow and in-process through KSampler."""
+import io
 import json
 import os
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ from diffusion.training import shapes
 from diffusion.training.evaluate import evaluate
 from diffusion.training.shapes import Scene
 from tests.conftest import make_runtime
+from tests.editor_helpers import browser, editor, editor_server, needs_browser  # noqa: F401 (fixtures)
 from tests.test_train_lora import one_thread  # noqa: F401 (autouse fixture: one torch thread)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,3 +73,24 @@ def test_prompts_are_followed_for_colours_shapes_and_held_out_combinations():
     summary = evaluate(MODEL, seeds=2, scenes=scenes, report=lambda _: None)
     assert summary["overall"]["colour"] >= 0.75 and summary["overall"]["background"] >= 0.9, summary["overall"]
     assert summary["held_out"]["n"] == 4 and summary["held_out"]["colour"] >= 0.5, summary["held_out"]
+
+
+@needs_browser
+def test_the_editor_opens_on_the_builtin_model_and_its_first_queue_draws_the_prompt(editor):
+    """The quick start on a machine with no checkpoint: the default workflow uses the built-in
+    model, and pressing Queue makes a picture of its prompt."""
+    summary = editor.summary()
+    widgets = {n["type"]: n["widgets"] for n in summary["nodes"]}
+    assert widgets["CheckpointLoaderSimple"]["ckpt_name"] == MODEL.name
+    assert widgets["EmptyLatentImage"]["width"] == 64 and widgets["EmptyLatentImage"]["height"] == 64
+    prompts = [n["widgets"]["text"] for n in summary["nodes"] if n["type"] == "CLIPTextEncode"]
+    assert "a large red circle in the center on a blue background" in prompts
+    editor.js("lgApp.graph.getNode(3).widgets.find((w) => w.name === 'seed').value = 1")
+    editor.page.click("#queue-button")
+    editor.page.wait_for_function("lgApp.runState.outputs.has('9')", timeout=120000)
+    image = editor.js("lgApp.runState.outputs.get('9').images")[0]
+    with urllib.request.urlopen(editor.server.url + "/view?" + urllib.parse.urlencode(
+            {"filename": image["filename"], "subfolder": image["subfolder"], "type": image["type"]})) as r:
+        picture = np.asarray(Image.open(io.BytesIO(r.read())).convert("RGB"))
+    verdict = shapes.judge(picture, Scene("red", "circle", "large", "center", "blue"))
+    assert verdict.colour_ok and verdict.background_ok, verdict
