@@ -113,11 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cfg", type=float, default=Sampling.cfg)
     parser.add_argument("--sampler", default=Sampling.sampler)
     parser.add_argument("--scheduler", default=Sampling.scheduler)
+    parser.add_argument("--prompt-set", type=int, default=0,
+                        help="which draw of evaluation prompts (shapes.evaluation_scenes seed); 0 is the reported one")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    summary = evaluate(args.checkpoint, args.seeds, Sampling(args.steps, args.cfg, args.sampler, args.scheduler))
+    summary = evaluate(args.checkpoint, args.seeds, Sampling(args.steps, args.cfg, args.sampler, args.scheduler),
+                       scenes=shapes.evaluation_scenes(args.prompt_set))
     print(format_summary(summary))
     print(f"{summary['images']} pictures in {summary['seconds']:.1f} s")
     return 0
