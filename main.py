@@ -1,4 +1,5 @@
-"""LatentGraph entry point: `python main.py` serves; `python main.py run WORKFLOW ...` runs files."""
+"""LatentGraph entry point: `python main.py` serves; `python main.py run WORKFLOW ...` runs files;
+`python main.py train DATASET --checkpoint CKPT --output LORA` trains a LoRA."""
 from __future__ import annotations
 
 import sys
@@ -7,6 +8,11 @@ from app.args import parse_args
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["train"]:  # its own flags (see app/train_cli.py)
+        from app.train_cli import main as train
+
+        return train(argv[1:])
     args = parse_args(argv)
     if args.command and args.command[0] == "run":
         from app.cli import run_workflows
@@ -15,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime = create_runtime(args, log=lambda msg: print(msg, file=sys.stderr))
         return run_workflows(runtime, args.command[1:])
     if args.command:
-        print(f"main.py: unknown command {args.command[0]!r}; the only command is 'run'", file=sys.stderr)
+        print(f"main.py: unknown command {args.command[0]!r}; the commands are 'run' and 'train'", file=sys.stderr)
         return 2
     from server.app import serve
 

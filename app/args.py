@@ -14,7 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="main.py",
         description="LatentGraph: a node-graph engine for Stable Diffusion.",
         epilog="Commands: (none) start the server; 'run WORKFLOW [WORKFLOW ...]' run workflow files "
-               "(API JSON, UI JSON, or PNG with an embedded workflow).",
+               "(API JSON, UI JSON, or PNG with an embedded workflow); 'train DATASET --checkpoint CKPT --output LORA' "
+               "train a LoRA (main.py train --help).",
     )
     p.add_argument("command", nargs="*", metavar="COMMAND", help="'run' followed by workflow files")
     p.add_argument("--base-directory", type=Path, default=REPO_ROOT,

@@ -39,6 +39,9 @@ _DEFAULTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], frozenset | None | 
     "diffusers": (("diffusers",), (), "diffusers"),
     "classifiers": (("classifiers",), (), None),
 }
+# The project's own model (models_builtin/README.md): listed after the user's checkpoints so a
+# fresh install can make a picture; nothing is ever written there.
+BUILTIN_MODELS_DIR = Path(__file__).resolve().parent.parent / "models_builtin"
 ALIASES = {"clip": "text_encoders", "unet": "diffusion_models", "t2i_adapter": "controlnet"}
 # A directory modified this close to a scan may have changed within the filesystem's mtime
 # granularity without its mtime moving, so such a listing is not trusted from the cache.
@@ -131,7 +134,7 @@ class FolderPaths:
     """The engine's folders: model folders by key, input/output/temp/user, custom node dirs."""
 
     def __init__(self, base_directory, output_directory=None, input_directory=None,
-                 temp_directory=None, user_directory=None, create: bool = True):
+                 temp_directory=None, user_directory=None, create: bool = True, builtin_models: bool = False):
         self.base = Path(base_directory).expanduser().resolve()
         self.output_dir = _abs(output_directory) if output_directory else self.base / "output"
         self.input_dir = _abs(input_directory) if input_directory else self.base / "input"
@@ -144,6 +147,8 @@ class FolderPaths:
         for key, (model_subdirs, output_subdirs, extensions) in _DEFAULTS.items():
             dirs = [models / d for d in model_subdirs] + [self.output_dir / d for d in output_subdirs]
             self._folders[key] = Folder(dirs, set(extensions) if isinstance(extensions, frozenset) else extensions)
+        if builtin_models:
+            self._folders["checkpoints"].dirs.append(BUILTIN_MODELS_DIR)
         self._folders["custom_nodes"] = Folder([self.base / "custom_nodes"], {".py"})
         self._listings: dict[str, _Listing] = {}
         self.lock: BinaryIO | None = None  # held by claim()

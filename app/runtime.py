@@ -37,7 +37,7 @@ def create_runtime(args: argparse.Namespace, log=print, exclusive: bool = False,
     logging.basicConfig(level=getattr(logging, args.verbose, logging.INFO), format="%(levelname)s %(name)s: %(message)s")
     folders = FolderPaths(args.base_directory, output_directory=args.output_directory,
                           input_directory=args.input_directory, temp_directory=args.temp_directory,
-                          user_directory=args.user_directory)
+                          user_directory=args.user_directory, builtin_models=True)
     if claim:
         folders.claim(exclusive)
     for config in args.extra_model_paths_config:

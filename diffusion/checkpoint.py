@@ -39,6 +39,8 @@ LDM_EXTRAS = frozenset({
 MARKER_KEYS = frozenset({"v_pred", "ztsnr", "edm_mean", "edm_std", UNET_PREFIX + "v_pred"})
 
 # The std rule for SD2.x: the 768-v models' final transformer norm bias is far more spread out.
+_SD1_TOKENS = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
+_SD1_TOKENS_OLD = "cond_stage_model.transformer.embeddings.token_embedding.weight"
 SD2_V_PROBE = UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
 SD2_V_STD_THRESHOLD = 0.09
 
@@ -307,6 +309,18 @@ def unsupported_architecture(sd: Mapping[str, object], prefix: str) -> str | Non
     return None
 
 
+def _narrow_sd1(sd: Mapping[str, object], c) -> str | None:
+    """sd1 / sd1_inpaint for a file in the SD1 layout whose CLIP-L-layout text encoder is narrower
+    than 768 and exactly as wide as the UNet's cross-attention (the project's own small models,
+    e.g. models_builtin/); the width is the one thing such a file changes."""
+    if c.adm_in_channels is not None or c.in_channels not in (4, 9) or text_encoder_kind(sd) != "clip_l":
+        return None
+    table = next((sd[k] for k in (_SD1_TOKENS, _SD1_TOKENS_OLD) if k in sd), None)
+    if table is None or tuple(table.shape)[-1] != c.context_dim:
+        return None
+    return "sd1" if c.in_channels == 4 else "sd1_inpaint"
+
+
 def _sd2_is_v(sd: Mapping[str, object], prefix: str) -> bool:
     probe = sd.get(prefix + SD2_V_PROBE[len(UNET_PREFIX):])
     if not isinstance(probe, torch.Tensor) or probe.is_meta or probe.numel() < 2:
@@ -329,7 +343,7 @@ def detect(sd: Mapping[str, object], source: str | os.PathLike | None = None) ->
     except ValueError as exc:
         raise CheckpointError(source, f"UNet keys do not match a known layout: {exc}") from None
     c = unet_config
-    family = _family_of(c.in_channels, c.context_dim, c.adm_in_channels)
+    family = _family_of(c.in_channels, c.context_dim, c.adm_in_channels) or _narrow_sd1(sd, c)
     if family is None:
         raise CheckpointError(source, (
             f"UNet with in_channels={c.in_channels}, context_dim={c.context_dim}, "

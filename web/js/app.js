@@ -120,7 +120,7 @@ class App {
         this.notify(`The workflow kept in this browser could not be opened: ${err.message}`, "warn");
       }
     }
-    this.loadWorkflowData(defaultWorkflow(), "default", { quiet: true, record: false });
+    this.loadWorkflowData(defaultWorkflow(this.objectInfo), "default", { quiet: true, record: false });
   }
 
   applySettings() {
@@ -290,7 +290,7 @@ class App {
   }
 
   loadDefault() {
-    this.loadWorkflowData(defaultWorkflow(), "default");
+    this.loadWorkflowData(defaultWorkflow(this.objectInfo), "default");
   }
 
   clearGraph() {
