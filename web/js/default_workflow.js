@@ -1,5 +1,6 @@
 // The workflow a first visit opens: ComfyUI's default text-to-image graph (same node ids,
-// classes, links and widget values), laid out left to right.
+// classes, links and widget values), laid out left to right compactly enough to read in a
+// 1280x800 window.
 
 export function defaultWorkflow() {
   const node = (id, type, pos, size, order, inputs, outputs, widgets) => ({
@@ -12,23 +13,23 @@ export function defaultWorkflow() {
     last_node_id: 9,
     last_link_id: 9,
     nodes: [
-      node(4, "CheckpointLoaderSimple", [30, 480], [320, 100], 0, [], [
+      node(4, "CheckpointLoaderSimple", [20, 60], [315, 100], 0, [], [
         { name: "MODEL", type: "MODEL", links: [1], slot_index: 0 },
         { name: "CLIP", type: "CLIP", links: [3, 5], slot_index: 1 },
         { name: "VAE", type: "VAE", links: [8], slot_index: 2 },
       ], ["v1-5-pruned-emaonly-fp16.safetensors"]),
-      node(5, "EmptyLatentImage", [480, 620], [320, 110], 1, [], [output("LATENT", "LATENT", [2])], [512, 512, 1]),
-      node(6, "CLIPTextEncode", [420, 180], [420, 170], 2, [input("clip", "CLIP", 3)],
+      node(5, "EmptyLatentImage", [20, 300], [315, 110], 1, [], [output("LATENT", "LATENT", [2])], [512, 512, 1]),
+      node(6, "CLIPTextEncode", [370, 60], [380, 150], 2, [input("clip", "CLIP", 3)],
         [output("CONDITIONING", "CONDITIONING", [4])], ["beautiful scenery nature glass bottle landscape, , purple galaxy bottle,"]),
-      node(7, "CLIPTextEncode", [420, 400], [420, 170], 3, [input("clip", "CLIP", 5)],
+      node(7, "CLIPTextEncode", [370, 270], [380, 150], 3, [input("clip", "CLIP", 5)],
         [output("CONDITIONING", "CONDITIONING", [6])], ["text, watermark"]),
-      node(3, "KSampler", [900, 180], [320, 270], 4, [
+      node(3, "KSampler", [790, 60], [300, 262], 4, [
         input("model", "MODEL", 1), input("positive", "CONDITIONING", 4), input("negative", "CONDITIONING", 6),
         input("latent_image", "LATENT", 2),
       ], [output("LATENT", "LATENT", [7])], [156680208700286, "randomize", 20, 8, "euler", "normal", 1]),
-      node(8, "VAEDecode", [1270, 180], [210, 50], 5, [input("samples", "LATENT", 7), input("vae", "VAE", 8)],
+      node(8, "VAEDecode", [790, 380], [210, 46], 5, [input("samples", "LATENT", 7), input("vae", "VAE", 8)],
         [output("IMAGE", "IMAGE", [9])], []),
-      node(9, "SaveImage", [1520, 180], [420, 460], 6, [input("images", "IMAGE", 9)], [], ["ComfyUI"]),
+      node(9, "SaveImage", [1130, 60], [340, 380], 6, [input("images", "IMAGE", 9)], [], ["ComfyUI"]),
     ],
     links: [
       [1, 4, 0, 3, 0, "MODEL"], [2, 5, 0, 3, 3, "LATENT"], [3, 4, 1, 6, 0, "CLIP"], [4, 6, 0, 3, 1, "CONDITIONING"],
@@ -37,7 +38,7 @@ export function defaultWorkflow() {
     ],
     groups: [],
     config: {},
-    extra: { ds: { scale: 0.8, offset: [40, 60] } },
+    extra: {}, // no saved view: the editor fits the graph to the window
     version: 0.4,
   };
 }
