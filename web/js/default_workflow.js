@@ -27,9 +27,9 @@ export function defaultWorkflow() {
         input("model", "MODEL", 1), input("positive", "CONDITIONING", 4), input("negative", "CONDITIONING", 6),
         input("latent_image", "LATENT", 2),
       ], [output("LATENT", "LATENT", [7])], [156680208700286, "randomize", 20, 8, "euler", "normal", 1]),
-      node(8, "VAEDecode", [790, 380], [210, 46], 5, [input("samples", "LATENT", 7), input("vae", "VAE", 8)],
+      node(8, "VAEDecode", [1130, 60], [210, 46], 5, [input("samples", "LATENT", 7), input("vae", "VAE", 8)],
         [output("IMAGE", "IMAGE", [9])], []),
-      node(9, "SaveImage", [1130, 60], [340, 380], 6, [input("images", "IMAGE", 9)], [], ["ComfyUI"]),
+      node(9, "SaveImage", [1130, 170], [340, 340], 6, [input("images", "IMAGE", 9)], [], ["ComfyUI"]),
     ],
     links: [
       [1, 4, 0, 3, 0, "MODEL"], [2, 5, 0, 3, 3, "LATENT"], [3, 4, 1, 6, 0, "CLIP"], [4, 6, 0, 3, 1, "CONDITIONING"],
