@@ -29,7 +29,7 @@ from tests.upscale_models_tiny import real_esrgan_state_dict
 
 EXAMPLES = REPO / "examples"
 CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"
-CONTROLNET = "control_v11p_sd15_canny.safetensors"
+CONTROLNET = "control_v11p_sd15_canny_fp16.safetensors"
 UPSCALER = "RealESRGAN_x4plus.pth"
 OBJECT_INFO = json.loads((SHARED / "spec" / "object_info_full.json").read_text())  # ComfyUI's
 SCALE = 8
