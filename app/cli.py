@@ -1,14 +1,21 @@
 """`python main.py run WORKFLOW ...`: run workflow files in one process that shares the cache."""
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import TextIO
 
+from app.console import saved_files
+from app.folders import UnsafePath, safe_join
 from app.runtime import Runtime
 from graph.errors import PromptError, format_errors
+from graph.prompt import unwrap
 from graph.workflow_file import WorkflowFileError, read_workflow_file
+
+# Input options that mark a file in input/ (ComfyUI's upload widgets).
+UPLOAD_OPTIONS = ("image_upload", "video_upload", "animated_image_upload", "audio_upload")
 
 
 class ProgressPrinter:
@@ -63,20 +70,43 @@ class ProgressPrinter:
     def on_execution_interrupted(self, data: dict) -> None:
         self._line(f"  interrupted in node {data.get('node_id')}")
 
-    def on_execution_success(self, data: dict) -> None:
-        self._line(f"  done in {time.perf_counter() - self.started:.2f} s")
+    def finished(self) -> None:
+        self._line(f"  Prompt executed in {time.perf_counter() - self.started:.2f} seconds")
 
 
-def output_files(runtime: Runtime, outputs: dict[str, dict]) -> list[Path]:
-    """Files the run's output nodes report in their UI (images, and any other file lists)."""
-    paths = []
-    for ui in outputs.values():
-        for items in ui.values():
-            for item in items if isinstance(items, list) else []:
-                if isinstance(item, dict) and "filename" in item and item.get("type") in ("output", "temp"):
-                    root = runtime.env.folders.typed_dir(item["type"])
-                    paths.append(root / item.get("subfolder", "") / item["filename"])
-    return paths
+def upload_inputs(prompt: dict, object_info: dict) -> list[tuple[str, str]]:
+    """(node id, file name) of every literal naming a file of input/ (LoadImage's image, ...)."""
+    found = []
+    for node_id, node in prompt.items():
+        info = object_info.get(node.get("class_type")) if isinstance(node, dict) else None
+        inputs = node.get("inputs") if info else None
+        if not isinstance(inputs, dict):
+            continue
+        declared = {**(info["input"].get("required") or {}), **(info["input"].get("optional") or {})}
+        for name, value in inputs.items():
+            spec = declared.get(name)
+            options = spec[1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and isinstance(spec[1], dict) else {}
+            value = unwrap(value)
+            if isinstance(value, str) and value and any(options.get(k) for k in UPLOAD_OPTIONS):
+                found.append((node_id, value))
+    return found
+
+
+def bring_inputs(runtime: Runtime, prompt: dict, workflow_file: Path, err: TextIO) -> None:
+    """Copy input files a workflow names from beside the workflow file into input/ when input/
+    lacks them, so shipped examples (examples/*.json with their images) run as they are."""
+    input_dir = runtime.env.folders.input_dir
+    for _node_id, name in upload_inputs(prompt, runtime.registry.describe_all()):
+        try:
+            target = runtime.env.folders.annotated_path(name)
+            source = safe_join(workflow_file.parent, name)
+        except (UnsafePath, ValueError):
+            continue  # validation reports the name
+        if target.exists() or not source.is_file() or not target.is_relative_to(input_dir):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        err.write(f"  copied {source} into the input folder ({target})\n")
 
 
 def run_workflows(runtime: Runtime, files: list[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
@@ -90,7 +120,9 @@ def run_workflows(runtime: Runtime, files: list[str], out: TextIO = sys.stdout, 
         try:
             doc = read_workflow_file(name)
             prompt = doc.to_api(runtime.registry.describe_all())
-            result = runtime.executor.run(prompt, extra_data=doc.extra_data(), emit=ProgressPrinter(prompt, err))
+            bring_inputs(runtime, prompt, Path(name), err)
+            printer = ProgressPrinter(prompt, err)
+            result = runtime.executor.run(prompt, extra_data=doc.extra_data(), emit=printer)
         except WorkflowFileError as exc:
             err.write(f"  error: {exc}\n")
             failures += 1
@@ -103,9 +135,10 @@ def run_workflows(runtime: Runtime, files: list[str], out: TextIO = sys.stdout, 
             err.write(f"  internal error: {type(exc).__name__}: {exc}\n")
             failures += 1
             continue
+        printer.finished()
         if not result.ok:
             failures += 1
-        for path in output_files(runtime, result.outputs):
+        for path in saved_files(runtime.env.folders, result.outputs):
             out.write(f"{path}\n")
         for node_id, ui in result.outputs.items():
             for text in ui.get("text", []) if isinstance(ui.get("text"), list) else []:

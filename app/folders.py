@@ -5,11 +5,13 @@ state, so tests and several engines in one process each get their own folders.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable
@@ -48,6 +50,8 @@ ALIASES = {"clip": "text_encoders", "unet": "diffusion_models", "t2i_adapter": "
 _RACY_NS = 2_000_000_000
 _ANNOTATION = re.compile(r"^(.*?)\s*\[(input|output|temp)\]\s*$")
 _DRIVE = re.compile(r"^[A-Za-z]:")
+# The folder keys listed inside FolderPaths.recording() blocks of this thread / task.
+_LISTED: ContextVar[list[str] | None] = ContextVar("listed_folders", default=None)
 
 
 class FoldersBusy(RuntimeError):
@@ -230,10 +234,23 @@ class FolderPaths:
         folder.dirs.insert(0, path) if is_default else folder.dirs.append(path)
 
     # -- listings --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def recording(self):
+        """Yields a list that collects the folder keys listed in the block (e.g. by a node's
+        INPUT_TYPES), so an empty choice list can name the folder it came from."""
+        keys: list[str] = []
+        token = _LISTED.set(keys)
+        try:
+            yield keys
+        finally:
+            _LISTED.reset(token)
+
     def filenames(self, key: str) -> list[str]:
         """Files of a folder key as sorted relative posix paths, searched recursively."""
         folder = self.folder(key)
         key = ALIASES.get(key, key)
+        if _LISTED.get() is not None and key not in _LISTED.get():
+            _LISTED.get().append(key)
         listing = self._listings.get(key)
         if listing is None or not _still_valid(listing, folder.dirs, folder.extensions):
             listing = _scan(folder.dirs, folder.extensions)

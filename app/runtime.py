@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from app import compat
+from app import compat, console
 from app.args import REPO_ROOT
 from app.env import Environment
 from app.folders import FolderPaths
@@ -34,15 +33,20 @@ def create_runtime(args: argparse.Namespace, log=print, exclusive: bool = False,
     """`exclusive` (the server): FoldersBusy when another process holds the folders, raised
     before anything in them is touched. `claim` False (a cluster worker, which serves a server
     that holds them): neither lock the folders nor empty temp/."""
-    logging.basicConfig(level=getattr(logging, args.verbose, logging.INFO), format="%(levelname)s %(name)s: %(message)s")
+    console.setup_logging(args.verbose)
     folders = FolderPaths(args.base_directory, output_directory=args.output_directory,
                           input_directory=args.input_directory, temp_directory=args.temp_directory,
                           user_directory=args.user_directory, builtin_models=True)
     if claim:
         folders.claim(exclusive)
-    for config in args.extra_model_paths_config:
+    before = console.snapshot_dirs(folders)
+    for config in extra_model_paths_configs(args):
         folders.load_extra_model_paths(config)
+    for line in console.added_paths(before, folders):
+        log(line)
     policy = DevicePolicy.from_args(args)
+    for line in console.device_lines(policy):
+        log(line)
     models = ModelManagement(policy, MemoryOptions.from_args(args, policy.load_device))
     env = Environment(folders, {"disable_metadata": args.disable_metadata}, models)
     registry = NodeRegistry(env)
@@ -55,4 +59,13 @@ def create_runtime(args: argparse.Namespace, log=print, exclusive: bool = False,
         dirs = [REPO_ROOT / "custom_nodes"] + [d for d in folders.custom_nodes_dirs
                                                if d.resolve() != (REPO_ROOT / "custom_nodes").resolve()]
         runtime.packs = load_custom_nodes(registry, dirs, log=log)
+    for line in console.folder_lines(folders):
+        log(line)
     return runtime
+
+
+def extra_model_paths_configs(args: argparse.Namespace) -> list:
+    """extra_model_paths.yaml beside main.py (read without a flag, as ComfyUI does), then the
+    --extra-model-paths-config files."""
+    beside = REPO_ROOT / "extra_model_paths.yaml"
+    return ([beside] if beside.is_file() else []) + list(args.extra_model_paths_config)

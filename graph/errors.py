@@ -60,14 +60,22 @@ def describe_value(value: Any, limit: int = 200) -> str:
 
 
 def format_errors(doc: dict) -> str:
-    """Render an {error, node_errors} document as readable lines (for the command line)."""
+    """Render an {error, node_errors} document as ComfyUI's console does, each error once:
+    the failing nodes grouped under the outputs they feed, one line per error."""
     err = doc.get("error") or {}
-    lines = [f"{err.get('message', 'error')}" + (f": {err['details']}" if err.get("details") else "")]
-    for node_id, entry in (doc.get("node_errors") or {}).items():
-        for e in entry.get("errors", []):
-            where = f"node {node_id} ({entry.get('class_type')})"
-            name = (e.get("extra_info") or {}).get("input_name")
-            if name:
-                where += f", input '{name}'"
-            lines.append(f"  {where}: {e.get('message')}" + (f" - {e['details']}" if e.get("details") else ""))
+    node_errors = doc.get("node_errors") or {}
+    details = err.get("details") if not node_errors else ""  # the details repeat the node errors
+    lines = [f"{err.get('message', 'error')}" + (f": {details}" if details else "")]
+    groups: dict[tuple, list] = {}
+    for node_id, entry in node_errors.items():
+        groups.setdefault(tuple(entry.get("dependent_outputs") or ()), []).append((node_id, entry))
+    for outputs, entries in groups.items():
+        if outputs:
+            lines.append(f"Failed to validate prompt for output {', '.join(outputs)}:")
+        for node_id, entry in entries:
+            lines.append(f"* {entry.get('class_type')} {node_id}:")
+            for e in entry.get("errors", []):
+                lines.append(f"  - {e.get('message')}" + (f": {e['details']}" if e.get("details") else ""))
+        if outputs:
+            lines.append("Output will be ignored")
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """The node registry: every node type the engine knows, built-in or from a plugin."""
 from __future__ import annotations
 
+import difflib
 import logging
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
@@ -79,8 +80,29 @@ class NodeRegistry:
         return out
 
     def unknown_type_message(self, class_type: Any) -> str:
-        msg = f"Node type {class_type!r} is not registered"
+        sentences = [f"Node type {class_type!r} is not registered."]
+        close = self.close_names(class_type) if isinstance(class_type, str) else []
+        if close:
+            sentences.append(f"Did you mean {' or '.join(repr(n) for n in close)}?")
         if self.failed_packs:
             packs = "; ".join(f"{f.name} ({f.error})" for f in self.failed_packs)
-            msg += f"; these custom node packs failed to import and may have provided it: {packs}"
-        return msg
+            sentences.append(f"These custom node packs failed to import and may have provided it: {packs}")
+        else:
+            folders = getattr(self.env, "folders", None)
+            where = f" into {folders.custom_nodes_dirs[0]}" if folders is not None else ""
+            sentences.append(f"If it comes from a custom-node pack, that pack is missing: install it{where} "
+                             "and restart.")
+        return " ".join(sentences)
+
+    def close_names(self, class_type: str, limit: int = 3) -> list[str]:
+        """Registered class names close to a misspelt one, matched by class and display name."""
+        by_key: dict[str, str] = {}
+        for name, node in self._types.items():
+            by_key.setdefault(name.lower(), name)
+            if isinstance(node.display_name, str):
+                by_key.setdefault(node.display_name.lower(), name)
+        found: list[str] = []
+        for key in difflib.get_close_matches(class_type.lower(), by_key, n=limit * 2, cutoff=0.75):
+            if by_key[key] not in found:
+                found.append(by_key[key])
+        return found[:limit]

@@ -6,6 +6,8 @@ that can run; a prompt runs when at least one of its outputs is valid.
 """
 from __future__ import annotations
 
+import contextlib
+import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,16 +42,20 @@ def validate_prompt(prompt: Any, registry: NodeRegistry, targets: list | None = 
                            "the prompt must be a JSON object mapping node ids to nodes"), {})
     problems: dict[str, list[dict]] = {}
     normalised: dict[str, dict] = {}
+    broken: dict[str, dict] = {}  # nodes that cannot be checked (e.g. unknown types): their links only
     for node_id, node in prompt.items():
         shape = _node_shape_error(node, registry)
+        inputs = node.get("inputs") if isinstance(node, dict) else None
+        inputs = {k: [str(v[0]), v[1]] if is_link(v) else v for k, v in inputs.items()} \
+            if isinstance(inputs, dict) else {}
         if shape:
             problems[node_id] = [shape]
+            broken[node_id] = {"inputs": {k: v for k, v in inputs.items() if is_link(v)}}
         else:
-            inputs = {k: [str(v[0]), v[1]] if is_link(v) else v for k, v in (node.get("inputs") or {}).items()}
             normalised[node_id] = {"class_type": node["class_type"], "inputs": inputs}
     structural = bool(problems)
 
-    graph = _link_graph(normalised)
+    graph = _link_graph({**normalised, **broken})
     for component in nx.strongly_connected_components(graph):
         if len(component) > 1 or any(graph.has_edge(n, n) for n in component):
             members = ", ".join(sorted(component))
@@ -66,7 +72,7 @@ def validate_prompt(prompt: Any, registry: NodeRegistry, targets: list | None = 
     for node_id in sorted(needed):
         if node_id in problems:
             continue
-        own = _validate_node(node_id, normalised, registry, specs)
+        own = _validate_node(node_id, normalised, registry, specs, broken)
         if own:
             problems[node_id] = own
 
@@ -104,15 +110,38 @@ class _SpecMemo:
     def __init__(self, registry: NodeRegistry):
         self.registry = registry
         self._memo: dict[str, tuple] = {}
+        self.folders: dict[str, list[str]] = {}  # class -> folder keys its INPUT_TYPES listed
 
     def __call__(self, class_type: str) -> tuple:
         if class_type not in self._memo:
             node_type = self.registry.get(class_type)
+            folders = getattr(self.registry.env, "folders", None)
+            listed: list[str] = []
             try:
-                self._memo[class_type] = (node_type.inputs(), node_type.validator(), None)
+                with folders.recording() if folders is not None else contextlib.nullcontext(listed) as listed:
+                    self._memo[class_type] = (node_type.inputs(), node_type.validator(), None)
             except Exception as exc:
                 self._memo[class_type] = (None, None, exc)
+            self.folders[class_type] = list(listed)
         return self._memo[class_type]
+
+    def list_hint(self, class_type: str, choices: tuple) -> str:
+        """Where the files of a node's choice list come from, and what to do when it is empty."""
+        folders = getattr(self.registry.env, "folders", None)
+        keys = self.folders.get(class_type) or []
+        if folders is None or not keys:
+            return "" if choices else " (the list is empty: no matching files were found)"
+        if choices:
+            sources = [key for key in keys if set(choices) <= set(folders.filenames(key))]
+            dirs = [str(d) for key in sources for d in folders.model_dirs(key)]
+            return f" (files listed from {', '.join(dirs)})" if dirs else ""
+        empty = [key for key in keys if not folders.filenames(key)] or keys
+        dirs = [folders.model_dirs(key) for key in empty]
+        where = " and ".join(f"the {key} folder {d[0]}" for key, d in zip(empty, dirs) if d)
+        others = [str(x) for d in dirs for x in d[1:] if x.is_dir()]
+        return (f" (the list is empty: no files in {where}"
+                + (f" nor in {', '.join(others)}" if others else "")
+                + "; put the model file there and try again (the editor lists new files after R))")
 
 
 def _fail(err: dict, node_errors: dict) -> ValidationResult:
@@ -139,7 +168,7 @@ def _node_shape_error(node: Any, registry: NodeRegistry) -> dict | None:
 
 
 def _link_graph(prompt: dict) -> nx.DiGraph:
-    """Edges source -> consumer for every link whose source exists."""
+    """Edges source -> consumer for every link whose source exists (nodes as {"inputs": ...})."""
     graph = nx.DiGraph((value[0], node_id) for node_id, node in prompt.items()
                        for value in node["inputs"].values() if is_link(value) and value[0] in prompt)
     graph.add_nodes_from(prompt)
@@ -166,7 +195,8 @@ def _node_errors(problems: dict, outputs: list[str], graph: nx.DiGraph, prompt: 
 # One node's own inputs.
 
 
-def _validate_node(node_id: str, prompt: dict, registry: NodeRegistry, memo: _SpecMemo) -> list[dict]:
+def _validate_node(node_id: str, prompt: dict, registry: NodeRegistry, memo: _SpecMemo,
+                   broken: dict) -> list[dict]:
     node = prompt[node_id]
     specs, validator, exc = memo(node["class_type"])
     if exc is not None:
@@ -179,32 +209,46 @@ def _validate_node(node_id: str, prompt: dict, registry: NodeRegistry, memo: _Sp
     errors: list[dict] = []
     received_types: dict[str, Any] = {}
     inputs = node["inputs"]
+    undeclared = [n for n in inputs if n not in specs]
     for name, spec in specs.items():
         if spec.section == "hidden":
             continue
         if name not in inputs:
             if spec.section == "required":
                 errors.append(input_error("required_input_missing", "Required input is missing",
-                                          name, name, _config(spec)))
+                                          name + _misspelt(name, undeclared, node["class_type"]), name,
+                                          _config(spec)))
             continue
         value = inputs[name]
+        if is_link(value) and str(value[0]) in broken:
+            continue  # the source's own error says what is wrong with it
         if isinstance(value, (list, tuple)):
             err = _check_link(name, value, spec, prompt, registry, received_types,
                               wants_types=bool(validator and validator[3]))
         else:  # a node that validates an input itself waives its range and list checks
-            err = _check_literal(name, value, spec, inputs, checked_by_node=name in checked_by_node)
+            err = _check_literal(name, value, spec, inputs, checked_by_node=name in checked_by_node,
+                                 list_hint=lambda choices: memo.list_hint(node["class_type"], choices))
         if err:
             errors.append(err)
-    for name in [n for n in inputs if n not in specs]:
+    for name in undeclared:
         value = inputs[name]
         if not is_link(value):
             del inputs[name]  # undeclared literals are dropped, as ComfyUI does
-        elif str(value[0]) not in prompt:
+        elif str(value[0]) not in prompt and str(value[0]) not in broken:
             errors.append(input_error("bad_linked_input", "Link to a missing node",
                                       f"{name} links to node {value[0]!r}, which is not in the prompt", name))
     if validator and not errors:
         errors.extend(_run_validator(validator, specs, inputs, received_types))
     return errors
+
+
+def _misspelt(name: str, undeclared: list[str], class_type: str) -> str:
+    """A note for a missing input when the node was given an unknown input of a similar name."""
+    close = difflib.get_close_matches(name, undeclared, n=1, cutoff=0.6) or \
+        [n for n in undeclared if n.lower() == name.lower()]
+    if not close:
+        return ""
+    return f" (unknown input {close[0]!r} given instead: {class_type} has no input of that name; did you mean {name!r}?)"
 
 
 def _config(spec: InputSpec) -> list:
@@ -240,7 +284,8 @@ def _check_link(name, value, spec, prompt, registry, received_types, wants_types
     return None
 
 
-def _check_literal(name: str, raw: Any, spec: InputSpec, inputs: dict, checked_by_node: bool = False) -> dict | None:
+def _check_literal(name: str, raw: Any, spec: InputSpec, inputs: dict, checked_by_node: bool = False,
+                   list_hint=None) -> dict | None:
     value = unwrap(raw)
     try:
         value = _cast(spec, value)
@@ -261,7 +306,8 @@ def _check_literal(name: str, raw: Any, spec: InputSpec, inputs: dict, checked_b
                                f"{name}", name, _config(spec), received_value=value)
     if spec.type == "COMBO" and value not in spec.choices:
         shown = list(spec.choices) if len(spec.choices) <= COMBO_LIST_ELIDE else f"(list of length {len(spec.choices)})"
-        hint = "" if spec.choices else " (the list is empty: no matching files were found)"
+        hint = list_hint(spec.choices) if list_hint else \
+            ("" if spec.choices else " (the list is empty: no matching files were found)")
         return input_error("value_not_in_list", "Value not in list",
                            f"{name}: {describe_value(value)} not in {shown}{hint}", name, _config(spec),
                            received_value=describe_value(value))

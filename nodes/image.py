@@ -194,7 +194,11 @@ def check_input_file(env: Any, name: Any, kind: str) -> bool | str:
         path = _input_image_path(env, name)
     except ValueError as exc:
         return f"Invalid {kind} file: {name} ({exc})"
-    return True if path.is_file() else f"Invalid {kind} file: {name}"
+    if path.is_file():
+        return True
+    folder = next((t for t in ("input", "output", "temp") if path.is_relative_to(env.folders.typed_dir(t))), "input")
+    return (f"Invalid {kind} file: {name} (no such file in the {folder} folder {env.folders.typed_dir(folder)}: "
+            f"copy it there, or upload it with the node's 'choose file to upload')")
 
 
 class LoadImage(Node):

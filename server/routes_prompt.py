@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from app import console
 from graph.errors import error as error_doc
 from server.jsonio import BadRequest, json_response, raw_json_response, read_json_object
 from server.queue import DuplicatePromptId, Job
@@ -46,6 +47,7 @@ async def post_prompt(request: web.Request) -> web.Response:
     body = state.runtime.plugin_server.trigger_on_prompt(await read_json_object(request))
     if not isinstance(body, dict):
         return _bad_field("an on_prompt handler of a custom node returned something other than an object")
+    console.log.info("got prompt")
     if "prompt" not in body:
         return _prompt_error(400, error_doc("no_prompt", "No prompt provided", "No prompt provided"))
     prompt = body["prompt"]
@@ -83,6 +85,7 @@ async def post_prompt(request: web.Request) -> web.Response:
         log.exception("validation of a prompt raised")
         return _prompt_error(400, error_doc("exception_during_validation", "Exception during validation",
                                             f"{type(exc).__name__}: {exc}"))
+    console.report_validation(checked.as_dict(), checked.ok, console.log.info)
     if not checked.ok:
         return _prompt_error(400, checked.error or error_doc("invalid_prompt", "Invalid prompt"), checked.node_errors)
 

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from app import console
 from graph.context import NodeContext
 from graph.executor import Executor, RunResult
 from graph.validation import ValidationResult
@@ -151,7 +152,8 @@ class Worker:
         if self._stopping.is_set() and result.status == "interrupted":
             return  # left 'running' on purpose: it runs again after the restart
         self._finish(job, result)
-        log.info("prompt %s: %s in %.2fs", job.prompt_id, result.status, time.perf_counter() - started)
+        console.report_run(result, time.perf_counter() - started, getattr(self.executor.registry.env, "folders", None),
+                           console.log.info)
 
     # -- the seam a cluster replaces (server/cluster): where jobs come from and run -------------
     def _next_job(self) -> Job | None:

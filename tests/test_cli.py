@@ -68,9 +68,12 @@ def test_invalid_graph_exits_nonzero_with_readable_errors(tmp_path):
               "3": {"class_type": "TestOutput", "inputs": {"value": ["2", 0]}}}
     proc = main(tmp_path, "run", write(tmp_path / "bad.json", prompt))
     assert proc.returncode == 1
-    assert "node 1 (TestValue), input 'value'" in proc.stderr
-    assert "node 2 (TestSampler), input 'seed'" in proc.stderr
-    assert "node 2 (TestSampler), input 'mode'" in proc.stderr and "'warp'" in proc.stderr
+    # ComfyUI's console layout: the nodes under the output they feed, one line per error, each once
+    assert "Failed to validate prompt for output 3:" in proc.stderr
+    assert "* TestValue 1:" in proc.stderr and "* TestSampler 2:" in proc.stderr
+    assert proc.stderr.count("Value -1 smaller than min of 0: seed") == 1
+    assert proc.stderr.count("Value not in list: mode: 'warp' not in ['fast', 'slow']") == 1
+    assert proc.stderr.count("Failed to convert an input value to a INT value: value, 'lots'") == 1
     assert "Traceback" not in proc.stderr
 
 

@@ -1,31 +1,27 @@
 """Image-to-image, inpainting and outpainting: the nodes through the registry on tiny random-weight
-checkpoints, against hand-worked answers and ComfyUI's published widget declarations, and the
-shipped example workflows through the command line."""
+checkpoints, against hand-worked answers and ComfyUI's published widget declarations (the
+shipped example workflows run in tests/test_examples.py)."""
 from __future__ import annotations
 
 import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from diffusion import ksampler as K
 from graph.context import NodeContext
 from tests.conftest import make_runtime
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "examples"
 OBJECT_INFO = json.loads((REPO / "tests" / "data" / "object_info_core.json").read_text())
 SD1_SCALE = 0.18215  # SD1.x latent scale factor (model space = VAE latent * 0.18215)
-# Checkpoint file names the example workflows load, and the tiny family standing in for each.
+# Checkpoint file names the tests load, and the tiny family standing in for each.
 CHECKPOINTS = {"v1-5-pruned-emaonly.safetensors": "sd15", "sd-v1-5-inpainting.safetensors": "sd15_inpaint"}
 
 
@@ -411,26 +407,3 @@ def test_outpaint_feathering_off_when_too_wide_and_thirds_from_a_left_pad(rt):
     assert torch.equal(mask[0, 3, 8:], row)
     with pytest.raises(ValueError, match="left must not be negative"):
         node(rt, "ImagePadForOutpaint", image=image, left=-8, top=0, right=0, bottom=0, feathering=2)
-
-
-# ---------------------------------------------------------------------------------------------
-# the example workflows, end to end
-
-
-EXAMPLE_OUTPUTS = {"img2img": (32, 32), "inpaint": (32, 32), "outpaint": (48, 40)}  # outpaint: +16 wide, +8 high
-
-
-def test_example_workflows_run_from_the_command_line(tmp_path, tiny_checkpoint):
-    # One `main.py run` for the three files: each pays seconds of interpreter and library start-up.
-    place_checkpoints(tmp_path, tiny_checkpoint)
-    (tmp_path / "input").mkdir()
-    shutil.copy(EXAMPLES / "example_input.png", tmp_path / "input" / "example_input.png")
-    files = [str(EXAMPLES / f"{name}.json") for name in EXAMPLE_OUTPUTS]
-    proc = subprocess.run([sys.executable, str(REPO / "main.py"), "run", "--base-directory", str(tmp_path), "--cpu",
-                           *files], capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    written = [Path(line) for line in proc.stdout.split()]
-    assert [p.name for p in written] == [f"{name}_00001_.png" for name in EXAMPLE_OUTPUTS]
-    for path, size in zip(written, EXAMPLE_OUTPUTS.values()):
-        with Image.open(path) as img:
-            assert img.size == size, path.name

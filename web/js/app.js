@@ -19,7 +19,7 @@ import { Settings } from "./settings.js";
 import { SettingsView, WorkflowLibrary } from "./workflow_library.js";
 import { Notifier } from "./notify.js";
 import { UndoStack } from "./undo.js";
-import { Uploads } from "./upload.js";
+import { Uploads, fileWidget } from "./upload.js";
 import { MaskEditor } from "./mask_editor.js";
 import { Extensions } from "./extensions.js";
 import { installShortcuts } from "./keys.js";
@@ -168,17 +168,48 @@ class App {
     // what was running may have died with the server; its greeting says if it still runs
     this.runState.resetRunning();
     this.notify("Reconnected to the server", "ok", 2500);
-    try {
-      const info = await this.api.objectInfo();
-      if (JSON.stringify(info) !== JSON.stringify(this.objectInfo)) {
-        this.objectInfo = info;
-        this.defs = buildDefs(info);
-        this.restoreSnapshot(JSON.stringify(serializeWorkflow(this.graph, null)));
-      }
-    } catch {
-      // the next reconnect tries again
-    }
+    await this.refreshDefinitions({ quiet: true });
     this.queuePanel.refresh();
+  }
+
+  /** Reload /object_info (the R key, the Refresh button): node types of packs installed since,
+   * and the files now in the model folders and input/ in every list. Values are kept. */
+  async refreshDefinitions({ quiet = false } = {}) {
+    let info;
+    try {
+      info = await this.api.objectInfo();
+    } catch (err) {
+      if (!quiet) this.notify(`Cannot refresh the node definitions: ${err.message}`, "error");
+      return false;
+    }
+    const changed = JSON.stringify(info) !== JSON.stringify(this.objectInfo);
+    if (changed) {
+      this.objectInfo = info;
+      this.defs = buildDefs(info);
+      this.restoreSnapshot(JSON.stringify(serializeWorkflow(this.graph, null)));
+    }
+    if (!quiet) this.notify(changed ? "Refreshed node definitions and model lists" : "Node definitions and model lists are up to date", "ok", 2500);
+    return changed;
+  }
+
+  /** A toast naming input files the workflow's Load Image nodes want that the server lacks. */
+  reportMissingInputs() {
+    const missing = new Set();
+    for (const node of this.graph.nodes) {
+      const widget = fileWidget(node);
+      if (!widget) continue;
+      if (typeof widget.value === "string" && widget.value && !widget.choices.includes(widget.value)) missing.add(widget.value);
+    }
+    if (missing.size) {
+      this.notify(`Not in the server's input folder: ${[...missing].join(", ")}. Upload it with the Load Image node's `
+        + `"choose file to upload" or drop it on the node.`, "warn", 8000);
+    }
+  }
+
+  /** Errors of the previous document (marks on nodes, the error list) do not belong to the next one. */
+  clearRunErrors() {
+    this.runState.clearErrors();
+    this.notifier.hideErrors();
   }
 
   // -- change tracking ------------------------------------------------------------------------
@@ -270,8 +301,7 @@ class App {
     if (source !== "browser" && source !== "server") this.leaveSavedWorkflow();
     this.afterLoad();
     this.canvas.selected.clear();
-    this.runState.clearErrors();
-    this.notifier.hideErrors();
+    this.clearRunErrors();
     const ds = workflow.extra && workflow.extra.ds;
     if (ds && ds.offset) this.canvas.setView(ds);
     if (!ds || !ds.offset || !this.canvas.anyNodeVisible()) this.canvas.fitView();
@@ -280,6 +310,7 @@ class App {
     if (missing.length && (!quiet || source !== "browser")) {
       this.notify(`Node types not installed (shown in red, values kept): ${missing.join(", ")}`, "warn", 6000);
     }
+    if (!quiet) this.reportMissingInputs();
     if (warnings.length && !quiet) console.warn("workflow loaded with warnings:", warnings);
     if (record) this.commit(`load-${source}`);
     else {
@@ -297,7 +328,7 @@ class App {
     this.leaveSavedWorkflow();
     this.graph.clear();
     this.canvas.selected.clear();
-    this.runState.clearErrors();
+    this.clearRunErrors();
     this.canvas.setView({ scale: 1, offset: [0, 0] });
     this.commit("clear");
   }
@@ -307,8 +338,9 @@ class App {
     this.leaveSavedWorkflow();
     this.afterLoad();
     this.canvas.selected.clear();
-    this.runState.clearErrors();
+    this.clearRunErrors();
     this.canvas.fitView();
+    this.reportMissingInputs();
     this.commit("load-prompt");
   }
 

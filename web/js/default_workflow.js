@@ -1,7 +1,8 @@
 // The workflow a first visit opens: ComfyUI's default text-to-image graph (same node ids,
-// classes, links and widget values), laid out left to right. When the only checkpoint the server
-// lists is the project's built-in model (models_builtin/), the same graph is set up for it: its
-// 64x64 size and a prompt in its vocabulary, so the first Queue makes a picture of the prompt.
+// classes, links and widget values), laid out left to right compactly enough to read in a
+// 1280x800 window. When the only checkpoint the server lists is the project's built-in model
+// (models_builtin/), the same graph is set up for it: its 64x64 size and a prompt in its
+// vocabulary, so the first Queue makes a picture of the prompt.
 
 export const BUILTIN_CHECKPOINT = "latentgraph-shapes-64.safetensors";
 const COMFY_DEFAULTS = {
@@ -30,23 +31,23 @@ export function defaultWorkflow(objectInfo = null) {
     last_node_id: 9,
     last_link_id: 9,
     nodes: [
-      node(4, "CheckpointLoaderSimple", [30, 480], [320, 100], 0, [], [
+      node(4, "CheckpointLoaderSimple", [20, 60], [315, 100], 0, [], [
         { name: "MODEL", type: "MODEL", links: [1], slot_index: 0 },
         { name: "CLIP", type: "CLIP", links: [3, 5], slot_index: 1 },
         { name: "VAE", type: "VAE", links: [8], slot_index: 2 },
       ], [d.ckpt]),
-      node(5, "EmptyLatentImage", [480, 620], [320, 110], 1, [], [output("LATENT", "LATENT", [2])], [d.size, d.size, 1]),
-      node(6, "CLIPTextEncode", [420, 180], [420, 170], 2, [input("clip", "CLIP", 3)],
+      node(5, "EmptyLatentImage", [20, 300], [315, 110], 1, [], [output("LATENT", "LATENT", [2])], [d.size, d.size, 1]),
+      node(6, "CLIPTextEncode", [370, 60], [380, 150], 2, [input("clip", "CLIP", 3)],
         [output("CONDITIONING", "CONDITIONING", [4])], [d.positive]),
-      node(7, "CLIPTextEncode", [420, 400], [420, 170], 3, [input("clip", "CLIP", 5)],
+      node(7, "CLIPTextEncode", [370, 270], [380, 150], 3, [input("clip", "CLIP", 5)],
         [output("CONDITIONING", "CONDITIONING", [6])], [d.negative]),
-      node(3, "KSampler", [900, 180], [320, 270], 4, [
+      node(3, "KSampler", [790, 60], [300, 262], 4, [
         input("model", "MODEL", 1), input("positive", "CONDITIONING", 4), input("negative", "CONDITIONING", 6),
         input("latent_image", "LATENT", 2),
       ], [output("LATENT", "LATENT", [7])], [156680208700286, "randomize", 20, d.cfg, "euler", "normal", 1]),
-      node(8, "VAEDecode", [1270, 180], [210, 50], 5, [input("samples", "LATENT", 7), input("vae", "VAE", 8)],
+      node(8, "VAEDecode", [1130, 60], [210, 46], 5, [input("samples", "LATENT", 7), input("vae", "VAE", 8)],
         [output("IMAGE", "IMAGE", [9])], []),
-      node(9, "SaveImage", [1520, 180], [420, 460], 6, [input("images", "IMAGE", 9)], [], ["ComfyUI"]),
+      node(9, "SaveImage", [1130, 170], [340, 340], 6, [input("images", "IMAGE", 9)], [], ["ComfyUI"]),
     ],
     links: [
       [1, 4, 0, 3, 0, "MODEL"], [2, 5, 0, 3, 3, "LATENT"], [3, 4, 1, 6, 0, "CLIP"], [4, 6, 0, 3, 1, "CONDITIONING"],
@@ -55,7 +56,7 @@ export function defaultWorkflow(objectInfo = null) {
     ],
     groups: [],
     config: {},
-    extra: { ds: { scale: 0.8, offset: [40, 60] } },
+    extra: {}, // no saved view: the editor fits the graph to the window
     version: 0.4,
   };
 }

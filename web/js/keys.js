@@ -26,6 +26,7 @@ export function installShortcuts(app) {
     else if (mod && key === "s") app.library.save();
     else if (mod && key === "o") app.toolbar.open();
     else if (e.altKey && key === "c") app.commands.toggleCollapse();
+    else if (!mod && !e.altKey && key === "r") app.refreshDefinitions();
     else if (!mod && (e.key === "Delete" || e.key === "Backspace")) app.commands.deleteSelected();
     else if (!mod && e.key === ".") app.canvas.fitView(app.canvas.selected.size ? [...app.canvas.selected] : undefined);
     else if (e.key === "Escape") {

@@ -137,7 +137,9 @@ export class QueuePanel {
     });
     this.body.replaceChildren(
       el("div", { class: "panel-actions" },
-        el("button", { class: "btn small", text: "Refresh", onclick: () => this.refresh() }),
+        el("button", { class: "btn small", id: "queue-refresh", text: "Refresh queue",
+          title: "Reload the queue and history from the server (node definitions and model lists: R)",
+          onclick: () => this.refresh() }),
         el("button", { class: "btn small danger", text: "Clear pending", onclick: async () => {
           await app.api.clearPending().catch((e) => app.notify(e.message, "error"));
           this.refresh();

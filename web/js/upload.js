@@ -26,7 +26,8 @@ export class Uploads {
     if (file && node) await this.uploadTo(node, file);
   }
 
-  /** Upload a file and make it the node's image. */
+  /** Upload a file and make it the node's image. Other nodes that name a file of that name the
+   * server lacks (an example workflow opened before its picture was uploaded) get it too. */
   async uploadTo(node, file) {
     const app = this.app;
     let result;
@@ -38,15 +39,26 @@ export class Uploads {
     }
     const name = result.subfolder ? `${result.subfolder}/${result.name}` : result.name;
     const value = result.type && result.type !== "input" ? `${name} [${result.type}]` : name;
-    const widget = node.widget("image");
-    if (widget) {
+    const waiting = app.graph.nodes.filter((n) => {
+      const w = fileWidget(n);
+      return n !== node && w && w.value === file.name && !w.choices.includes(file.name);
+    });
+    for (const target of [node, ...waiting]) {
+      const widget = fileWidget(target);
+      if (!widget) continue;
       if (!widget.choices.includes(value)) widget.choices.push(value);
       widget.value = value;
+      target.showsImage = true;
+      fitToContent(target);
     }
-    node.showsImage = true;
-    fitToContent(node);
     app.commit("upload");
-    app.notify(`Uploaded ${result.name}`, "ok");
+    app.notify(`Uploaded ${result.name}` + (waiting.length ? ` (also set in ${waiting.length} more node(s))` : ""), "ok");
     return value;
   }
+}
+
+/** The widget an upload button fills (Load Image's image), or null for other nodes. */
+export function fileWidget(node) {
+  const button = node.widgets.find((w) => w.kind === "upload");
+  return button ? node.widget(button.target) : null;
 }
