@@ -1,8 +1,10 @@
 """Where models run and in which dtype, and the memory facts the model-lifetime service uses.
 
 `DevicePolicy` picks the compute device (CUDA when present unless told --cpu) and the dtype of
-each component. CPU runs in float32: half precision there is slow and some kernels lack it.
-Which models stay loaded is diffusion.model_management's job.
+each component. On a CPU with native bf16 (AVX512-BF16 or AMX) the UNet and VAE compute in bf16,
+about 4x faster than fp32; elsewhere, and with --force-fp32, the CPU computes in fp32 throughout
+as ComfyUI does. fp16 is never used on the CPU (slow, and some kernels lack it). Which models stay
+loaded is diffusion.model_management's job.
 """
 from __future__ import annotations
 
@@ -16,6 +18,37 @@ import torch
 from torch import nn
 
 CPU = torch.device("cpu")
+# "1" / "0" overrides the CPU bf16 probe: the test suite sets "0" so that its comparisons with
+# ComfyUI's fp32 numbers keep running in fp32 on any machine, servers it starts included.
+CPU_BF16_ENV = "LATENTGRAPH_CPU_BF16"
+# /proc/cpuinfo flags of native bf16 arithmetic (AVX512-BF16 dot products, AMX tiles)
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None, capability: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively, so bf16 beats fp32 instead of being emulated.
+
+    The CPU must advertise avx512_bf16 or amx_bf16 and torch must run its AVX512 kernels (an
+    ATEN_CPU_CAPABILITY capped at AVX2 leaves bf16 emulated). `LATENTGRAPH_CPU_BF16` overrides;
+    `cpuinfo` / `capability` stand in for /proc/cpuinfo and torch's probe in tests.
+    """
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if capability is None:
+        capability = torch.backends.cpu.get_cpu_capability()
+    if not capability.startswith("AVX512"):
+        return False
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False   # not Linux: no reliable probe, fp32 is the safe choice
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & BF16_CPU_FLAGS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -43,12 +76,15 @@ class DevicePolicy:
     @classmethod
     def choose(cls, cpu: bool = False, force_fp32: bool = False, force_fp16: bool = False,
                force_bf16: bool = False, vae_dtype: str | None = None,
-               cuda_available: bool | None = None, capability: tuple[int, int] | None = None) -> "DevicePolicy":
-        """The policy for these flags; `cuda_available`/`capability` override the probe (tests).
+               cuda_available: bool | None = None, capability: tuple[int, int] | None = None,
+               cpu_bf16: bool | None = None) -> "DevicePolicy":
+        """The policy for these flags; `cuda_available`/`capability`/`cpu_bf16` override the probes.
 
         CUDA: fp16 weights from compute capability 7.0 (tensor cores; Pascal's fp16 is slow), fp32
         below; the VAE in bf16 from 8.0 and fp32 otherwise, because SD VAEs overflow in fp16 and
-        decode to NaN. CPU: fp32 throughout. Forcing flags win, except that fp16 on the CPU becomes
+        decode to NaN. CPU: UNet and VAE in bf16 where the CPU has native bf16, else fp32; the text
+        encoder in fp32 (as ComfyUI computes it on the CPU: it is cheap and prompts are sensitive).
+        --force-fp32 gives fp32 throughout. Forcing flags win, except that fp16 on the CPU becomes
         fp32 (noted) since several CPU kernels have no fp16 path.
         """
         device = pick_device(cpu, cuda_available)
@@ -58,7 +94,11 @@ class DevicePolicy:
             model = torch.float16 if cap >= (7, 0) else torch.float32
             vae = torch.bfloat16 if cap >= (8, 0) else torch.float32
         else:
-            model = vae = torch.float32
+            native = cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16
+            model = vae = torch.bfloat16 if native else torch.float32
+            if native and not force_fp32:
+                notes.append("the CPU has native bf16: UNet and VAE compute in bf16 "
+                             "(--force-fp32 for ComfyUI's fp32 numerics)")
         if force_fp32:
             model = vae = torch.float32
         elif force_bf16:
@@ -74,7 +114,9 @@ class DevicePolicy:
             if vae == torch.float16:
                 notes.append("fp16 VAE requested on the CPU: using fp32")
                 vae = torch.float32
-        return cls(device, CPU, model, model, vae, tuple(notes))
+        # the text encoder follows the UNet on a GPU; on the CPU it stays fp32, as in ComfyUI
+        text = model if device.type == "cuda" else torch.float32
+        return cls(device, CPU, model, text, vae, tuple(notes))
 
     @classmethod
     def from_args(cls, args: Any) -> "DevicePolicy":

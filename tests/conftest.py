@@ -1,3 +1,4 @@
+import os
 import shutil
 from pathlib import Path
 
@@ -5,6 +6,12 @@ import pytest
 
 from app.args import parse_args
 from app.runtime import create_runtime
+from diffusion.device import CPU_BF16_ENV
+
+# Many tests compare with numbers ComfyUI computed in fp32 on the CPU: keep the suite (and every
+# server or command it starts, which inherit the environment) in fp32 whatever this CPU offers.
+# Tests of the bf16 default choose it explicitly.
+os.environ[CPU_BF16_ENV] = "0"
 
 PACK = Path(__file__).parent / "packs" / "lg_test_nodes.py"
 CACHE_POLICIES = ["classic", "lru:100", "none"]  # --cache-lru N counts node results, as in ComfyUI

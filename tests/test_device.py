@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion.device import DevicePolicy, inference_mode, module_bytes, pick_device
+from diffusion.device import CPU_BF16_ENV, DevicePolicy, cpu_has_native_bf16, inference_mode, module_bytes, pick_device
 from diffusion.model_management import MemoryOptions, ModelManagement, VRAMState
 from diffusion.model_patcher import ModelPatcher
 
@@ -19,10 +19,20 @@ from diffusion.model_patcher import ModelPatcher
 # policy
 
 
-def test_cpu_policy_is_fp32_and_cuda_policy_follows_capability():
-    cpu = DevicePolicy.choose(cuda_available=False)
+def test_cpu_policy_follows_native_bf16_and_cuda_policy_follows_capability():
+    cpu = DevicePolicy.choose(cuda_available=False, cpu_bf16=False)
     assert cpu.load_device == torch.device("cpu")
     assert (cpu.unet_dtype, cpu.text_dtype, cpu.vae_dtype) == (torch.float32,) * 3
+    assert cpu.notes == ()
+    # native bf16: UNet and VAE in bf16, the text encoder stays fp32 as in ComfyUI
+    native = DevicePolicy.choose(cuda_available=False, cpu_bf16=True)
+    assert (native.unet_dtype, native.text_dtype, native.vae_dtype) == (torch.bfloat16, torch.float32, torch.bfloat16)
+    assert any("--force-fp32" in note for note in native.notes)
+    # --force-fp32 restores ComfyUI's CPU numerics: fp32 throughout
+    exact = DevicePolicy.choose(cuda_available=False, cpu_bf16=True, force_fp32=True)
+    assert (exact.unet_dtype, exact.text_dtype, exact.vae_dtype) == (torch.float32,) * 3 and exact.notes == ()
+    # the VAE can be kept in fp32 on its own
+    assert DevicePolicy.choose(cuda_available=False, cpu_bf16=True, vae_dtype="fp32").vae_dtype == torch.float32
 
     ampere = DevicePolicy.choose(cuda_available=True, capability=(8, 6))
     assert ampere.load_device == torch.device("cuda", 0) and ampere.offload_device == torch.device("cpu")
@@ -49,9 +59,42 @@ def test_flags_force_device_and_dtypes():
     assert DevicePolicy.choose(cuda_available=False, force_bf16=True).unet_dtype == torch.bfloat16
 
 
-def test_policy_from_cli_args():
-    policy = DevicePolicy.from_args(argparse.Namespace(cpu=True))
+def test_policy_from_cli_args(monkeypatch):
+    policy = DevicePolicy.from_args(argparse.Namespace(cpu=True))   # the suite's probe says no bf16
     assert policy.load_device == torch.device("cpu") and policy.unet_dtype == torch.float32
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
+    assert DevicePolicy.from_args(argparse.Namespace(cpu=True)).unet_dtype == torch.bfloat16
+    forced = DevicePolicy.from_args(argparse.Namespace(cpu=True, force_fp32=True))
+    assert (forced.unet_dtype, forced.vae_dtype) == (torch.float32, torch.float32)
+
+
+CPUINFO = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw {extra}\nbogomips\t: 5192\n"
+
+
+def test_native_bf16_probe_reads_cpu_flags_and_torch_capability(monkeypatch):
+    monkeypatch.delenv(CPU_BF16_ENV, raising=False)
+    assert cpu_has_native_bf16(CPUINFO.format(extra="avx512_bf16"), "AVX512")
+    assert cpu_has_native_bf16(CPUINFO.format(extra="amx_bf16 amx_tile"), "AVX512")
+    # AVX512 without the bf16 extension only emulates bf16 (slower than fp32)
+    assert not cpu_has_native_bf16(CPUINFO.format(extra=""), "AVX512")
+    # a flag inside another word does not count, nor do flags when torch runs its AVX2 kernels
+    assert not cpu_has_native_bf16(CPUINFO.format(extra="xavx512_bf16"), "AVX512")
+    assert not cpu_has_native_bf16(CPUINFO.format(extra="avx512_bf16"), "AVX2")
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
+    assert cpu_has_native_bf16(CPUINFO.format(extra=""), "DEFAULT")
+    monkeypatch.setenv(CPU_BF16_ENV, "0")
+    assert not cpu_has_native_bf16(CPUINFO.format(extra="avx512_bf16"), "AVX512")
+
+
+def test_start_up_report_names_the_precision_and_how_to_get_fp32():
+    from app.console import device_lines
+
+    native = device_lines(DevicePolicy.choose(cuda_available=False, cpu_bf16=True))
+    assert "Precision: UNet bf16, text encoder fp32, VAE bf16" in native
+    assert any(line.startswith("Note: ") and "--force-fp32" in line for line in native)
+    exact = device_lines(DevicePolicy.choose(cuda_available=False, cpu_bf16=True, force_fp32=True))
+    assert "Precision: UNet fp32, text encoder fp32, VAE fp32" in exact
+    assert not any(line.startswith("Note: ") for line in exact)
 
 
 def test_inference_mode_marks_tensors():
