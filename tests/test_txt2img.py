@@ -243,6 +243,37 @@ def test_a_loaded_unet_keeps_nhwc_conv_weights_for_the_cpu(sd15_base):
     assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
 
 
+def test_a_cpu_with_native_bf16_samples_and_decodes_in_bf16_and_force_fp32_is_exact(sd15_base, monkeypatch):
+    """Default precision on a bf16 CPU: UNet and VAE weights bf16, the text encoder fp32, an image
+    close to the fp32 one; --force-fp32 gives the fp32 pixels bit for bit."""
+    from diffusion.device import CPU_BF16_ENV
+
+    def image_and_parts(*flags):
+        rt, captured = capturing_runtime(sd15_base, *flags)
+        prompt = small_sd15_prompt(seed=42)
+        prompt["11"] = {"class_type": "CaptureAny", "inputs": {"value": ["4", 0]}}
+        prompt["12"] = {"class_type": "CaptureAny", "inputs": {"value": ["4", 1]}}
+        prompt["13"] = {"class_type": "CaptureAny", "inputs": {"value": ["4", 2]}}
+        run(rt, prompt)
+        by_type = {type(v).__name__: v for v in captured}
+        dtypes = (next(by_type["ModelPatcher"].model.diffusion_model.parameters()).dtype,
+                  next(by_type["CLIP"].cond_stage_model.parameters()).dtype,
+                  next(by_type["VAE"].first_stage_model.parameters()).dtype)
+        [image] = [v for v in captured if isinstance(v, torch.Tensor)]
+        return image, dtypes
+
+    fp32, fp32_dtypes = image_and_parts()   # the suite pins the probe to "no native bf16"
+    assert fp32_dtypes == (torch.float32,) * 3
+    monkeypatch.setenv(CPU_BF16_ENV, "1")
+    bf16, bf16_dtypes = image_and_parts()
+    assert bf16_dtypes == (torch.bfloat16, torch.float32, torch.bfloat16)
+    assert_real_image(bf16)
+    mse = float(((bf16.float() - fp32.float()) ** 2).mean())
+    assert 0 < mse and 10 * math.log10(1 / mse) > 25, mse   # PSNR over 0..1 pixels
+    forced, forced_dtypes = image_and_parts("--force-fp32")
+    assert forced_dtypes == (torch.float32,) * 3 and torch.equal(forced, fp32)
+
+
 def test_checkpoint_cache_hits_on_the_same_file_and_frees_the_old_model_on_a_switch(sd15_base, tiny_checkpoint):
     place_checkpoint(sd15_base, tiny_checkpoint("sd21_v"), "v2-1_768-ema-pruned.safetensors")
     # Without the node-output cache the loader node really runs each time and asks the ModelCache.
