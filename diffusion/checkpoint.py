@@ -4,7 +4,7 @@
   through `safetensors.safe_open` (memory-mapped, lazily paged); zip/legacy pickles only through
   `torch.load(weights_only=True)`. A file *named* .safetensors whose bytes are a pickle is refused
   before anything is unpickled: the name is what users trust.
-* `detect` reads family, prediction type and configs from key names and shapes.
+* `detect` reads family, configs and the noise schedule from key names, shapes and markers.
 * `split_components` cuts a full checkpoint into UNet / VAE / text parts.
 * `materialize` builds a module on the meta device and assigns the loaded tensors to it, so the
   weights exist once in memory (the file's pages or their dtype-converted copy), never twice.
@@ -34,9 +34,13 @@ LDM_EXTRAS = frozenset({
     "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
     "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
 })
-# Markers, not weights: ComfyUI's saver writes an empty `v_pred` (top level for SDXL-family files,
-# `model.diffusion_model.v_pred` otherwise); `ztsnr` and `edm_*` describe the noise schedule.
-MARKER_KEYS = frozenset({"v_pred", "ztsnr", "edm_mean", "edm_std", UNET_PREFIX + "v_pred"})
+# Markers, not weights: ComfyUI's saver writes an empty top-level `v_pred` for v-prediction
+# models (LatentGraph's first saver wrote `model.diffusion_model.v_pred`, read the same); `ztsnr`
+# asks for zero-terminal-SNR, `edm_mean`/`edm_std` mark Playground v2.5 (EDM), and
+# `edm_vpred.sigma_max`/`.sigma_min` a continuous-EDM v-prediction schedule with those bounds.
+V_PRED_KEYS = ("v_pred", UNET_PREFIX + "v_pred")
+EDM_VPRED_MAX, EDM_VPRED_MIN = "edm_vpred.sigma_max", "edm_vpred.sigma_min"
+MARKER_KEYS = frozenset({*V_PRED_KEYS, "ztsnr", "edm_mean", "edm_std", EDM_VPRED_MAX, EDM_VPRED_MIN})
 
 # The std rule for SD2.x: the 768-v models' final transformer norm bias is far more spread out.
 _SD1_TOKENS = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
@@ -227,6 +231,26 @@ UNCLIP_VISION_PREFIX = "embedder.model.visual."
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """A checkpoint's noise schedule and prediction as its markers set them (ComfyUI's model type
+    and sampling settings): a discrete 1000-step table (optionally zero-terminal-SNR) or a
+    continuous EDM axis over [sigma_min, sigma_max] with the given sigma_data."""
+    prediction: str = "eps"            # eps, v_prediction, edm
+    schedule: str = "discrete"         # discrete or edm
+    zsnr: bool = False
+    sigma_min: float = 0.002           # the edm schedule's bounds and data scale
+    sigma_max: float = 120.0
+    sigma_data: float = 1.0
+    latent_format: str | None = None   # a latent format other than the family's (Playground v2.5)
+
+
+V_PREDICTION = Sampling("v_prediction")
+# Playground v2.5: EDM parameterisation, its own latent statistics (ComfyUI's SDXL.model_type)
+PLAYGROUND_25 = Sampling("edm", "edm", sigma_min=0.002, sigma_max=80.0, sigma_data=0.5,
+                         latent_format="sdxl_playground_2_5")
+
+
+@dataclass(frozen=True)
 class CheckpointInfo:
     family: str                    # sd1, sd1_inpaint, sd1_ip2p, sd2, sd2_v, sd2_inpaint, sd2_unclip_h/_l,
                                    # sdxl, sdxl_inpaint, sdxl_ip2p, sdxl_refiner
@@ -237,6 +261,7 @@ class CheckpointInfo:
     has_text: bool                 # whether the file carries the text encoder weights
     unet_prefix: str = UNET_PREFIX
     notes: tuple[str, ...] = field(default=())
+    sampling: Sampling = Sampling()    # schedule and prediction; `prediction` repeats its own
 
 
 def text_encoder_kind(sd: Mapping[str, object]) -> str | None:
@@ -321,15 +346,56 @@ def _narrow_sd1(sd: Mapping[str, object], c) -> str | None:
     return "sd1" if c.in_channels == 4 else "sd1_inpaint"
 
 
-def _sd2_is_v(sd: Mapping[str, object], prefix: str) -> bool:
+def _sd2_is_v(sd: Mapping[str, object], prefix: str) -> bool | None:
+    """ComfyUI's SD2 rule: v-prediction when the last transformer's norm1 bias has a population
+    standard deviation above 0.09. None when the rule cannot be applied (no such key, as in UNets
+    of another depth that ComfyUI would not take for SD2, or shapes only)."""
     probe = sd.get(prefix + SD2_V_PROBE[len(UNET_PREFIX):])
     if not isinstance(probe, torch.Tensor) or probe.is_meta or probe.numel() < 2:
-        return False   # shapes only: the rule cannot be applied, eps is the safe reading
-    return float(probe.float().std(unbiased=False)) > SD2_V_STD_THRESHOLD  # ComfyUI's population std
+        return None
+    return float(probe.float().std(unbiased=False)) > SD2_V_STD_THRESHOLD
+
+
+def _scalar(sd: Mapping[str, object], key: str, source) -> float:
+    value = sd[key]
+    if not isinstance(value, torch.Tensor) or value.is_meta or value.numel() != 1:
+        raise CheckpointError(source, f"marker {key!r} must hold one number, not {getattr(value, 'shape', value)!r}")
+    return float(value.float().item())
+
+
+def read_sampling(sd: Mapping[str, object], family: str, prefix: str = UNET_PREFIX,
+                  source: str | os.PathLike | None = None) -> Sampling:
+    """The schedule and prediction a `family` checkpoint asks for, decided as ComfyUI decides it
+    (comfy/supported_models.py `model_type`):
+
+    * SDXL base and its inpaint / ip2p forms: `edm_mean` + `edm_std` give Playground v2.5's EDM;
+      else `edm_vpred.sigma_max` (and optional `.sigma_min`) v-prediction on a continuous EDM axis;
+      else `v_pred` v-prediction, zero-terminal-SNR when `ztsnr` is present too; else eps.
+    * SD2 with a 4-channel UNet (base, unCLIP): the standard-deviation rule; markers are not read
+      (ComfyUI ignores them), except where the rule cannot apply, as for narrower test models.
+    * Everything else (SD1.x, SD2 inpainting, the SDXL refiner): eps whatever the markers say.
+    """
+    marked_v = any(k in sd for k in V_PRED_KEYS)
+    if family in ("sdxl", "sdxl_inpaint", "sdxl_ip2p"):
+        if "edm_mean" in sd and "edm_std" in sd:
+            return PLAYGROUND_25
+        if EDM_VPRED_MAX in sd:
+            bounds = {"sigma_max": _scalar(sd, EDM_VPRED_MAX, source)}
+            if EDM_VPRED_MIN in sd:
+                bounds["sigma_min"] = _scalar(sd, EDM_VPRED_MIN, source)
+            return Sampling("v_prediction", "edm", **bounds)
+        if marked_v:
+            return Sampling("v_prediction", zsnr="ztsnr" in sd)
+        return Sampling()
+    if family in SD2_V_RULE:
+        rule = _sd2_is_v(sd, prefix)
+        return V_PREDICTION if (marked_v if rule is None else rule) else Sampling()
+    return Sampling()
 
 
 def detect(sd: Mapping[str, object], source: str | os.PathLike | None = None) -> CheckpointInfo:
-    """Family, prediction type and configs from keys and shapes (values only for the SD2 rule)."""
+    """Family, configs and schedule from keys and shapes (values only for the SD2 rule and the
+    edm_vpred bounds)."""
     from .unet import UNetConfig
 
     prefix = find_unet_prefix(sd)
@@ -351,11 +417,9 @@ def detect(sd: Mapping[str, object], source: str | os.PathLike | None = None) ->
             f"sd2: 4 or 9/1024/none, sd2 unCLIP: 4/1024/2048 or 1536, sdxl: 4, 8 or 9/2048/2816, "
             f"sdxl_refiner: 4/1280/2560)"))
 
-    marked_v = any(k in sd for k in ("v_pred", UNET_PREFIX + "v_pred"))
-    prediction = "v_prediction" if marked_v else "eps"
-    if family in SD2_V_RULE and (marked_v or _sd2_is_v(sd, prefix)):
-        family = "sd2_v" if family == "sd2" else family
-        prediction = "v_prediction"
+    sampling = read_sampling(sd, family, prefix, source)
+    if family == "sd2" and sampling.prediction == "v_prediction":
+        family = "sd2_v"
 
     kind = text_encoder_kind(sd)
     expected = FAMILY_TEXT[family]
@@ -368,8 +432,9 @@ def detect(sd: Mapping[str, object], source: str | os.PathLike | None = None) ->
             vae_config = VAEConfig.from_state_dict(sd, VAE_PREFIX)
         except ValueError as exc:
             raise CheckpointError(source, f"VAE keys do not match: {exc}") from None
-    return CheckpointInfo(family=family, prediction=prediction, unet_config=unet_config, text_encoder=expected,
-                          vae_config=vae_config, has_text=kind is not None, unet_prefix=prefix)
+    return CheckpointInfo(family=family, prediction=sampling.prediction, unet_config=unet_config,
+                          text_encoder=expected, vae_config=vae_config, has_text=kind is not None,
+                          unet_prefix=prefix, sampling=sampling)
 
 
 # ---------------------------------------------------------------------------------------------

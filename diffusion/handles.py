@@ -23,7 +23,8 @@ from diffusion.checkpoint import load_checkpoint, load_unet, load_vae, read_stat
 from diffusion.model import model_class_for
 from diffusion.model_management import ModelManagement, use_models
 from diffusion.model_patcher import ModelPatcher
-from diffusion.model_sampling import ModelSamplingDiscrete
+from diffusion.latent_formats import latent_format_for
+from diffusion.model_sampling import model_sampling_for
 from diffusion.prompt_weights import EmbeddingDirectory
 from diffusion.vae import AutoencoderKL
 
@@ -315,7 +316,9 @@ def diffusion_model_for(unet, info):
     from diffusion.model_variants import variant_class
 
     make = variant_class(info.family) or model_class_for(family_of(info))
-    model = make(unet, ModelSamplingDiscrete(info.prediction), family=family_of(info))
+    sampling = info.sampling
+    latent_format = latent_format_for(sampling.latent_format) if sampling.latent_format else None
+    model = make(unet, model_sampling_for(sampling), latent_format=latent_format, family=family_of(info))
     model.checkpoint_family = info.family
     return model
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from .conds import CONDCrossAttn, CONDNoiseShape, CONDRegular, repeat_to_batch_size
 from .latent_formats import LatentFormat, latent_format_for
-from .model_sampling import ModelSamplingDiscrete
+from .model_sampling import ModelSamplingContinuousEDM, ModelSamplingContinuousV, ModelSamplingDiscrete
 from .patcher_extension import WrappersMP, wrapped
 from .unet_blocks import timestep_embedding
 from .upscale import upscale
@@ -50,7 +50,17 @@ class ModelType(Enum):
 
 
 def model_type_of(model_sampling) -> ModelType:
-    return ModelType.V_PREDICTION if getattr(model_sampling, "prediction", "eps") == "v_prediction" else ModelType.EPS
+    """ComfyUI's model type for a model sampling: its prediction, and for v-prediction the axis."""
+    prediction = getattr(model_sampling, "prediction", "eps")
+    if prediction == "edm":
+        return ModelType.EDM
+    if prediction != "v_prediction":
+        return ModelType.EPS
+    if isinstance(model_sampling, ModelSamplingContinuousV):
+        return ModelType.V_PREDICTION_CONTINUOUS
+    if isinstance(model_sampling, ModelSamplingContinuousEDM):
+        return ModelType.V_PREDICTION_EDM
+    return ModelType.V_PREDICTION
 
 
 def _embed_scalars(values, dim: int = 256) -> torch.Tensor:

@@ -282,3 +282,13 @@ class ModelSamplingCosmosRFlow(ModelSamplingContinuousEDM):
         timestep = torch.as_tensor(timestep)
         sigma_max = self.sigma_max
         return torch.where(timestep >= sigma_max / (sigma_max + 1), sigma_max, timestep / (1 - timestep))
+
+
+def model_sampling_for(sampling) -> ModelSampling:
+    """The model sampling a checkpoint's markers ask for (`diffusion.checkpoint.Sampling`): the
+    discrete table (zero-terminal-SNR if marked) or the continuous EDM axis with its bounds."""
+    if sampling.schedule == "edm":
+        return ModelSamplingContinuousEDM(sampling.prediction, sampling.sigma_min, sampling.sigma_max,
+                                          sampling.sigma_data)
+    return ModelSamplingDiscrete(sampling.prediction, zsnr=sampling.zsnr)
+
