@@ -6,8 +6,10 @@
   before anything is unpickled: the name is what users trust.
 * `detect` reads family, configs and the noise schedule from key names, shapes and markers.
 * `split_components` cuts a full checkpoint into UNet / VAE / text parts.
+* `stored_state_dict` lists a safetensors file's tensors without reading them (`StoredTensor`);
+  loaders read each one only when converting it, so a checkpoint never sits whole in memory.
 * `materialize` builds a module on the meta device and assigns the loaded tensors to it, so the
-  weights exist once in memory (the file's pages or their dtype-converted copy), never twice.
+  weights exist once in memory (their dtype-converted copy), never twice.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from .device import trim_heap
 from .vae import AutoencoderKL, VAEConfig
 
 UNET_PREFIX = "model.diffusion_model."
@@ -48,11 +51,14 @@ _SD1_TOKENS_OLD = "cond_stage_model.transformer.embeddings.token_embedding.weigh
 SD2_V_PROBE = UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
 SD2_V_STD_THRESHOLD = 0.09
 
-_SAFETENSORS_DTYPES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-    "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1,
-}
 _MAX_HEADER = 100 << 20     # safetensors' own limit on the JSON header
+_CONVERT_CHUNK = 4 << 20    # bytes of a file read at a time while converting a tensor
+_TORCH_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
 
 
 class CheckpointError(ValueError):
@@ -104,7 +110,8 @@ def _unknown_format(head: bytes, size: int) -> str:
             "a zip archive or a pickle")
 
 
-def _check_safetensors_header(path: Path, f, size: int) -> dict:
+def _check_safetensors_header(path: Path, f, size: int) -> tuple[dict, int]:
+    """(the header, where tensor data starts), every entry checked against the file size."""
     f.seek(0)
     (length,) = struct.unpack("<Q", f.read(8))
     if length > _MAX_HEADER:
@@ -122,7 +129,7 @@ def _check_safetensors_header(path: Path, f, size: int) -> dict:
         if name == "__metadata__":
             continue
         try:
-            itemsize = _SAFETENSORS_DTYPES[entry["dtype"]]
+            itemsize = _TORCH_DTYPES[entry["dtype"]].itemsize
             begin, end = (int(v) for v in entry["data_offsets"])
             count = 1
             for dim in entry["shape"]:
@@ -135,7 +142,100 @@ def _check_safetensors_header(path: Path, f, size: int) -> dict:
         if end > data_size:
             raise CheckpointError(path, f"truncated: tensor {name!r} needs data up to byte {end} but the file "
                                         f"holds {data_size} bytes of tensor data")
-    return header
+    return header, 8 + length
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """A tensor still in its safetensors file: key, shape and dtype known from the header, the
+    bytes read only by `load`, into memory of its own, so a checkpoint can be converted tensor by
+    tensor with nothing else of the file resident (a memory map of the whole file keeps every page
+    it touched in the process's RSS until the last tensor viewing it is gone)."""
+    path: Path
+    key: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int             # of the first byte in the file
+    nbytes: int
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def load(self, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+             memory_format: torch.memory_format | None = None, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """The tensor, a floating one in `dtype`, a 4-d one in `memory_format`, if given.
+
+        A conversion reads the file a few MB at a time through `buffer` (uint8; one is made if
+        none is given), so nothing in the file's dtype exists at full size. Loading many tensors
+        with one buffer also keeps the heap whole: glibc raises its mmap threshold whenever a large
+        block is freed, after which freed temporaries would stay in RSS as holes.
+        """
+        target = dtype if dtype is not None and self.dtype.is_floating_point else self.dtype
+        layout = memory_format if memory_format is not None and self.ndim == 4 else torch.contiguous_format
+        out = torch.empty(self.shape, dtype=target, memory_format=layout)
+        if self.nbytes:
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(self.offset)
+                    if target == self.dtype and layout == torch.contiguous_format:
+                        self._read_into(f, out)
+                    else:
+                        self._read_converting(f, out, buffer)
+            except OSError as exc:
+                raise CheckpointError(self.path, f"cannot read tensor {self.key!r}: {exc.strerror or exc}") from None
+        return out.to(device)
+
+    def _read_into(self, f, out: torch.Tensor) -> None:
+        view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+        if f.readinto(view) != len(view):
+            raise CheckpointError(self.path, f"truncated while reading tensor {self.key!r} (the file changed?)")
+
+    def _read_converting(self, f, out: torch.Tensor, buffer: torch.Tensor | None) -> None:
+        """Rows along the first dimension, as many per read as fit in the buffer."""
+        rows = out.reshape(1) if self.ndim == 0 else out
+        count = rows.shape[0]
+        row_bytes = self.nbytes // count
+        if buffer is None or buffer.numel() < row_bytes:
+            buffer = conversion_buffer(max(row_bytes, min(self.nbytes, _CONVERT_CHUNK)))
+        step = buffer.numel() // row_bytes
+        for first in range(0, count, step):
+            n = min(step, count - first)
+            part = buffer[:n * row_bytes]
+            self._read_into(f, part)
+            rows[first:first + n].copy_(part.view(self.dtype).view(n, *rows.shape[1:]))
+
+
+def conversion_buffer(nbytes: int = 0) -> torch.Tensor:
+    """Scratch memory for `StoredTensor.load` conversions, to reuse across a model's tensors."""
+    return torch.empty(max(nbytes, _CONVERT_CHUNK), dtype=torch.uint8)
+
+
+def stored_state_dict(path: str | os.PathLike) -> dict[str, StoredTensor | torch.Tensor]:
+    """Every tensor of a model file, not yet read: safetensors entries as `StoredTensor`s (shapes
+    for detection, bytes on demand); other formats as `read_state_dict` gives them (a zip pickle
+    memory-mapped by torch)."""
+    path = Path(path)
+    if sniff_format(path) != "safetensors":
+        return read_state_dict(path)
+    with open(path, "rb") as f:
+        header, start = _check_safetensors_header(path, f, path.stat().st_size)
+    out = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        dtype = _TORCH_DTYPES[entry["dtype"]]
+        begin, end = (int(v) for v in entry["data_offsets"])
+        out[key] = StoredTensor(path, key, dtype, tuple(int(d) for d in entry["shape"]), start + begin, end - begin)
+    return out
+
+
+def loaded(value):
+    """A tensor from a state-dict value that may still be in its file."""
+    return value.load() if isinstance(value, StoredTensor) else value
 
 
 def read_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -155,10 +255,16 @@ def read_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu",
     return _read_pickle(path, fmt, device, dtype)
 
 
-def _cast(t: torch.Tensor, device, dtype: torch.dtype | None) -> torch.Tensor:
+def _cast(t: torch.Tensor | StoredTensor, device, dtype: torch.dtype | None,
+          memory_format: torch.memory_format | None = None, buffer: torch.Tensor | None = None) -> torch.Tensor:
+    """`t` on `device`, floating tensors in `dtype`; 4-d ones in `memory_format` if given (one copy
+    does both). `buffer`: scratch for converting a StoredTensor."""
+    if isinstance(t, StoredTensor):
+        return t.load(device, dtype, memory_format, buffer)
+    layout = {"memory_format": memory_format} if memory_format is not None and t.ndim == 4 else {}
     if dtype is not None and t.is_floating_point() and t.dtype != dtype:
-        return t.to(device=device, dtype=dtype)
-    return t.to(device=device)
+        return t.to(device=device, dtype=dtype, **layout)
+    return t.to(device=device, **layout)
 
 
 def _read_safetensors(path: Path, device, dtype) -> dict[str, torch.Tensor]:
@@ -350,14 +456,14 @@ def _sd2_is_v(sd: Mapping[str, object], prefix: str) -> bool | None:
     """ComfyUI's SD2 rule: v-prediction when the last transformer's norm1 bias has a population
     standard deviation above 0.09. None when the rule cannot be applied (no such key, as in UNets
     of another depth that ComfyUI would not take for SD2, or shapes only)."""
-    probe = sd.get(prefix + SD2_V_PROBE[len(UNET_PREFIX):])
+    probe = loaded(sd.get(prefix + SD2_V_PROBE[len(UNET_PREFIX):]))
     if not isinstance(probe, torch.Tensor) or probe.is_meta or probe.numel() < 2:
         return None
     return float(probe.float().std(unbiased=False)) > SD2_V_STD_THRESHOLD
 
 
 def _scalar(sd: Mapping[str, object], key: str, source) -> float:
-    value = sd[key]
+    value = loaded(sd[key])
     if not isinstance(value, torch.Tensor) or value.is_meta or value.numel() != 1:
         raise CheckpointError(source, f"marker {key!r} must hold one number, not {getattr(value, 'shape', value)!r}")
     return float(value.float().item())
@@ -487,11 +593,12 @@ def materialize(factory: Callable[[], nn.Module], sd: dict[str, torch.Tensor],
     return module.requires_grad_(False).eval()
 
 
-def _convert(sd: dict[str, torch.Tensor], device, dtype) -> dict[str, torch.Tensor]:
+def _convert(sd: dict[str, torch.Tensor], device, dtype, memory_format=None) -> dict[str, torch.Tensor]:
     """Cast/move tensor by tensor, dropping each source reference as soon as it is converted."""
     out = {}
+    buffer = conversion_buffer() if any(isinstance(v, StoredTensor) for v in sd.values()) else None
     for key in list(sd):
-        out[key] = _cast(sd.pop(key), device, dtype)
+        out[key] = _cast(sd.pop(key), device, dtype, memory_format, buffer)
     return out
 
 
@@ -506,7 +613,7 @@ def load_vae(sd: dict[str, torch.Tensor], device="cpu", dtype: torch.dtype | Non
     if any(k.startswith(VAE_PREFIX) for k in sd):
         sd = {k[len(VAE_PREFIX):]: v for k, v in sd.items() if k.startswith(VAE_PREFIX)}
     elif is_diffusers_vae(sd):  # a diffusers AutoencoderKL (vae/diffusion_pytorch_model.*), as ComfyUI reads it
-        sd = convert_vae_state_dict(sd)
+        sd = convert_vae_state_dict({k: loaded(v) for k, v in sd.items()})
     else:
         # Stand-alone VAE files sometimes carry training leftovers (loss.*, model_ema.*).
         sd = {k: v for k, v in sd.items() if k.startswith(("encoder.", "decoder.", "quant_conv.", "post_quant_conv."))}
@@ -519,12 +626,25 @@ def load_vae(sd: dict[str, torch.Tensor], device="cpu", dtype: torch.dtype | Non
 
 
 def load_unet(sd: dict[str, torch.Tensor], config, device="cpu", dtype: torch.dtype | None = None,
-              source: str | os.PathLike | None = None) -> nn.Module:
-    """A UNetModel from weights without prefix (consumes `sd`)."""
+              source: str | os.PathLike | None = None, channels_last: bool = False) -> nn.Module:
+    """A UNetModel from weights without prefix (consumes `sd`). `channels_last`: conv weights
+    NHWC as the CPU computes them, laid out in the same copy that converts the dtype."""
     from .unet import UNetModel
 
-    weights = _convert(sd, device, dtype)
+    weights = _convert(sd, device, dtype, torch.channels_last if channels_last else None)
     return materialize(lambda: UNetModel(config), weights, source, "UNet")
+
+
+def load_text_encoder(sd: dict[str, torch.Tensor], device="cpu", dtype: torch.dtype | None = None,
+                      source: str | os.PathLike | None = None) -> nn.Module:
+    """The TextEncoder of a checkpoint's text keys (full `cond_stage_model.` / `conditioner.`
+    names; consumes `sd`)."""
+    from .text_encoders import TextEncoder
+
+    try:
+        return TextEncoder.from_state_dict(_convert(sd, device, dtype), dtype=dtype, device=device)
+    except ValueError as exc:
+        raise CheckpointError(source, f"text encoder: {exc}") from None
 
 
 @dataclass
@@ -538,13 +658,15 @@ class LoadedCheckpoint:
 
 def load_checkpoint(path: str | os.PathLike, device="cpu", unet_dtype: torch.dtype | None = None,
                     vae_dtype: torch.dtype | None = None, text_dtype: torch.dtype | None = None,
-                    components: tuple[str, ...] = ("unet", "vae", "text")) -> LoadedCheckpoint:
+                    components: tuple[str, ...] = ("unet", "vae", "text"),
+                    unet_channels_last: bool = False) -> LoadedCheckpoint:
     """Read, detect and build the requested components; dtypes None keep the file's dtype.
 
-    The file is read once; each component's tensors are converted one by one and assigned to
-    modules built on the meta device, so peak memory stays near one copy of the weights.
+    Each tensor is read from the file on its own, converted to its component's dtype and assigned
+    to modules built on the meta device, so peak memory is the weights plus one tensor in the
+    file's dtype (no map of the whole file stays resident, nothing is held twice).
     """
-    sd = read_state_dict(path)
+    sd = stored_state_dict(path)
     info = detect(sd, path)
     if info.unet_prefix != UNET_PREFIX:
         raise CheckpointError(path, "holds a bare UNet (no model.diffusion_model. prefix); load it as a "
@@ -552,15 +674,15 @@ def load_checkpoint(path: str | os.PathLike, device="cpu", unet_dtype: torch.dty
     parts = split_components(sd)
     del sd   # the parts hold the only references now, so converted tensors free their sources
     unet = vae = text = None
+    # the file-dtype temporaries of each component are freed heap pages that glibc would keep:
+    # handing them back between components keeps the peak near the converted weights
     if "unet" in components:
-        unet = load_unet(parts.pop("unet"), info.unet_config, device, unet_dtype, path)
+        unet = load_unet(parts.pop("unet"), info.unet_config, device, unet_dtype, path, unet_channels_last)
+        trim_heap()
     if "vae" in components and parts["vae"]:
         vae = load_vae(parts.pop("vae"), device, vae_dtype, path)
+        trim_heap()
     if "text" in components and parts["text"]:
-        from .text_encoders import TextEncoder
-
-        try:
-            text = TextEncoder.from_state_dict(parts.pop("text"), dtype=text_dtype, device=device)
-        except ValueError as exc:
-            raise CheckpointError(path, f"text encoder: {exc}") from None
+        text = load_text_encoder(parts.pop("text"), device, text_dtype, path)
+        trim_heap()
     return LoadedCheckpoint(info=info, unet=unet, vae=vae, text=text, source=str(path))

@@ -161,6 +161,15 @@ def free_memory(device: torch.device) -> int:
     return 1 << 62   # unknown: do not evict on guesswork
 
 
+def trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, and RSS would not fall)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 # ---------------------------------------------------------------------------------------------
 # Loaded-file cache
 

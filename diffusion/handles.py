@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from diffusion import tiling
-from diffusion.checkpoint import load_checkpoint, load_unet, load_vae, read_state_dict, split_components
+from diffusion.checkpoint import (load_checkpoint, load_text_encoder, load_unet, load_vae, split_components,
+                                  stored_state_dict)
 from diffusion.model import model_class_for
 from diffusion.model_management import ModelManagement, use_models
 from diffusion.model_patcher import ModelPatcher
@@ -323,15 +324,22 @@ def diffusion_model_for(unet, info):
     return model
 
 
+def _nhwc(manager: ModelManagement) -> bool:
+    """Whether UNet conv weights are stored NHWC: where the UNet computes on the CPU."""
+    return manager.get_torch_device().type == "cpu"
+
+
 def _prepare_unet(unet, manager: ModelManagement):
-    """Re-layout once at load: NHWC conv weights when the UNet computes on the CPU."""
-    if manager.get_torch_device().type == "cpu" and hasattr(unet, "to_channels_last"):
+    """Re-layout once at load: NHWC conv weights when the UNet computes on the CPU (a no-op for
+    weights the loader already laid out so)."""
+    if _nhwc(manager) and hasattr(unet, "to_channels_last"):
         unet.to_channels_last()
     return unet
 
 
 def _component(path: Path, name: str) -> dict:
-    return split_components(read_state_dict(path))[name]
+    """One component's tensors of a checkpoint, still in the file (read as they are converted)."""
+    return split_components(stored_state_dict(path))[name]
 
 
 def wrap_diffusion_model(unet, info, manager: ModelManagement, source: Path | None = None) -> ModelPatcher:
@@ -343,7 +351,7 @@ def wrap_diffusion_model(unet, info, manager: ModelManagement, source: Path | No
     if source is not None:
         def rebuild():
             unet = load_unet(_component(source, "unet"), info.unet_config, manager.unet_inital_load_device(),
-                             manager.unet_dtype(), source)
+                             manager.unet_dtype(), source, channels_last=_nhwc(manager))
             return diffusion_model_for(_prepare_unet(unet, manager), info)
         manager.register(model, rebuild, name=f"UNet of {source.name}")
     else:
@@ -357,22 +365,20 @@ def wrap_vae(vae: AutoencoderKL, manager: ModelManagement, source: Path | None =
     rebuild = None
     if source is not None:
         def rebuild():
-            return load_vae(read_state_dict(source), manager.vae_offload_device(), policy.vae_dtype, source)
+            return load_vae(stored_state_dict(source), manager.vae_offload_device(), policy.vae_dtype, source)
     manager.register(vae, rebuild, name=f"VAE of {source.name}" if source else "VAE")
     return obj
 
 
 def wrap_clip(text, manager: ModelManagement, embedding_dirs: list[Path], source: Path | None = None) -> CLIP:
-    from diffusion.text_encoders import TextEncoder
-
     text.embeddings = EmbeddingDirectory(embedding_dirs)
     clip = CLIP(text, load_device=manager.text_encoder_device(), offload_device=manager.text_encoder_offload_device(),
                 manager=manager)
     rebuild = None
     if source is not None:
         def rebuild():
-            return TextEncoder.from_state_dict(_component(source, "text"), dtype=manager.text_encoder_dtype(),
-                                               device=manager.text_encoder_offload_device())
+            return load_text_encoder(_component(source, "text"), manager.text_encoder_offload_device(),
+                                     manager.text_encoder_dtype(), source)
     manager.register(text, rebuild, name=f"text encoder of {source.name}" if source else "text encoder")
     return clip
 
@@ -383,7 +389,8 @@ def open_checkpoint(path: Path, manager: ModelManagement, embedding_dirs: list[P
     manager.make_room_for_load(path.stat().st_size)
     policy = manager.policy
     loaded = load_checkpoint(path, device=manager.unet_inital_load_device(), unet_dtype=policy.unet_dtype,
-                             vae_dtype=policy.vae_dtype, text_dtype=policy.text_dtype)
+                             vae_dtype=policy.vae_dtype, text_dtype=policy.text_dtype,
+                             unet_channels_last=_nhwc(manager))
     info = loaded.info
     model = wrap_diffusion_model(loaded.unet, info, manager, path)
     clip = wrap_clip(loaded.text, manager, embedding_dirs, path) if loaded.text is not None else None
@@ -394,7 +401,7 @@ def open_checkpoint(path: Path, manager: ModelManagement, embedding_dirs: list[P
 def open_vae(path: Path, manager: ModelManagement) -> VAE:
     path = Path(path)
     manager.make_room_for_load(path.stat().st_size)
-    vae = load_vae(read_state_dict(path), manager.vae_offload_device(), manager.policy.vae_dtype, path)
+    vae = load_vae(stored_state_dict(path), manager.vae_offload_device(), manager.policy.vae_dtype, path)
     return wrap_vae(vae, manager, path)
 
 

@@ -13,7 +13,8 @@ import torch
 import yaml
 from torch import nn
 
-from .checkpoint import MARKER_KEYS, UNCLIP_VISION_PREFIX, CheckpointError, detect, load_unet, load_vae, read_state_dict
+from .checkpoint import (MARKER_KEYS, UNCLIP_VISION_PREFIX, CheckpointError, detect, load_unet, load_vae, read_state_dict,
+                         stored_state_dict)
 from .diffusers_layout import diffusers_files, diffusers_unet_to_original, is_diffusers_unet
 from .handles import LoadedModels, _prepare_unet, diffusion_model_for, wrap_clip, wrap_diffusion_model, wrap_vae
 from .model_sampling import ModelSamplingDiscrete
@@ -166,7 +167,7 @@ def open_diffusers(folder: Path, manager, embedding_dirs: list[Path]) -> LoadedM
     model = open_diffusion_model(files["unet"], manager)
     clip = open_text_encoders(files["text"], manager, embedding_dirs)
     vae_path = files["vae"]
-    vae = load_vae(read_state_dict(vae_path), manager.vae_offload_device(), manager.policy.vae_dtype, vae_path)
+    vae = load_vae(stored_state_dict(vae_path), manager.vae_offload_device(), manager.policy.vae_dtype, vae_path)
     return LoadedModels(model, clip, wrap_vae(vae, manager, vae_path))
 
 

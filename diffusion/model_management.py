@@ -33,7 +33,7 @@ from typing import Any, Callable, Hashable
 import torch
 from torch import nn
 
-from .device import CPU, DevicePolicy, file_identity
+from .device import CPU, DevicePolicy, file_identity, trim_heap
 from .device import free_memory as device_free_memory
 
 log = logging.getLogger(__name__)
@@ -565,7 +565,7 @@ class ModelManagement:
             self.unload_all_models()
             dropped = sum(self._drop(net) for net in self.resident_networks())
         gc.collect()
-        _trim_heap()
+        trim_heap()
         self.soft_empty_cache()
         return dropped
 
@@ -589,15 +589,6 @@ def use_models(models, **kwargs) -> None:
     load_models_gpu when a plugin may have replaced it, else `load_models_gpu` above."""
     from .overrides import comfy_function
     comfy_function("comfy.model_management", "load_models_gpu", load_models_gpu)(list(models), **kwargs)
-
-
-def _trim_heap() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise, and RSS would not fall)."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 __all__ = ["CPUState", "LoadedModel", "MemoryOptions", "ModelManagement", "VRAMState", "adopt_tensors",

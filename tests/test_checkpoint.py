@@ -281,23 +281,29 @@ def test_vae_with_missing_weights_is_refused(tmp_path):
 PEAK = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, {repo!r})
-    from diffusion.checkpoint import load_vae, read_state_dict
+    from diffusion.checkpoint import load_vae, read_state_dict, stored_state_dict
     from diffusion.vae import AutoencoderKL, VAEConfig
     def status(key):
         for line in open('/proc/self/status'):
             if line.startswith(key):
                 return int(line.split()[1]) * 1024
+    float(torch.randn(64, 64).bfloat16().double().sum())   # torch's one-time set-up, not loading
     open('/proc/self/clear_refs', 'w').write('5')   # VmHWM := current RSS
     base = status('VmRSS')
     if {mode!r} == "assign":
         vae = load_vae(read_state_dict({path!r}))
+    elif {mode!r} == "stored_bf16":   # read tensor by tensor, each converted as it is read
+        vae = load_vae(stored_state_dict({path!r}), dtype=torch.bfloat16)
+    elif {mode!r} == "mapped_bf16":   # a map of the whole file: every page read stays resident
+        vae = load_vae(read_state_dict({path!r}), dtype=torch.bfloat16)
     else:   # the naive way: allocate an initialised model, then copy the weights into it
         sd = read_state_dict({path!r})
         vae = AutoencoderKL(VAEConfig(base_channels=96))
         vae.load_state_dict(sd)
         del sd
+    loaded = status('VmHWM') - base   # converted copies are resident now; mapped pages only once read
     total = sum(float(p.double().sum()) for p in vae.parameters())   # touches every weight
-    print(status('VmHWM') - base, repr(total))
+    print(status('VmHWM') - base, loaded, repr(total))
 """)
 
 
@@ -321,10 +327,78 @@ def test_loading_keeps_one_copy_of_the_weights(tmp_path):
         run = subprocess.run([sys.executable, "-c", PEAK.format(repo=str(REPO), path=str(path), mode=mode)],
                              capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-2000:]
-        used, total = run.stdout.split()
+        used, _loaded, total = run.stdout.split()
         assert abs(float(total) - expected) < 1e-6 * abs(expected) + 1e-3   # the real weights were loaded
         return int(used)
 
     assigned = peak("assign")
     assert 0.8 * size < assigned < 1.3 * size, f"peak {assigned >> 20} MB for a {size >> 20} MB file"
     assert peak("copy") > 1.8 * size
+
+
+def test_converting_while_reading_keeps_the_peak_near_the_converted_weights(tmp_path):
+    """A ~190 MB fp32 VAE loaded as bf16 (~95 MB) from the file tensor by tensor peaks near the
+    bf16 size; converting from a map of the whole file, as a control, holds the fp32 pages too."""
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc to measure peak RSS")
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in AutoencoderKL(VAEConfig(base_channels=96)).state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    sd = {k: torch.randn(s, generator=gen) for k, s in shapes.items()}
+    size = sum(v.nbytes for v in sd.values())
+    expected = sum(float(v.bfloat16().double().sum()) for v in sd.values())
+    path = tmp_path / "big-vae.safetensors"
+    save_file(sd, path)
+    del sd
+
+    def peak(mode: str) -> int:
+        run = subprocess.run([sys.executable, "-c", PEAK.format(repo=str(REPO), path=str(path), mode=mode)],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        _used, loaded, total = run.stdout.split()
+        assert abs(float(total) - expected) < 1e-6 * abs(expected) + 1e-3   # the bf16-rounded weights
+        return int(loaded)
+
+    stored = peak("stored_bf16")
+    assert stored < 0.7 * size, f"peak {stored >> 20} MB converting a {size >> 20} MB fp32 file to bf16"
+    assert peak("mapped_bf16") > 1.2 * size
+
+
+def test_stored_tensors_read_exactly_what_the_file_holds(tmp_path):
+    from safetensors.torch import load_file
+
+    from diffusion.checkpoint import StoredTensor, stored_state_dict
+
+    gen = torch.Generator().manual_seed(0)
+    sd = {"f32": torch.randn(3, 5, generator=gen), "bf16": torch.randn(7, generator=gen).bfloat16(),
+          "f16": torch.randn(2, 2, 2, generator=gen).half(), "i64": torch.arange(77).view(1, 77),
+          "scalar": torch.tensor(160.0), "empty": torch.zeros(0), "flag": torch.tensor([True, False])}
+    path = tmp_path / "mixed.safetensors"
+    save_file(sd, path)
+    stored = stored_state_dict(path)
+    assert all(isinstance(v, StoredTensor) for v in stored.values())
+    assert {k: (v.shape, v.dtype) for k, v in stored.items()} == {k: (tuple(v.shape), v.dtype) for k, v in sd.items()}
+    want = load_file(str(path))
+    for key, value in stored.items():
+        got = value.load()
+        assert got.dtype == want[key].dtype and torch.equal(got, want[key]), key
+    # floating tensors convert on load, others keep their dtype
+    assert stored["f16"].load(dtype=torch.float32).dtype == torch.float32
+    assert stored["i64"].load(dtype=torch.bfloat16).dtype == torch.int64
+    # a file cut short after listing is reported by name when the tensor is read
+    with open(path, "r+b") as f:
+        f.truncate(stored["f32"].offset + 4)
+    with pytest.raises(CheckpointError, match="mixed.safetensors.*'f32'"):
+        stored["f32"].load()
+
+
+def test_a_loaded_checkpoint_keeps_no_map_of_its_file(tmp_path, tiny_checkpoint):
+    """Loading reads each tensor into memory of its own: no mapping of the file is left (one
+    would keep every page that was read in the process's RSS)."""
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("needs Linux /proc to list memory maps")
+    path = tmp_path / "sd15.safetensors"
+    path.write_bytes(tiny_checkpoint("sd15").read_bytes())
+    loaded = load_checkpoint(path, unet_dtype=torch.bfloat16, vae_dtype=torch.bfloat16, text_dtype=torch.float32)
+    assert loaded.unet is not None and loaded.vae is not None and loaded.text is not None
+    assert str(path) not in Path("/proc/self/maps").read_text()
