@@ -61,9 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-user settings and workflows, the user named by the Comfy-User header")
     p.add_argument("--cpu", action="store_true", help="run everything on the CPU")
     precision = p.add_mutually_exclusive_group()
-    precision.add_argument("--force-fp32", action="store_true", help="fp32 weights everywhere")
+    precision.add_argument("--force-fp32", action="store_true",
+                           help="fp32 everywhere: ComfyUI's CPU numerics (the default on a CPU with native "
+                                "bf16 computes UNet and VAE in bf16)")
     precision.add_argument("--force-fp16", action="store_true", help="fp16 weights (CUDA only; fp32 on the CPU)")
-    precision.add_argument("--bf16-unet", action="store_true", help="bf16 UNet and text encoder weights")
+    precision.add_argument("--bf16-unet", action="store_true",
+                           help="bf16 UNet weights (on a GPU the text encoder's too)")
     vram = p.add_mutually_exclusive_group()
     vram.add_argument("--gpu-only", action="store_true", help="keep every model on the GPU, never offload")
     vram.add_argument("--highvram", action="store_true", help="keep models on the GPU after use")

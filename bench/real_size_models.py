@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.models_tiny import randomize_  # noqa: E402
-from tests.paths import SPEC_KEYS  # noqa: E402
+from tests.models_tiny import randomize_
+from tests.paths import SPEC_KEYS
 
 FORMAT = "latentgraph-bench-sd15-v1"
 
@@ -30,11 +30,8 @@ def _up_to_date(path: Path, **params) -> bool:
         return False
     from safetensors import safe_open
 
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-    except Exception:   # a half-written file from an interrupted run
-        return False
+    with safe_open(str(path), "pt") as f:   # files appear only complete (written, then renamed)
+        meta = f.metadata() or {}
     return meta == {"format": FORMAT, **{k: str(v) for k, v in params.items()}}
 
 
