@@ -3,6 +3,7 @@
     python bench/bench_pipeline.py                 # default precision and --force-fp32
     python bench/bench_pipeline.py --lora --free   # also the LoRA run and RSS after POST /free
     python bench/bench_pipeline.py --steps 20 --configs default
+    python bench/bench_pipeline.py --load-only     # only the checkpoint loading: RSS before and peak
 
 The workflow is ComfyUI's default graph (CheckpointLoaderSimple, two CLIPTextEncode, 512x512
 EmptyLatentImage, KSampler euler/normal CFG 8, VAEDecode, SaveImage) with 4 steps unless told,
@@ -162,12 +163,31 @@ def report_path(base: Path, config: str, lora_run: bool) -> Path:
     return base / f"{config}{'-lora' if lora_run else ''}.json"
 
 
-def run_config(config: str, base: Path, steps: int, size: int, lora_run: bool = False) -> dict:
+def load_child(config: str, base: Path, out: Path) -> None:
+    """Only CheckpointLoaderSimple's loading, in a bare process: RSS before, peak, after."""
+    from app.args import parse_args
+    from diffusion.device import DevicePolicy
+    from diffusion.handles import open_checkpoint
+    from diffusion.model_management import ModelManagement
+
+    policy = DevicePolicy.from_args(parse_args(["--base-directory", str(base), *CONFIGS[config]]))
+    reset_high_water()
+    before = high_water_gb()
+    started = time.perf_counter()
+    loaded = open_checkpoint(base / "models" / "checkpoints" / CHECKPOINT, ModelManagement(policy), [])
+    took = time.perf_counter() - started
+    out.write_text(json.dumps({"before": before, "peak": high_water_gb(), "seconds": took,
+                               "unet": str(policy.unet_dtype), "alive": loaded.model is not None}))
+
+
+def run_config(config: str, base: Path, steps: int, size: int, lora_run: bool = False,
+               load_only: bool = False) -> dict:
     out = report_path(base, config, lora_run)
     env = {k: v for k, v in os.environ.items() if k != "LATENTGRAPH_CPU_BF16"}  # the machine's own probe
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, "--child", config, "--base", str(base), "--steps", str(steps),
-                             "--size", str(size), *(["--lora"] if lora_run else [])], cwd=str(ROOT), env=env)
+                             "--size", str(size), *(["--lora"] if lora_run else []),
+                             *(["--load-only"] if load_only else [])], cwd=str(ROOT), env=env)
     _pid, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     if status != 0:
@@ -235,9 +255,14 @@ def main() -> int:
     parser.add_argument("--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "lg-bench")
     parser.add_argument("--lora", action="store_true", help="the LoRA run (default precision)")
     parser.add_argument("--free", action="store_true", help="RSS after POST /free against a fresh server")
+    parser.add_argument("--load-only", action="store_true",
+                        help="only load the checkpoint (per configuration, a fresh process): RSS before and peak")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--base", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child and args.load_only:
+        load_child(args.child, args.base, report_path(args.base, args.child, False))
+        return 0
     if args.child:
         child(args.child, args.base, args.steps, args.size, args.lora, report_path(args.base, args.child, args.lora))
         return 0
@@ -251,6 +276,12 @@ def main() -> int:
         for config in [c for c in args.configs.split(",") if c]:
             base = Path(tmp) / config
             prepare_base(base, args.models_dir)
+            if args.load_only:
+                r = run_config(config, base, args.steps, args.size, load_only=True)
+                print(f"{config} ({r['unet'].removeprefix('torch.')} UNet): loading took {r['seconds']:.1f} s, RSS "
+                      f"{r['before']:.2f} GB before, peak {r['peak']:.2f} GB (load average "
+                      f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})", flush=True)
+                continue
             reports[config] = r = run_config(config, base, args.steps, args.size)
             run = r["runs"][0]
             nodes = run["nodes"]

@@ -52,7 +52,10 @@ SD2_V_PROBE = UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
 SD2_V_STD_THRESHOLD = 0.09
 
 _MAX_HEADER = 100 << 20     # safetensors' own limit on the JSON header
-_CONVERT_CHUNK = 4 << 20    # bytes of a file read at a time while converting a tensor
+# Most a file read at a time while converting a tensor: few, large copies, since each copy is a
+# parallel region that waits for every thread (costly on a busy machine); and above glibc's
+# largest mmap threshold (32 MB), so freeing the buffer returns it without changing the heap's rules.
+_CONVERT_CHUNK = 64 << 20
 _TORCH_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -169,8 +172,8 @@ class StoredTensor:
              memory_format: torch.memory_format | None = None, buffer: torch.Tensor | None = None) -> torch.Tensor:
         """The tensor, a floating one in `dtype`, a 4-d one in `memory_format`, if given.
 
-        A conversion reads the file a few MB at a time through `buffer` (uint8; one is made if
-        none is given), so nothing in the file's dtype exists at full size. Loading many tensors
+        A conversion reads the file through `buffer` (uint8, up to 64 MB; one is made if none is
+        given), so no tensor larger than that exists in the file's dtype. Loading many tensors
         with one buffer also keeps the heap whole: glibc raises its mmap threshold whenever a large
         block is freed, after which freed temporaries would stay in RSS as holes.
         """
@@ -200,7 +203,7 @@ class StoredTensor:
         count = rows.shape[0]
         row_bytes = self.nbytes // count
         if buffer is None or buffer.numel() < row_bytes:
-            buffer = conversion_buffer(max(row_bytes, min(self.nbytes, _CONVERT_CHUNK)))
+            buffer = torch.empty(max(row_bytes, min(self.nbytes, _CONVERT_CHUNK)), dtype=torch.uint8)
         step = buffer.numel() // row_bytes
         for first in range(0, count, step):
             n = min(step, count - first)
@@ -209,9 +212,10 @@ class StoredTensor:
             rows[first:first + n].copy_(part.view(self.dtype).view(n, *rows.shape[1:]))
 
 
-def conversion_buffer(nbytes: int = 0) -> torch.Tensor:
-    """Scratch memory for `StoredTensor.load` conversions, to reuse across a model's tensors."""
-    return torch.empty(max(nbytes, _CONVERT_CHUNK), dtype=torch.uint8)
+def conversion_buffer(nbytes: int = _CONVERT_CHUNK) -> torch.Tensor:
+    """Scratch memory for `StoredTensor.load` conversions, to reuse across a model's tensors:
+    `nbytes` (the largest tensor to convert), at most _CONVERT_CHUNK."""
+    return torch.empty(max(1, min(nbytes, _CONVERT_CHUNK)), dtype=torch.uint8)
 
 
 def stored_state_dict(path: str | os.PathLike) -> dict[str, StoredTensor | torch.Tensor]:
@@ -596,7 +600,8 @@ def materialize(factory: Callable[[], nn.Module], sd: dict[str, torch.Tensor],
 def _convert(sd: dict[str, torch.Tensor], device, dtype, memory_format=None) -> dict[str, torch.Tensor]:
     """Cast/move tensor by tensor, dropping each source reference as soon as it is converted."""
     out = {}
-    buffer = conversion_buffer() if any(isinstance(v, StoredTensor) for v in sd.values()) else None
+    stored = [v.nbytes for v in sd.values() if isinstance(v, StoredTensor)]
+    buffer = conversion_buffer(max(stored)) if stored else None
     for key in list(sd):
         out[key] = _cast(sd.pop(key), device, dtype, memory_format, buffer)
     return out
