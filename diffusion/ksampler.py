@@ -683,6 +683,12 @@ def cleanup_models(conds, models) -> None:
             m.cleanup()
 
 
+def _extra_hooks(control) -> list:
+    """The hook groups a ControlNet chain brings (a plugin's control object may have none)."""
+    get = getattr(control, "get_extra_hooks", None)
+    return get() if get is not None else []
+
+
 def get_hooks_from_cond(cond: list, full_hooks):
     """Add the hooks of the entries, and those their ControlNets bring, to `full_hooks`."""
     cnets = []
@@ -692,7 +698,7 @@ def get_hooks_from_cond(cond: list, full_hooks):
                 full_hooks.add(hook)
         if c.get("control") is not None:
             cnets.append(c["control"])
-    extra = HookGroup.combine_all_hooks([g for cnet in cnets for g in cnet.get_extra_hooks()])
+    extra = HookGroup.combine_all_hooks([g for cnet in cnets for g in _extra_hooks(cnet)])
     for hook in (extra.hooks if extra is not None else []):
         full_hooks.add(hook)
     return full_hooks
@@ -736,10 +742,10 @@ def preprocess_conds_hooks(conds: dict) -> None:
     for k in conds:
         for c in conds[k]:
             control = c.get("control")
-            if control is not None and control.get_extra_hooks():
+            if control is not None and _extra_hooks(control):
                 replacement.setdefault((control, c.get("hooks")), []).append(c)
     for (control, hooks), entries in replacement.items():
-        combined = HookGroup.combine_all_hooks(control.get_extra_hooks() + [hooks])
+        combined = HookGroup.combine_all_hooks(_extra_hooks(control) + [hooks])
         if combined is not None:
             for c in entries:
                 c["hooks"] = combined
