@@ -255,3 +255,35 @@ def test_a_hooks_workflow_runs_on_the_cli_and_equals_the_lora_everywhere(base, e
     assert env.runtime.executor.run(plain).ok
     (unhooked,) = sorted((base / "output" / "latents").glob("hooks_*.latent"))[-1:]
     assert (load_file(str(unhooked))["latent_tensor"] - ours).abs().max() > 100 * RTOL * expected.abs().max()
+
+
+# ---------------------------------------------------------------------------------------------
+# the plugin API (comfy.hooks)
+
+
+def test_a_plugins_transformer_options_hook_reaches_only_the_entries_it_is_attached_to(env):
+    import comfy.hooks
+
+    seen = []
+
+    def attn2_patch(n, context, value, extra_options):
+        seen.append(tuple(extra_options["cond_or_uncond"]))
+        return n, context, value
+
+    hook = comfy.hooks.TransformerOptionsHook({"patches": {"attn2_patch": [attn2_patch]}},
+                                              hook_scope=comfy.hooks.EnumHookScope.HookedOnly)
+    group = comfy.hooks.HookGroup()
+    group.add(hook)
+    values = cases.placeholders()
+    positive = comfy.hooks.set_hooks_for_conditioning(values["<POS>"], group)
+    assert "hooks" not in values["<POS>"][0][1], "the input conditioning was modified"
+    hooked = sample(env, positive, values["<NEG>"])
+    assert seen and set(seen) == {(0,)}, f"the patch saw calls for {sorted(set(seen))}"
+    # the patch changes nothing, so the result is the unhooked one
+    assert (hooked - REF["plain"]).abs().max() <= tolerance(REF["plain"])
+    seen.clear()
+    everywhere = comfy.hooks.TransformerOptionsHook({"patches": {"attn2_patch": [attn2_patch]}})
+    group = comfy.hooks.HookGroup()
+    group.add(everywhere)
+    sample(env, comfy.hooks.set_hooks_for_conditioning(values["<POS>"], group), values["<NEG>"])
+    assert {0, 1} <= {i for call in seen for i in call}, "an AllConditioning hook must reach the negative too"
