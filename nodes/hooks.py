@@ -161,7 +161,7 @@ class SetClipHooks(_HookNode):
               Socket("hooks", "HOOKS", optional=True))
     outputs = (Output("CLIP"),)
 
-    def run(self, ctx, clip, apply_to_conds, schedule_clip, hooks=None):
+    def run(self, ctx, clip, schedule_clip, apply_to_conds, hooks=None):
         if hooks is None:
             return (clip,)
         clip = clip.clone()
@@ -335,21 +335,35 @@ class CreateHookKeyframesFromFloats(_HookNode):
 # combining hooks
 
 
-def _combine_node(count: int, display: str, class_name: str) -> type:
-    letters = "ABCDEFGH"[:count]
+class CombineHooks2(_HookNode):
+    """One group of all the hooks given (none given: nothing; one: that group itself)."""
 
-    def run(self, ctx, **groups):
-        return (hk.HookGroup.combine_all_hooks([groups.get(f"hooks_{x}") for x in letters]),)
+    display_name = "Combine Hooks [2]"
+    comfy_function = "combine_hooks"
+    category = "advanced/hooks/combine"
+    inputs = tuple(Socket(f"hooks_{x}", "HOOKS", optional=True) for x in "AB")
+    outputs = (Output("HOOKS"),)
 
-    return type(class_name, (_HookNode,), {
-        "__module__": __name__, "display_name": display, "comfy_function": "combine_hooks",
-        "category": "advanced/hooks/combine", "outputs": (Output("HOOKS"),), "run": run,
-        "inputs": tuple(Socket(f"hooks_{x}", "HOOKS", optional=True) for x in letters)})
+    def run(self, ctx, hooks_A=None, hooks_B=None):
+        return (hk.HookGroup.combine_all_hooks([hooks_A, hooks_B]),)
 
 
-CombineHooks2 = _combine_node(2, "Combine Hooks [2]", "CombineHooks2")
-CombineHooks4 = _combine_node(4, "Combine Hooks [4]", "CombineHooks4")
-CombineHooks8 = _combine_node(8, "Combine Hooks [8]", "CombineHooks8")
+class CombineHooks4(CombineHooks2):
+    display_name = "Combine Hooks [4]"
+    inputs = tuple(Socket(f"hooks_{x}", "HOOKS", optional=True) for x in "ABCD")
+
+    def run(self, ctx, hooks_A=None, hooks_B=None, hooks_C=None, hooks_D=None):
+        return (hk.HookGroup.combine_all_hooks([hooks_A, hooks_B, hooks_C, hooks_D]),)
+
+
+class CombineHooks8(CombineHooks2):
+    display_name = "Combine Hooks [8]"
+    inputs = tuple(Socket(f"hooks_{x}", "HOOKS", optional=True) for x in "ABCDEFGH")
+
+    def run(self, ctx, hooks_A=None, hooks_B=None, hooks_C=None, hooks_D=None, hooks_E=None, hooks_F=None,
+            hooks_G=None, hooks_H=None):
+        return (hk.HookGroup.combine_all_hooks([hooks_A, hooks_B, hooks_C, hooks_D, hooks_E, hooks_F, hooks_G,
+                                                hooks_H]),)
 
 
 NODES = [CreateHookLora, CreateHookLoraModelOnly, CreateHookModelAsLora, CreateHookModelAsLoraModelOnly,
