@@ -866,37 +866,42 @@ class ModelPatcher:
             return
         cached = self.cached_hook_patches.get(hooks)
         if cached is not None:
-            keep = set(cached)
-            self.unpatch_hooks({k for k in self.hook_backup if k not in keep})
-            for key, weight in cached.items():
-                self._set_hook_weight(key, weight)
+            self.unpatch_hooks({k for k in self.hook_backup if k not in cached})
+            for key in cached:
+                self.patch_cached_hook_weights(cached, key)
         else:
             self.unpatch_hooks()
             combined = self.get_combined_hook_patches(hooks)
             originals = self.get_key_patches() if combined else None
-            computed = {}
-            for key, patches in combined.items():
-                computed[key] = self._set_hook_weight(key, self._hook_weight(key, patches, originals))
-            if self.hook_mode == EnumHookMode.MaxSpeed and computed:
-                self.cached_hook_patches[hooks] = computed
+            for key in combined:
+                self.patch_hook_weight_to_device(hooks, combined, key, originals)
         self.current_hooks = hooks
 
-    def _hook_weight(self, key: str, patches: list, originals: dict) -> torch.Tensor:
-        """The loaded weight of `key` (regular patches already in it) with the hook patches added;
-        "model_as_lora" patches measure against the weight before any patch."""
+    def patch_cached_hook_weights(self, cached_weights: dict, key: str, memory_counter=None) -> None:
+        self._set_hook_weight(key, cached_weights[key])
+
+    def patch_hook_weight_to_device(self, hooks, combined_patches: dict, key: str, original_weights: dict,
+                                    memory_counter=None) -> None:
+        """Put `key`'s loaded weight (regular patches already in it) plus the group's patches on the
+        model, kept for the group in MaxSpeed mode; "model_as_lora" patches measure against the
+        weight before any patch (`original_weights`, get_key_patches' form)."""
+        if key not in combined_patches:
+            return
         weight = get_attr(self.model, key)
         with torch.no_grad():
             work = weight.detach().to(dtype=torch.float32, copy=True)
             out = comfy_function("comfy.lora", "calculate_weight", calculate_weight)(
-                patches, work, key, original_weights=originals)
-        return out.to(weight.dtype)
+                combined_patches[key], work, key, original_weights=original_weights).to(weight.dtype)
+        self._set_hook_weight(key, out)
+        if self.hook_mode == EnumHookMode.MaxSpeed:
+            self.cached_hook_patches.setdefault(hooks, {})[key] = out
 
-    def _set_hook_weight(self, key: str, value: torch.Tensor) -> torch.Tensor:
-        if key not in self.hook_backup:
-            self.hook_backup[key] = get_attr(self.model, key)
+    def _set_hook_weight(self, key: str, value: torch.Tensor) -> None:
+        """Replace the tensor (never write into it: it may map the checkpoint file), keeping the
+        one it replaces until unpatch_hooks."""
         current = get_attr(self.model, key)
+        self.hook_backup.setdefault(key, current)
         set_attr_param(self.model, key, value.to(current.device))
-        return value
 
     def unpatch_hooks(self, whitelist_keys_set=None) -> None:
         """Put back the weights hooks replaced (only those in `whitelist_keys_set` when given)."""

@@ -115,13 +115,13 @@ def test_keyframes_change_the_strength_mid_sampling():
 def test_hook_weights_are_computed_once_per_group_and_the_originals_come_back(env, monkeypatch):
     before = {k: v.clone() for k, v in env.model.model.state_dict().items()}
     computed = []
-    original = ModelPatcher._hook_weight
+    original = ModelPatcher.patch_hook_weight_to_device
 
-    def counting(self, key, patches, originals):
+    def counting(self, hooks, combined, key, originals, memory_counter=None):
         computed.append(key)
-        return original(self, key, patches, originals)
+        return original(self, hooks, combined, key, originals)
 
-    monkeypatch.setattr(ModelPatcher, "_hook_weight", counting)
+    monkeypatch.setattr(ModelPatcher, "patch_hook_weight_to_device", counting)
     sample_case(env, "lora_positive")  # groups: the LoRA hook (positive) and none (negative), 4 steps
     assert computed, "the hook's weights were never computed"
     assert len(computed) == len(set(computed)), "hook weights were recomputed although the group was cached"
