@@ -71,9 +71,11 @@ def evaluate(value, run_node, values: dict, memo: dict):
     return value
 
 
-def conditioning(case: dict, run_node, values: dict) -> tuple:
+def inputs(case: dict, model, run_node, values: dict) -> tuple:
+    """(MODEL, positive, negative) of a case; `model` is checkpoint A's MODEL ("<MODEL>")."""
     memo: dict = {}
-    return (evaluate(case["positive"], run_node, values, memo), evaluate(case["negative"], run_node, values, memo))
+    values = {**values, "<MODEL>": model}
+    return tuple(evaluate(case.get(k, "<MODEL>"), run_node, values, memo) for k in ("model", "positive", "negative"))
 
 
 def _cases() -> dict:
@@ -132,6 +134,13 @@ def _cases() -> dict:
     as_lora = N("CreateHookModelAsLoraModelOnly", ckpt_name="<CKPT_B>", strength_model=0.6)
     cases["model_as_lora"] = {"positive": N("ConditioningSetProperties", cond_NEW="<POS>", hooks=as_lora, **props),
                               "negative": "<NEG>"}
+
+    # hooks over a MODEL that already carries a LoRA: hook weights go on top of the patched ones,
+    # and a checkpoint hook still measures against the unpatched weights
+    cases["hooks_over_lora_model"] = {
+        "model": N("LoraLoaderModelOnly", model="<MODEL>", lora_name="<LORA>", strength_model=0.5),
+        "positive": N("ConditioningSetProperties", cond_NEW="<POS>", hooks=lora_neg, **props),
+        "negative": N("ConditioningSetProperties", cond_NEW="<NEG>", hooks=as_lora, **props)}
     return cases
 
 

@@ -3,9 +3,9 @@ combines, ConditioningTimestepsRange, ...) against ComfyUI and against independe
 
 * Sampling parity: the workflows of tests/hook_cases.py (LoRA hook on the positive only, keyframe
   schedules, two hook groups switching every step, sampling ranges with masks and mask bounds,
-  pair nodes with default conditioning, a checkpoint as a hook) must give ComfyUI's latents
-  (tests/data/hooks/reference.safetensors, made by tests/data/hooks/make_reference.py, see its
-  docstring). Tolerance: 1e-4 of the reference latent's largest magnitude (float32, four Euler
+  pair nodes with default conditioning, a checkpoint as a hook, hooks over a LoRA-patched MODEL)
+  must give ComfyUI's latents (tests/data/hooks/reference.safetensors, made by
+  tests/data/hooks/make_reference.py, see its docstring). Tolerance: 1e-4 of the reference latent's largest magnitude (float32, four Euler
   steps at CFG 6 on a random network whose latents reach 400-6000). Measured: every case within
   4e-6 of it, as the unhooked baseline is. Each hooked case must differ from the unhooked run by
   at least 100 times the tolerance, and the keyframed run from the unkeyframed one, so a hook that
@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from diffusion.ksampler import common_ksampler
+from diffusion.model_management import load_models_gpu
 from diffusion.model_patcher import ModelPatcher
 from tests import hook_cases as cases
 from tests.node_helpers import checkpoint_session
@@ -85,9 +86,9 @@ def sample(env, positive, negative, model=None) -> torch.Tensor:
 
 
 def sample_case(env, name: str) -> torch.Tensor:
-    positive, negative = cases.conditioning(cases.CASES[name], lambda n, **kw: run_node(env, n, **kw),
-                                            cases.placeholders())
-    return sample(env, positive, negative)
+    model, positive, negative = cases.inputs(cases.CASES[name], env.model, lambda n, **kw: run_node(env, n, **kw),
+                                             cases.placeholders())
+    return sample(env, positive, negative, model)
 
 
 def tolerance(reference: torch.Tensor) -> float:
@@ -113,6 +114,7 @@ def test_keyframes_change_the_strength_mid_sampling():
 
 
 def test_hook_weights_are_computed_once_per_group_and_the_originals_come_back(env, monkeypatch):
+    load_models_gpu([env.model])  # the network as the plain MODEL has it (another test may have patched it)
     before = {k: v.clone() for k, v in env.model.model.state_dict().items()}
     computed = []
     original = ModelPatcher.patch_hook_weight_to_device

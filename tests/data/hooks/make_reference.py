@@ -10,7 +10,7 @@ It writes the cases' files (tiny SD1.5 checkpoints A and B, the LoRA) with tests
 into a temporary folder registered as ComfyUI's "loras" and "checkpoints" folders, builds
 checkpoint A's UNet with ComfyUI's own code (detect_unet_config, its SD15 model config,
 load_model_weights, a ComfyUI ModelPatcher, float32), runs each case's nodes from ComfyUI's
-comfy_extras/nodes_hooks.py on seeded random prompts, and samples with comfy.sample.sample.
+comfy_extras/nodes_hooks.py (and nodes.py's LoraLoaderModelOnly) on seeded random prompts, and samples with comfy.sample.sample.
 ComfyUI's load_checkpoint_guess_config refuses the tiny checkpoints only because a 32-channel UNet
 matches none of its released configs, so CreateHookModelAsLora* get checkpoint B's MODEL built the
 same way (its text encoder is not part of any case). Metadata: settings, and fingerprints of the
@@ -41,6 +41,7 @@ import comfy.sd  # noqa: E402
 import comfy.supported_models  # noqa: E402
 import comfy.utils  # noqa: E402
 import folder_paths  # noqa: E402
+import nodes  # noqa: E402  (ComfyUI's: LoraLoaderModelOnly)
 import torch  # noqa: E402
 from comfy_extras.nodes_hooks import NODE_CLASS_MAPPINGS  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
@@ -84,7 +85,7 @@ def main() -> None:
     comfy.sd.load_checkpoint_guess_config = lambda path, **kw: (comfy_model(Path(path)), None, None, None)
 
     def run_node(name, **inputs):
-        cls = NODE_CLASS_MAPPINGS[name]
+        cls = NODE_CLASS_MAPPINGS.get(name) or nodes.NODE_CLASS_MAPPINGS[name]
         return getattr(cls(), cls.FUNCTION)(**inputs)
 
     model = comfy_model(paths[cases.CKPT_A])
@@ -93,8 +94,8 @@ def main() -> None:
     noise = comfy.sample.prepare_noise(latent, settings["seed"])
     out = {}
     for name, case in cases.CASES.items():
-        positive, negative = cases.conditioning(case, run_node, cases.placeholders())
-        out[name] = comfy.sample.sample(model, noise, settings["steps"], settings["cfg"], settings["sampler"],
+        patched, positive, negative = cases.inputs(case, model, run_node, cases.placeholders())
+        out[name] = comfy.sample.sample(patched, noise, settings["steps"], settings["cfg"], settings["sampler"],
                                         settings["scheduler"], positive, negative, latent,
                                         seed=settings["seed"]).contiguous()
         print(name, float(out[name].abs().max()))
