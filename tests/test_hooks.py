@@ -289,3 +289,15 @@ def test_a_plugins_transformer_options_hook_reaches_only_the_entries_it_is_attac
     group.add(everywhere)
     sample(env, comfy.hooks.set_hooks_for_conditioning(values["<POS>"], group), values["<NEG>"])
     assert {0, 1} <= {i for call in seen for i in call}, "an AllConditioning hook must reach the negative too"
+
+
+def test_comfy_extras_nodes_hooks_has_comfyuis_class_names():
+    import comfy_extras.nodes_hooks as extras
+
+    from nodes import hooks as ours
+
+    assert extras.CombineHooks is ours.CombineHooks2 and extras.CombineHooksEight is ours.CombineHooks8
+    assert extras.ConditioningSetDefaultAndCombine is ours.ConditioningSetDefaultCombine
+    assert extras.NODE_CLASS_MAPPINGS["PairConditioningSetDefaultCombine"] is ours.PairConditioningSetDefaultCombine
+    assert extras.NODE_DISPLAY_NAME_MAPPINGS["CreateHookLoraModelOnly"] == "Create Hook LoRA (MO)"
+    assert len(extras.NODE_CLASS_MAPPINGS) == 20
