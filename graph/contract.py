@@ -493,6 +493,16 @@ class NodeType:
     def instantiate(self) -> Any:
         return self.cls()
 
+    def takes(self, name: str) -> bool:
+        """Whether the node's function is given a hidden value of this name: a classic node always
+        is (as in ComfyUI); a built-in one only where its `run` names it, so that a built-in that
+        stands for one of ComfyUI's V3 nodes (hidden values in `cls.hidden` there) keeps that
+        node's signature."""
+        if self._style_of("function") != "declarative":
+            return True
+        params = inspect.signature(self.cls.run).parameters
+        return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
     def call(self, instance: Any, ctx: Any, kwargs: dict, hidden: Mapping[str, Any] | None = None) -> Any:
         """One call of the node's function (a coroutine for an async node), its result normalised
         to the classic shapes (a tuple, or a dict with "ui"/"result"/"expand")."""

@@ -401,7 +401,7 @@ class _Run:
                 data[name] = [unwrap(value)]
         if not node_type.v3:
             for name, kind in self.hidden_inputs(node_type).items():
-                if kind in HIDDEN_KINDS_FILLED:
+                if kind in HIDDEN_KINDS_FILLED and node_type.takes(name):
                     data[name] = [self._hidden_value(kind, node_id)]
         return data, missing
 

@@ -22,7 +22,7 @@ class InstructPixToPixConditioning(Node):
     outputs = (Output("CONDITIONING", name="positive"), Output("CONDITIONING", name="negative"),
                Output("LATENT", name="latent"))
 
-    def run(self, ctx, positive, negative, vae, pixels):
+    def run(self, ctx, positive, negative, pixels, vae):  # ComfyUI's parameter order
         h, w = pixels.shape[1] // 8 * 8, pixels.shape[2] // 8 * 8
         top, left = (pixels.shape[1] % 8) // 2, (pixels.shape[2] % 8) // 2
         concat = vae.encode(pixels[:, top:top + h, left:left + w, :])

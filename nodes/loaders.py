@@ -104,9 +104,10 @@ class unCLIPCheckpointLoader(Node):
     inputs = (Combo("ckpt_name", _checkpoint_names),)
     outputs = (Output("MODEL"), Output("CLIP"), Output("VAE"), Output("CLIP_VISION"))
 
-    def run(self, ctx, ckpt_name):
+    def run(self, ctx, ckpt_name, output_vae=True, output_clip=True):
         loaded = load_checkpoint(ctx, ckpt_name)
-        return (loaded.model, loaded.clip, loaded.vae, checkpoint_clip_vision(ctx, ckpt_name, loaded.model))
+        return (loaded.model, loaded.clip if output_clip else None, loaded.vae if output_vae else None,
+                checkpoint_clip_vision(ctx, ckpt_name, loaded.model))
 
 
 class ImageOnlyCheckpointLoader(Node):
@@ -121,9 +122,11 @@ class ImageOnlyCheckpointLoader(Node):
     inputs = (Combo("ckpt_name", _checkpoint_names),)
     outputs = (Output("MODEL"), Output("CLIP_VISION"), Output("VAE"))
 
-    def run(self, ctx, ckpt_name):
+    def run(self, ctx, ckpt_name, output_vae=True, output_clip=True):
+        # output_clip: ComfyUI's signature; this loader has no CLIP output to leave out
         loaded = load_checkpoint(ctx, ckpt_name)
-        return (loaded.model, checkpoint_clip_vision(ctx, ckpt_name, loaded.model), loaded.vae)
+        return (loaded.model, checkpoint_clip_vision(ctx, ckpt_name, loaded.model),
+                loaded.vae if output_vae else None)
 
 
 class UNETLoader(Node):
@@ -194,12 +197,13 @@ class DiffusersLoader(Node):
     inputs = (Combo("model_path", lambda env: env.folders.filenames("diffusers")),)
     outputs = (Output("MODEL"), Output("CLIP"), Output("VAE"))
 
-    def run(self, ctx, model_path):
+    def run(self, ctx, model_path, output_vae=True, output_clip=True):
+        # output_vae / output_clip: ComfyUI's Python callers (plugins) may ask for the UNet alone
         models = ctx.env.models
         path = model_file(ctx, "diffusers", model_path)
         embeddings = ctx.env.folders.model_dirs("embeddings")
         loaded = models.cached("diffusers", path, lambda p: open_diffusers(p, models, embeddings))
-        return (loaded.model, loaded.clip, loaded.vae)
+        return (loaded.model, loaded.clip if output_clip else None, loaded.vae if output_vae else None)
 
 
 class VAELoader(Node):

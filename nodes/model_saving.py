@@ -162,8 +162,7 @@ class LoraSave(Node):
     hidden = {"prompt": ["PROMPT"], "extra_pnginfo": ["EXTRA_PNGINFO"]}
     outputs = ()
 
-    def run(self, ctx, filename_prefix, rank, lora_type, bias_diff, model_diff=None, text_encoder_diff=None,
-            prompt=None, extra_pnginfo=None):
+    def run(self, ctx, filename_prefix, rank, lora_type, bias_diff, model_diff=None, text_encoder_diff=None):
         if model_diff is None and text_encoder_diff is None:
             return {}
         full = lora_type == "full_diff"

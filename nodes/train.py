@@ -60,6 +60,7 @@ class LoadImageSetFromFolderNode(Node):
     """Loads a batch of images from a directory for training."""
 
     display_name = "Load Image Dataset from Folder"
+    comfy_function = "load_images"
     category = "loaders"
     comfy_module = MODULE
     EXPERIMENTAL = True
@@ -74,6 +75,7 @@ class LoadImageTextSetFromFolderNode(Node):
     """Loads a batch of images and caption from a directory for training."""
 
     display_name = "Load Image and Text Dataset from Folder"
+    comfy_function = "load_images"
     category = "loaders"
     comfy_module = MODULE
     EXPERIMENTAL = True
@@ -85,12 +87,12 @@ class LoadImageTextSetFromFolderNode(Node):
                   tooltip="The height to resize the images to. -1 means use the original height."))
     outputs = (Output("IMAGE"), Output("CONDITIONING"))
 
-    def run(self, ctx, folder, clip, resize_method="None", width=-1, height=-1):
+    def run(self, ctx, folder, clip, resize_method="None", width=None, height=None):
         if clip is None:
             raise RuntimeError("the clip input is empty: the checkpoint holds no text encoder")
         pairs = datasets.captioned_images(_dataset_folder(ctx, folder))
-        images = datasets.load_images([p for p, _ in pairs], resize_method, None if width == -1 else width,
-                                      None if height == -1 else height)
+        images = datasets.load_images([p for p, _ in pairs], resize_method, None if width in (None, -1) else width,
+                                      None if height in (None, -1) else height)
         encoded: dict[str, list] = {}
         conditioning = []
         for n, (_, caption) in enumerate(pairs, 1):
@@ -107,6 +109,7 @@ def _existing_loras(env) -> list[str]:
 
 class TrainLoraNode(Node):
     display_name = "Train LoRA"
+    comfy_function = "train"
     category = "training"
     comfy_module = MODULE
     EXPERIMENTAL = True
@@ -137,7 +140,7 @@ class TrainLoraNode(Node):
     outputs = (Output("MODEL", "model_with_lora"), Output("LORA_MODEL", "lora"), Output("LOSS_MAP", "loss"),
                Output("INT", "steps"))
 
-    def run(self, ctx, model, latents, positive, batch_size, grad_accumulation_steps, steps, learning_rate, rank,
+    def run(self, ctx, model, latents, positive, batch_size, steps, grad_accumulation_steps, learning_rate, rank,
             optimizer, loss_function, seed, training_dtype, lora_dtype, algorithm, gradient_checkpointing,
             existing_lora):
         if algorithm != "LoRA":
@@ -163,6 +166,7 @@ class TrainLoraNode(Node):
 class LoraModelLoader(Node):
     """Load Trained LoRA weights from Train LoRA node."""
 
+    comfy_function = "load_lora_model"
     display_name = "Load LoRA Model"
     category = "loaders"
     comfy_module = MODULE
@@ -182,6 +186,7 @@ class LoraModelLoader(Node):
 class SaveLoRANode(Node):
     """Saves a trained LoRA under output/ (loras/... is listed by Load LoRA)."""
 
+    comfy_function = "save"
     display_name = "Save LoRA Weights"
     category = "loaders"
     comfy_module = MODULE
@@ -208,6 +213,7 @@ class SaveLoRANode(Node):
 class LossGraphNode(Node):
     """Plots the loss graph and saves it to the output directory."""
 
+    comfy_function = "plot_loss"
     display_name = "Plot Loss Graph"
     category = "training"
     comfy_module = MODULE

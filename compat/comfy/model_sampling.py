@@ -151,6 +151,8 @@ class ModelSamplingDiscrete(_Table):
             sigmas = rescale_zero_terminal_snr_sigmas(sigmas)
         self.set_sigmas(sigmas)
 
+    _nearest = _Ours._nearest
+    _interpolate = _Ours._interpolate
     timestep = _Ours.timestep
     sigma = _Ours.sigma
     percent_to_sigma = _Ours.percent_to_sigma
