@@ -511,11 +511,13 @@ def create_hook_model_as_lora(weights_model: dict | None, weights_clip: dict | N
 
 
 def get_patch_weights_from_model(model, discard_model_sampling: bool = True) -> dict | None:
-    """A patcher's network weights by state-dict key (the noise schedule's buffers left out)."""
+    """A patcher's network weights by state-dict key as its file has them (the noise schedule's
+    buffers left out). The network may be shared with a loaded patcher whose LoRA or hook weights
+    are on it right now: those keys come from the kept originals (ComfyUI reads a fresh copy)."""
     if model is None:
         return None
-    sd = model.model.state_dict()
-    return {k: v for k, v in sd.items() if not (discard_model_sampling and k.startswith("model_sampling"))}
+    return {k: entry[0][0] for k, entry in model.get_key_patches().items()
+            if not (discard_model_sampling and k.startswith("model_sampling"))}
 
 
 def load_hook_lora_for_models(model, clip, lora: dict, strength_model: float, strength_clip: float):

@@ -464,8 +464,9 @@ class ModelPatcher:
         for k in self.model_state_dict():
             if filter_prefix is not None and not k.startswith(filter_prefix):
                 continue
+            # the unpatched weight even while LoRA or hook weights are on the shared network
             backup = self.backup.get(k)
-            weight = backup.weight if backup is not None else get_attr(self.model, k)
+            weight = backup.weight if backup is not None else self.hook_backup.get(k, get_attr(self.model, k))
             out[k] = [(weight, lambda a, **kwargs: a)] + self.patches.get(k, [])
         return out
 

@@ -301,3 +301,15 @@ def test_comfy_extras_nodes_hooks_has_comfyuis_class_names():
     assert extras.NODE_CLASS_MAPPINGS["PairConditioningSetDefaultCombine"] is ours.PairConditioningSetDefaultCombine
     assert extras.NODE_DISPLAY_NAME_MAPPINGS["CreateHookLoraModelOnly"] == "Create Hook LoRA (MO)"
     assert len(extras.NODE_CLASS_MAPPINGS) == 20
+
+
+def test_a_checkpoint_hook_takes_the_files_weights_even_while_a_lora_patches_that_network(env, base):
+    (lora_model,) = run_node(env, "LoraLoaderModelOnly", model=env.model, lora_name=cases.LORA, strength_model=1.0)
+    load_models_gpu([lora_model])  # checkpoint A's network now holds A + LoRA
+    key = "diffusion_model.input_blocks.0.0.weight"
+    on_network = env.model.model.state_dict()[key]
+    in_file = load_file(str(base / "models" / "checkpoints" / cases.CKPT_A))["model." + key]
+    assert not torch.equal(on_network, in_file), "the LoRA did not reach the weight this test reads"
+    (group,) = run_node(env, "CreateHookModelAsLoraModelOnly", ckpt_name=cases.CKPT_A, strength_model=1.0)
+    (kind, (weight,)) = group.hooks[0].weights[key]
+    assert kind == "model_as_lora" and torch.equal(weight, in_file)
