@@ -3,9 +3,10 @@ by tests/data/hooks/make_reference.py in ComfyUI (which imports this file: keep 
 LatentGraph imports beyond tests.models_tiny).
 
 Each case is a small graph of node calls (`N(class name, inputs)`, `N(...)[i]` for output i)
-giving the positive and negative conditioning of one KSampler run (SETTINGS) over the tiny SD1.5
-checkpoint A. Placeholders: "<POS>", "<NEG>", "<POS2>", "<POS3>", "<NEG2>" are seeded random
-prompts [1, 77, 768] (no CLIP involved: ComfyUI cannot build the tiny 2-layer text encoder),
+giving the MODEL (default: checkpoint A's) and the positive and negative conditioning of one
+KSampler run (SETTINGS); "baseline" names the case it must differ from (default: "plain").
+Placeholders: "<POS>", "<NEG>", "<POS2>", "<POS3>", "<NEG2>" are seeded random prompts
+[1, 77, 768], "<MODEL>" / "<CLIP>" checkpoint A's MODEL and CLIP (a one-layer CLIP-L),
 "<MASK_LEFT>" / "<MASK_TOP>" pixel masks, "<LORA>" the LoRA file, "<CKPT_B>" checkpoint B.
 """
 from __future__ import annotations
@@ -71,10 +72,11 @@ def evaluate(value, run_node, values: dict, memo: dict):
     return value
 
 
-def inputs(case: dict, model, run_node, values: dict) -> tuple:
-    """(MODEL, positive, negative) of a case; `model` is checkpoint A's MODEL ("<MODEL>")."""
+def inputs(case: dict, model, clip, run_node, values: dict) -> tuple:
+    """(MODEL, positive, negative) of a case; `model` and `clip` are checkpoint A's ("<MODEL>",
+    "<CLIP>")."""
     memo: dict = {}
-    values = {**values, "<MODEL>": model}
+    values = {**values, "<MODEL>": model, "<CLIP>": clip}
     return tuple(evaluate(case.get(k, "<MODEL>"), run_node, values, memo) for k in ("model", "positive", "negative"))
 
 
@@ -141,6 +143,22 @@ def _cases() -> dict:
         "model": N("LoraLoaderModelOnly", model="<MODEL>", lora_name="<LORA>", strength_model=0.5),
         "positive": N("ConditioningSetProperties", cond_NEW="<POS>", hooks=lora_neg, **props),
         "negative": N("ConditioningSetProperties", cond_NEW="<NEG>", hooks=as_lora, **props)}
+
+    # CLIP hooks: the text encoder encodes the positive with the LoRA (CLIP strength 0.8) and the
+    # conditioning carries the hook to the sampler; scheduled, once per keyframe range
+    clip_lora = N("CreateHookLora", lora_name="<LORA>", strength_model=1.0, strength_clip=0.8)
+    negative = N("CLIPTextEncode", text="blurry, low quality", clip="<CLIP>")
+    hooked_clip = N("SetClipHooks", clip="<CLIP>", apply_to_conds=True, schedule_clip=False, hooks=clip_lora)
+    cases["clip_plain"] = {"positive": N("CLIPTextEncode", text="a red house by a lake", clip="<CLIP>"),
+                           "negative": negative}
+    cases["clip_hooks"] = {"positive": N("CLIPTextEncode", text="a red house by a lake", clip=hooked_clip),
+                           "negative": negative, "baseline": "clip_plain"}
+    kf_clip = N("CreateHookKeyframe", strength_mult=0.3, start_percent=0.5,
+                prev_hook_kf=N("CreateHookKeyframe", strength_mult=1.0, start_percent=0.0))
+    scheduled_clip = N("SetClipHooks", clip="<CLIP>", apply_to_conds=True, schedule_clip=True,
+                       hooks=N("SetHookKeyframes", hooks=clip_lora, hook_kf=kf_clip))
+    cases["clip_scheduled"] = {"positive": N("CLIPTextEncode", text="a red house by a lake", clip=scheduled_clip),
+                               "negative": negative, "baseline": "clip_hooks"}
     return cases
 
 

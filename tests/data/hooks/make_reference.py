@@ -9,13 +9,16 @@ from this checkout's root:
 It writes the cases' files (tiny SD1.5 checkpoints A and B, the LoRA) with tests/hook_cases.py
 into a temporary folder registered as ComfyUI's "loras" and "checkpoints" folders, builds
 checkpoint A's UNet with ComfyUI's own code (detect_unet_config, its SD15 model config,
-load_model_weights, a ComfyUI ModelPatcher, float32), runs each case's nodes from ComfyUI's
-comfy_extras/nodes_hooks.py (and nodes.py's LoraLoaderModelOnly) on seeded random prompts, and samples with comfy.sample.sample.
+load_model_weights, a ComfyUI ModelPatcher, float32) and its one-layer CLIP-L (ComfyUI's SD1 CLIP
+classes over its CLIP-L config with num_hidden_layers 1; flag --fp32-text-enc), runs each case's
+nodes from ComfyUI's comfy_extras/nodes_hooks.py (and nodes.py's LoraLoaderModelOnly and
+CLIPTextEncode) on seeded random prompts or that CLIP, and samples with comfy.sample.sample.
 ComfyUI's load_checkpoint_guess_config refuses the tiny checkpoints only because a 32-channel UNet
 matches none of its released configs, so CreateHookModelAsLora* get checkpoint B's MODEL built the
 same way (its text encoder is not part of any case). Metadata: settings, and fingerprints of the
 files' tensors so the test can tell its files are the same.
 """
+import functools
 import importlib.util
 import json
 import sys
@@ -32,12 +35,14 @@ sys.path.append(str(REPO))  # after ComfyUI: only the test builders (and their `
 import comfy.options  # noqa: E402
 
 comfy.options.enable_args_parsing()
-sys.argv = [sys.argv[0], "--cpu"]
+# ComfyUI keeps text encoders in fp16 on the CPU unless told otherwise; ours are float32
+sys.argv = [sys.argv[0], "--cpu", "--fp32-text-enc"]
 sys.modules.setdefault("server", types.SimpleNamespace(PromptServer=None))
 import comfy.model_detection  # noqa: E402
 import comfy.model_patcher  # noqa: E402
 import comfy.sample  # noqa: E402
 import comfy.sd  # noqa: E402
+import comfy.sd1_clip  # noqa: E402
 import comfy.supported_models  # noqa: E402
 import comfy.utils  # noqa: E402
 import folder_paths  # noqa: E402
@@ -72,6 +77,21 @@ def comfy_model(path: Path):
     return comfy.model_patcher.ModelPatcher(base, load_device=cpu, offload_device=cpu)
 
 
+def comfy_clip(path: Path):
+    """Checkpoint A's one-layer CLIP-L in ComfyUI's SD1 CLIP classes (its CLIP-L config with one
+    layer: ComfyUI's loader would build the released twelve), float32."""
+    config = json.loads((COMFY / "comfy" / "sd1_clip_config.json").read_text())
+    config["num_hidden_layers"] = 1
+    tower = functools.partial(comfy.sd1_clip.SDClipModel, textmodel_json_config=config, return_projected_pooled=False)
+    target = types.SimpleNamespace(params={}, tokenizer=comfy.sd1_clip.SD1Tokenizer,
+                                   clip=functools.partial(comfy.sd1_clip.SD1ClipModel, clip_model=tower))
+    clip = comfy.sd.CLIP(target)
+    sd = comfy.utils.load_torch_file(str(path))
+    prefix = "cond_stage_model.transformer."
+    clip.load_sd({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
+    return clip
+
+
 def fingerprint(path: Path) -> list:
     tensors = load_file(str(path)).values()
     return [float(sum(t.double().sum() for t in tensors)), float(sum((t.double() ** 2).sum() for t in tensors))]
@@ -89,12 +109,13 @@ def main() -> None:
         return getattr(cls(), cls.FUNCTION)(**inputs)
 
     model = comfy_model(paths[cases.CKPT_A])
+    clip = comfy_clip(paths[cases.CKPT_A])
     settings = cases.SETTINGS
     latent = torch.zeros(settings["latent"])
     noise = comfy.sample.prepare_noise(latent, settings["seed"])
     out = {}
     for name, case in cases.CASES.items():
-        patched, positive, negative = cases.inputs(case, model, run_node, cases.placeholders())
+        patched, positive, negative = cases.inputs(case, model, clip, run_node, cases.placeholders())
         out[name] = comfy.sample.sample(patched, noise, settings["steps"], settings["cfg"], settings["sampler"],
                                         settings["scheduler"], positive, negative, latent,
                                         seed=settings["seed"]).contiguous()
