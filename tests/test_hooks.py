@@ -4,8 +4,9 @@ combines, ConditioningTimestepsRange, ...) against ComfyUI and against independe
 * Sampling parity: the workflows of tests/hook_cases.py (LoRA hook on the positive only, keyframe
   schedules, two hook groups switching every step, sampling ranges with masks and mask bounds,
   pair nodes with default conditioning, a checkpoint as a hook, hooks over a LoRA-patched MODEL,
-  SetClipHooks with and without schedule_clip on a one-layer CLIP-L) must give ComfyUI's latents (tests/data/hooks/reference.safetensors, made by
-  tests/data/hooks/make_reference.py, see its docstring). Tolerance: 1e-4 of the reference latent's largest magnitude (float32, four Euler
+  SetClipHooks with and without schedule_clip on a one-layer CLIP-L) must give ComfyUI's latents
+  (tests/data/hooks/reference.safetensors, made by tests/data/hooks/make_reference.py, see its
+  docstring). Tolerance: 1e-4 of the reference latent's largest magnitude (float32, four Euler
   steps at CFG 6 on a random network whose latents reach 350-6000). Measured: every case within
   4.2e-6 of it, as the unhooked baselines are. Each hooked case must differ from its baseline (the
   unhooked run; for the scheduled CLIP, the unscheduled one) by at least 100 times the tolerance,
