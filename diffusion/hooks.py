@@ -21,8 +21,11 @@ of the hooks conditioning nodes; they copy entries rather than editing them.
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 import math
+from typing import ClassVar
+
 import torch
 
 from . import patcher_extension as pe
@@ -87,7 +90,7 @@ class HookKeyframe:
         """A keyframe that starts before this sampling's first sigma guarantees nothing."""
         return 0 if self.start_t > max_sigma else self.guarantee_steps
 
-    def clone(self) -> "HookKeyframe":
+    def clone(self) -> HookKeyframe:
         c = HookKeyframe(self.strength, self.start_percent, self.guarantee_steps)
         c.start_t = self.start_t
         return c
@@ -139,7 +142,7 @@ class HookKeyframeGroup:
     def is_empty(self) -> bool:
         return not self.keyframes
 
-    def clone(self) -> "HookKeyframeGroup":
+    def clone(self) -> HookKeyframeGroup:
         c = HookKeyframeGroup()
         c.keyframes = [kf.clone() for kf in self.keyframes]
         c._set_first_as_current()
@@ -177,7 +180,7 @@ class InterpolationMethod:
     EASE_OUT = "ease_out"
     EASE_IN_OUT = "ease_in_out"
 
-    _LIST = [LINEAR, EASE_IN, EASE_OUT, EASE_IN_OUT]
+    _LIST: ClassVar[list[str]] = [LINEAR, EASE_IN, EASE_OUT, EASE_IN_OUT]
 
     @classmethod
     def get_weights(cls, num_from: float, num_to: float, length: int, method: str, reverse=False) -> torch.Tensor:
@@ -401,23 +404,23 @@ class HookGroup:
     def contains(self, hook: Hook) -> bool:
         return hook in self.hooks
 
-    def is_subset_of(self, other: "HookGroup") -> bool:
+    def is_subset_of(self, other: HookGroup) -> bool:
         return set(self.hooks).issubset(set(other.hooks))
 
-    def new_with_common_hooks(self, other: "HookGroup") -> "HookGroup":
+    def new_with_common_hooks(self, other: HookGroup) -> HookGroup:
         c = HookGroup()
         for hook in self.hooks:
             if other.contains(hook):
                 c.add(hook.clone())
         return c
 
-    def clone(self) -> "HookGroup":
+    def clone(self) -> HookGroup:
         c = HookGroup()
         for hook in self.hooks:
             c.add(hook.clone())
         return c
 
-    def clone_and_combine(self, other: "HookGroup | None") -> "HookGroup":
+    def clone_and_combine(self, other: HookGroup | None) -> HookGroup:
         c = self.clone()
         for hook in (other.hooks if other is not None else []):
             c.add(hook.clone())
@@ -449,7 +452,7 @@ class HookGroup:
             schedules[hook] = ranges
         bounds = sorted({0.0} | {p for ranges in schedules.values() for r, _ in ranges for p in r})
         out = []
-        for start, end in zip(bounds, bounds[1:]):
+        for start, end in itertools.pairwise(bounds):
             in_force = []
             for hook, ranges in schedules.items():
                 kf = next((k for (a, b), k in ranges if a < end and b > start), None)
@@ -462,10 +465,10 @@ class HookGroup:
             hook.reset()
 
     @staticmethod
-    def combine_all_hooks(hooks_list: list, require_count: int = 0) -> "HookGroup | None":
+    def combine_all_hooks(hooks_list: list, require_count: int = 0) -> HookGroup | None:
         actual = [g for g in hooks_list if g is not None]
         if len(actual) < require_count:
-            raise Exception(f"Need at least {require_count} hooks to combine, but only had {len(actual)}.")
+            raise ValueError(f"Need at least {require_count} hooks to combine, but only had {len(actual)}.")
         if not actual:
             return None
         if len(actual) == 1:

@@ -231,8 +231,8 @@ def process_conds(model, noise, conds: dict, device, latent_image=None, denoise_
             for kk in conds:
                 if k != kk:
                     create_cond_with_same_area_if_none(conds[kk], c)
-    for k in conds:
-        for c in conds[k]:
+    for entries in conds.values():
+        for c in entries:
             for hook in (c["hooks"].hooks if c.get("hooks") is not None else []):
                 hook.initialize_timesteps(model)
     for k in conds:
@@ -716,8 +716,8 @@ def prepare_model_patcher(model, conds, model_options: dict) -> dict:
     """Put the MODEL's wrappers and callbacks into this sampling's transformer_options and
     register the hooks the conditioning carries (weight hooks on the MODEL itself)."""
     hooks = HookGroup()
-    for k in conds:
-        get_hooks_from_cond(conds[k], hooks)
+    for entries in conds.values():
+        get_hooks_from_cond(entries, hooks)
     to = model_options.setdefault("transformer_options", {})
     pe.merge_nested_dicts(to.setdefault("wrappers", {}), model.wrappers, copy_dict1=False)
     pe.merge_nested_dicts(to.setdefault("callbacks", {}), model.callbacks, copy_dict1=False)
@@ -739,8 +739,8 @@ def preprocess_conds_hooks(conds: dict) -> None:
     """Entries with a ControlNet that brings hooks get those hooks joined to their own (one
     combined group per ControlNet and group, so such entries still batch together)."""
     replacement: dict = {}
-    for k in conds:
-        for c in conds[k]:
+    for entries in conds.values():
+        for c in entries:
             control = c.get("control")
             if control is not None and _extra_hooks(control):
                 replacement.setdefault((control, c.get("hooks")), []).append(c)
@@ -755,13 +755,13 @@ def filter_registered_hooks_on_conds(conds: dict, model_options: dict) -> None:
     """Keep on each entry only the hooks that were registered for this sampling."""
     registered = model_options.get("registered_hooks")
     if registered is None:
-        for k in conds:
-            for c in conds[k]:
+        for entries in conds.values():
+            for c in entries:
                 c.pop("hooks", None)
         return
     replacement: dict = {}
-    for k in conds:
-        for c in conds[k]:
+    for entries in conds.values():
+        for c in entries:
             hooks = c.get("hooks")
             if hooks is not None and not hooks.is_subset_of(registered):
                 replacement.setdefault(hooks, []).append(c)
@@ -772,7 +772,7 @@ def filter_registered_hooks_on_conds(conds: dict, model_options: dict) -> None:
 
 
 def get_total_hook_groups_in_conds(conds: dict) -> int:
-    return len({id(c.get("hooks")) if c.get("hooks") is not None else None for k in conds for c in conds[k]})
+    return len({id(c["hooks"]) if c.get("hooks") is not None else None for entries in conds.values() for c in entries})
 
 
 def cast_to_load_options(model_options: dict, device=None, dtype=None) -> None:

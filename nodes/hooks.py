@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from diffusion import hooks as hk
 from diffusion.checkpoint import read_state_dict
-from graph.contract import Boolean, Choice, Combo, Float, Int, Node, Output, Socket
+from graph.contract import Boolean, Combo, Float, Int, Node, Output, Socket
 from nodes.loaders import load_checkpoint, model_file
 
 log = logging.getLogger(__name__)

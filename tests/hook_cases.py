@@ -28,7 +28,7 @@ class N:
     def __init__(self, node: str, **inputs):
         self.node, self.inputs = node, inputs
 
-    def __getitem__(self, index: int) -> "Out":
+    def __getitem__(self, index: int) -> Out:
         return Out(self, index)
 
 

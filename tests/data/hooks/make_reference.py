@@ -32,25 +32,25 @@ COMFY = Path(sys.argv[1]).resolve()
 sys.path.insert(0, str(COMFY))
 sys.path.append(str(REPO))  # after ComfyUI: only the test builders (and their `diffusion`) come from here
 
-import comfy.options  # noqa: E402
+import comfy.options
 
 comfy.options.enable_args_parsing()
 # ComfyUI keeps text encoders in fp16 on the CPU unless told otherwise; ours are float32
 sys.argv = [sys.argv[0], "--cpu", "--fp32-text-enc"]
 sys.modules.setdefault("server", types.SimpleNamespace(PromptServer=None))
-import comfy.model_detection  # noqa: E402
-import comfy.model_patcher  # noqa: E402
-import comfy.sample  # noqa: E402
-import comfy.sd  # noqa: E402
-import comfy.sd1_clip  # noqa: E402
-import comfy.supported_models  # noqa: E402
-import comfy.utils  # noqa: E402
-import folder_paths  # noqa: E402
-import nodes  # noqa: E402  (ComfyUI's: LoraLoaderModelOnly)
-import torch  # noqa: E402
-from comfy_extras.nodes_hooks import NODE_CLASS_MAPPINGS  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+import comfy.model_detection
+import comfy.model_patcher
+import comfy.sample
+import comfy.sd
+import comfy.sd1_clip
+import comfy.supported_models
+import comfy.utils
+import folder_paths
+import torch
+from comfy_extras.nodes_hooks import NODE_CLASS_MAPPINGS
+from safetensors.torch import load_file, save_file
 
+import nodes
 
 
 def load_by_path(name: str, path: Path):
