@@ -134,7 +134,10 @@ class _SpecMemo:
         if choices:
             sources = [key for key in keys if set(choices) <= set(folders.filenames(key))]
             dirs = [str(d) for key in sources for d in folders.model_dirs(key)]
-            return f" (files listed from {', '.join(dirs)})" if dirs else ""
+            if not dirs:
+                return ""
+            return (f" (files listed from {', '.join(dirs)}; to use another file, put it in {dirs[0]} and "
+                    "try again (the editor lists new files after R))")
         empty = [key for key in keys if not folders.filenames(key)] or keys
         dirs = [folders.model_dirs(key) for key in empty]
         where = " and ".join(f"the {key} folder {d[0]}" for key, d in zip(empty, dirs) if d)

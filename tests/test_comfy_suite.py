@@ -62,7 +62,12 @@ def test_comfyui_execution_suite_passes_in_full(tmp_path):
     assert (SUITE / "tests" / "execution" / "test_execution.py").is_file(), f"ComfyUI's suite is missing: {SUITE}"
     run_dir = tmp_path / "run"
     (run_dir / "bin").mkdir(parents=True)
-    (run_dir / "tests").symlink_to(SUITE / "tests")
+    # Their tests import each other as `tests.execution...`; a regular `tests` package here (their
+    # files linked into it) keeps this project's own tests package, on PYTHONPATH, out of the way.
+    (run_dir / "tests").mkdir()
+    (run_dir / "tests" / "__init__.py").write_text("")
+    for entry in (SUITE / "tests").iterdir():
+        (run_dir / "tests" / entry.name).symlink_to(entry)
     (run_dir / "pytest.ini").symlink_to(SUITE / "pytest.ini")
     (run_dir / "main.py").write_text(HARNESS.format(repo=str(REPO)))
     (run_dir / "bin" / "python").symlink_to(sys.executable)  # the suite runs `python main.py`

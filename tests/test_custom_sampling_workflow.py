@@ -20,7 +20,7 @@ from tests.node_helpers import call_in_context
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "custom_sampling.json"
-CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"
 
 
 def place_checkpoint(base: Path, tiny_checkpoint) -> None:

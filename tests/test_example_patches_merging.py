@@ -26,15 +26,19 @@ OUTPUTS = {"model_merging": "model_merging_00001_.png", "freeu_pag": "freeu_pag_
 SECOND = "other_sd15_model.safetensors"
 
 
+def other_unet(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """A UNet of the checkpoint's shape with other weights (a second model to merge with)."""
+    gen = torch.Generator().manual_seed(21)
+    with safe_open(str(checkpoint), "pt") as f:
+        unet = {k: f.get_tensor(k) for k in f.keys() if k.startswith("model.diffusion_model.")}  # noqa: SIM118
+    return {k: (v + 0.5 * v.float().std().nan_to_num(0.1) * torch.randn(v.shape, generator=gen)).contiguous()
+            for k, v in unet.items()}
+
+
 def place_checkpoints(base: Path, tiny_checkpoint) -> None:
     place_checkpoint(base, tiny_checkpoint)  # the tiny SD1.5 file as FIRST
     folder = base / "models" / "checkpoints"
-    gen = torch.Generator().manual_seed(21)
-    with safe_open(str(folder / FIRST), "pt") as f:
-        unet = {k: f.get_tensor(k) for k in f.keys() if k.startswith("model.diffusion_model.")}  # noqa: SIM118
-    other = {k: (v + 0.5 * v.float().std().nan_to_num(0.1) * torch.randn(v.shape, generator=gen)).contiguous()
-             for k, v in unet.items()}
-    save_file(other, str(folder / SECOND))
+    save_file(other_unet(folder / FIRST), str(folder / SECOND))
 
 
 def test_merging_and_freeu_pag_examples_run_from_the_command_line(tmp_path, tiny_checkpoint):

@@ -37,7 +37,12 @@ PIXEL_INPUTS = {"width", "height", "tile_size", "overlap", "left", "top", "right
                 "grow_mask_by"}
 # example -> the size of its saved picture at 1/8 scale
 OUTPUTS = {"hello_image": (64, 64), "img2img": (64, 64), "inpaint": (64, 64), "outpaint": (96, 64),
-           "controlnet": (64, 64), "hires_fix_upscale_model": (128, 96), "tiled_vae": (128, 128)}
+           "controlnet": (64, 64), "hires_fix_upscale_model": (128, 96), "tiled_vae": (128, 128),
+           "custom_sampling": (32, 32), "freeu_pag": (32, 32), "model_merging": (32, 32),
+           "shapes_txt2img": (64, 64)}
+BUILTIN = "latentgraph-shapes-64.safetensors"  # models_builtin/: the shapes example's own model
+SECOND = "other_sd15_model.safetensors"  # model_merging's second checkpoint
+UNSCALED = {"shapes_txt2img"}  # sized for the built-in model already (64 pixels)
 
 
 def examples() -> dict[str, dict]:
@@ -69,16 +74,20 @@ def test_every_example_is_listed_and_has_its_files_and_one_checkpoint_name():
         for file in input_files(prompt):
             assert (EXAMPLES / file).is_file(), f"{name}.json needs {file}, which does not ship in examples/"
     checkpoints = set().union(*(model_names(p, "CheckpointLoaderSimple", "ckpt_name") for p in found.values()))
-    assert checkpoints == {CHECKPOINT}
+    assert checkpoints == {CHECKPOINT, SECOND, BUILTIN}
+    assert model_names(found["shapes_txt2img"], "CheckpointLoaderSimple", "ckpt_name") == {BUILTIN}
+    assert (REPO / "models_builtin" / BUILTIN).is_file()
     # the editor's default workflow names the same file, so one download serves both
     default = (REPO / "web" / "js" / "default_workflow.js").read_text()
     assert re.findall(r"v1-5[\w.-]*\.safetensors", default) == [CHECKPOINT]
     assert CHECKPOINT in (REPO / "README.md").read_text()
 
 
-def scaled_copy(prompt: dict) -> dict:
+def scaled_copy(name: str, prompt: dict) -> dict:
     doc = json.loads(json.dumps(prompt))
     for node in doc.values():
+        if name in UNSCALED:
+            break
         for key, value in node["inputs"].items():
             if key in PIXEL_INPUTS and isinstance(value, int):
                 node["inputs"][key] = max(value // SCALE, 64 if key == "tile_size" else 0)
@@ -98,6 +107,8 @@ def base(tmp_path_factory, tiny_checkpoint):
         os.link(ckpt, target)
     except OSError:
         shutil.copy(ckpt, target)
+    from tests.test_example_patches_merging import other_unet
+    save_file(other_unet(target), str(target.parent / SECOND))
     (base / "models" / "controlnet").mkdir(parents=True)
     save_file(tiny_sd15_controlnet_sd(ckpt, seed=3), str(base / "models" / "controlnet" / CONTROLNET))
     (base / "models" / "upscale_models").mkdir(parents=True)
@@ -116,7 +127,7 @@ def test_every_example_runs_end_to_end_on_tiny_models(base, tmp_path):
     work.mkdir()
     files = []
     for name, prompt in examples().items():
-        doc = scaled_copy(prompt)
+        doc = scaled_copy(name, prompt)
         (work / f"{name}.json").write_text(json.dumps(doc))
         files.append(work / f"{name}.json")
         for picture in input_files(prompt):
@@ -154,13 +165,16 @@ def test_examples_straight_from_the_folder_find_their_pictures_and_name_missing_
     models, each error naming the folder to put the file in."""
     proc = run_cli(tmp_path, *sorted(EXAMPLES.glob("*.json")), timeout=300)
     assert proc.returncode == 1
-    assert "1 of 7 workflow(s) succeeded" in proc.stderr  # hello_image needs no model
+    # hello_image needs no model, shapes_txt2img the built-in one
+    assert f"2 of {len(OUTPUTS)} workflow(s) succeeded" in proc.stderr
     for picture in ("example_input.png", "controlnet_hint.png"):
         assert (tmp_path / "input" / picture).read_bytes() == (EXAMPLES / picture).read_bytes()
     assert "Invalid image file" not in proc.stderr
     models = tmp_path / "models"
-    assert proc.stderr.count(f"ckpt_name: '{CHECKPOINT}' not in [] (the list is empty: no files in the "
-                             f"checkpoints folder {models / 'checkpoints'}") == 6
+    # the list holds the built-in model only; the hint names the folder to put the file in
+    assert proc.stderr.count(f"ckpt_name: '{CHECKPOINT}' not in ['{BUILTIN}'] (files listed from "
+                             f"{models / 'checkpoints'}") == 9
+    assert proc.stderr.count(f"put it in {models / 'checkpoints'} and try again") == 10
     assert f"no files in the controlnet folder {models / 'controlnet'}" in proc.stderr
     assert f"no files in the upscale_models folder {models / 'upscale_models'}" in proc.stderr
     assert "Traceback" not in proc.stderr

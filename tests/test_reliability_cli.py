@@ -74,6 +74,8 @@ def test_a_batch_of_hostile_files_gets_one_clear_error_each_and_goes_on(tmp_path
     for name, (_, expected) in files.items():
         if expected:
             assert expected in "\n".join(blocks[name]), (name, blocks[name])
-            assert len(blocks[name]) <= 2, (name, blocks[name])  # one clear error, not a dump
+            # one clear error, not a dump: at most ComfyUI's validation report (headline, output,
+            # node, reason, 'Output will be ignored')
+            assert len(blocks[name]) <= 5, (name, blocks[name])
     assert "1 of 11 workflow(s) succeeded" in proc.stderr
     assert proc.stdout.strip() == "2: 42"
