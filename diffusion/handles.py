@@ -21,6 +21,7 @@ import torch
 from diffusion import tiling
 from diffusion.checkpoint import (load_checkpoint, load_text_encoder, load_unet, load_vae, split_components,
                                   stored_state_dict)
+from diffusion.hooks import EnumHookMode
 from diffusion.model import model_class_for
 from diffusion.model_management import ModelManagement, use_models
 from diffusion.model_patcher import ModelPatcher
@@ -63,6 +64,7 @@ class CLIP:
         self.patcher = ModelPatcher(cond_stage_model, load_device=load_device or device,
                                     offload_device=offload_device or device)
         self.patcher.is_clip = True
+        self.patcher.hook_mode = EnumHookMode.MinVram
         self.patcher.manager = manager
         self.layer_idx = None
         self.use_clip_schedule = False
@@ -124,12 +126,41 @@ class CLIP:
 
     def encode_from_tokens_scheduled(self, tokens: dict, unprojected: bool = False, add_dict: dict | None = None,
                                      show_pbar: bool = True) -> list:
-        """CONDITIONING for tokens: [[cond, {"pooled_output": pooled, **add_dict}]] (hook keyframe
-        schedules are not supported, so there is one entry)."""
-        out = self.encode_from_tokens(tokens, return_pooled="unprojected" if unprojected else True, return_dict=True)
-        cond = out.pop("cond")
-        out.update(add_dict or {})
-        return [[cond, out]]
+        """CONDITIONING for tokens: [[cond, {"pooled_output": pooled, **add_dict}]]. With SetClipHooks'
+        schedule_clip, one entry per range of sampling over which the hooks' strengths are
+        constant, each encoded with those strengths and marked clip_start/end_percent."""
+        add_dict = add_dict or {}
+        hooks = self.patcher.forced_hooks
+        if hooks is None or not self.use_clip_schedule:
+            out = self.encode_from_tokens(tokens, return_pooled="unprojected" if unprojected else True,
+                                          return_dict=True)
+            cond = out.pop("cond")
+            out.update(add_dict)
+            return [[cond, out]]
+        model = self.cond_stage_model
+        model.reset_clip_options()
+        if self.layer_idx is not None:
+            model.set_clip_options({"layer": self.layer_idx})
+        if unprojected:
+            model.set_clip_options({"projected_pooled": False})
+        self.load_model()
+        hooks.reset()
+        self.patcher.patch_hooks(None)
+        entries = []
+        try:
+            for (start, end), in_force in hooks.get_hooks_for_clip_schedule():
+                if end < add_dict.get("start_percent", -1.0) or start > add_dict.get("end_percent", 2.0):
+                    continue  # outside the sampling range this conditioning is for
+                for hook, keyframe in in_force:
+                    hook.hook_keyframe._current_keyframe = keyframe
+                self.patcher.patch_hooks(hooks)
+                with torch.no_grad():
+                    cond, pooled = model.encode_token_weights(tokens)[:2]
+                extras = {"pooled_output": pooled, "clip_start_percent": start, "clip_end_percent": end, **add_dict}
+                entries.append([cond, self.add_hooks_to_dict(extras)])
+        finally:
+            hooks.reset()
+        return entries
 
     def encode(self, text: str) -> torch.Tensor:
         return self.encode_from_tokens(self.tokenize(text))

@@ -34,6 +34,7 @@ from . import patcher_extension as pe
 from . import samplers as _samplers
 from . import schedules as _schedules
 from .conds import repeat_to_batch_size
+from .hooks import EnumHookMode, EnumHookType, EnumWeightTarget, HookGroup, create_target_dict
 from .model_management import use_models
 from .model_patcher import create_model_options_clone
 from .noise import DisableNoise, RandomNoise, prepare_noise
@@ -230,6 +231,10 @@ def process_conds(model, noise, conds: dict, device, latent_image=None, denoise_
             for kk in conds:
                 if k != kk:
                     create_cond_with_same_area_if_none(conds[kk], c)
+    for entries in conds.values():
+        for c in entries:
+            for hook in (c["hooks"].hooks if c.get("hooks") is not None else []):
+                hook.initialize_timesteps(model)
     for k in conds:
         pre_run_control(model, conds[k])
     if "positive" in conds:
@@ -377,6 +382,8 @@ def finalize_default_conds(model, hooked_to_run: dict, default_conds: list, x_in
             p = get_area_and_mult(x, x_in, timestep)
             if p is None:
                 continue
+            if p.hooks is not None:
+                model.current_patcher.prepare_hook_patches_current_keyframe(timestep, p.hooks, model_options)
             hooked_to_run.setdefault(p.hooks, []).append((p._replace(mult=mult), i))
 
 
@@ -388,6 +395,7 @@ def calc_cond_batch(model, conds: list, x_in: torch.Tensor, timestep: torch.Tens
 
 
 def _calc_cond_batch(model, conds: list, x_in: torch.Tensor, timestep: torch.Tensor, model_options: dict) -> list:
+    patcher = getattr(model, "current_patcher", None)
     out_conds, out_counts = [], []
     hooked_to_run: dict = {}
     default_conds = []
@@ -403,11 +411,13 @@ def _calc_cond_batch(model, conds: list, x_in: torch.Tensor, timestep: torch.Ten
                 continue
             p = get_area_and_mult(x, x_in, timestep)
             if p is not None:
+                if p.hooks is not None:
+                    # the hook's keyframe in force at this sigma sets its strength for this call
+                    patcher.prepare_hook_patches_current_keyframe(timestep, p.hooks, model_options)
                 hooked_to_run.setdefault(p.hooks, []).append((p, i))
         default_conds.append(defaults)
     if has_default:
         finalize_default_conds(model, hooked_to_run, default_conds, x_in, timestep, model_options)
-    patcher = getattr(model, "current_patcher", None)
     if patcher is not None:
         patcher.prepare_state(timestep)
 
@@ -656,6 +666,7 @@ def prepare_sampling(model, noise_shape, conds, model_options=None):
     (the DiffusionModel, conds, the other models)."""
     def _prepare(model, noise_shape, conds, model_options=None):
         models, inference_memory = get_additional_models(conds, model.model_dtype())
+        models += get_additional_models_from_model_options(model_options)
         models += model.get_nested_additional_models()
         memory, minimum = estimate_memory(model, noise_shape, conds)
         use_models([model] + models, memory_required=memory + inference_memory,
@@ -672,15 +683,96 @@ def cleanup_models(conds, models) -> None:
             m.cleanup()
 
 
+def _extra_hooks(control) -> list:
+    """The hook groups a ControlNet chain brings (a plugin's control object may have none)."""
+    get = getattr(control, "get_extra_hooks", None)
+    return get() if get is not None else []
+
+
+def get_hooks_from_cond(cond: list, full_hooks):
+    """Add the hooks of the entries, and those their ControlNets bring, to `full_hooks`."""
+    cnets = []
+    for c in cond:
+        if c.get("hooks") is not None:
+            for hook in c["hooks"].hooks:
+                full_hooks.add(hook)
+        if c.get("control") is not None:
+            cnets.append(c["control"])
+    extra = HookGroup.combine_all_hooks([g for cnet in cnets for g in _extra_hooks(cnet)])
+    for hook in (extra.hooks if extra is not None else []):
+        full_hooks.add(hook)
+    return full_hooks
+
+
+def get_additional_models_from_model_options(model_options: dict | None) -> list:
+    """Models that registered AdditionalModelsHooks ask to be loaded with the MODEL."""
+    registered = (model_options or {}).get("registered_hooks")
+    if registered is None:
+        return []
+    return [m for hook in registered.get_type(EnumHookType.AdditionalModels) for m in hook.models or []]
+
+
 def prepare_model_patcher(model, conds, model_options: dict) -> dict:
-    """Put the MODEL's wrappers and callbacks into this sampling's transformer_options."""
+    """Put the MODEL's wrappers and callbacks into this sampling's transformer_options and
+    register the hooks the conditioning carries (weight hooks on the MODEL itself)."""
+    hooks = HookGroup()
+    for entries in conds.values():
+        get_hooks_from_cond(entries, hooks)
     to = model_options.setdefault("transformer_options", {})
     pe.merge_nested_dicts(to.setdefault("wrappers", {}), model.wrappers, copy_dict1=False)
     pe.merge_nested_dicts(to.setdefault("callbacks", {}), model.callbacks, copy_dict1=False)
+    registered = HookGroup()
+    target = create_target_dict(EnumWeightTarget.Model)
+    for kind in (EnumHookType.TransformerOptions, EnumHookType.AdditionalModels):
+        for hook in hooks.get_type(kind):
+            hook.add_hook_patches(model, model_options, target, registered)
+    model.register_all_hook_patches(hooks, target, model_options, registered)
+    if len(registered) > 0:
+        model_options["registered_hooks"] = registered
     to_load = model_options.setdefault("to_load_options", {})
     for name in ("wrappers", "callbacks"):
         pe.merge_nested_dicts(to_load.setdefault(name, {}), to[name], copy_dict1=False)
     return to_load
+
+
+def preprocess_conds_hooks(conds: dict) -> None:
+    """Entries with a ControlNet that brings hooks get those hooks joined to their own (one
+    combined group per ControlNet and group, so such entries still batch together)."""
+    replacement: dict = {}
+    for entries in conds.values():
+        for c in entries:
+            control = c.get("control")
+            if control is not None and _extra_hooks(control):
+                replacement.setdefault((control, c.get("hooks")), []).append(c)
+    for (control, hooks), entries in replacement.items():
+        combined = HookGroup.combine_all_hooks(_extra_hooks(control) + [hooks])
+        if combined is not None:
+            for c in entries:
+                c["hooks"] = combined
+
+
+def filter_registered_hooks_on_conds(conds: dict, model_options: dict) -> None:
+    """Keep on each entry only the hooks that were registered for this sampling."""
+    registered = model_options.get("registered_hooks")
+    if registered is None:
+        for entries in conds.values():
+            for c in entries:
+                c.pop("hooks", None)
+        return
+    replacement: dict = {}
+    for entries in conds.values():
+        for c in entries:
+            hooks = c.get("hooks")
+            if hooks is not None and not hooks.is_subset_of(registered):
+                replacement.setdefault(hooks, []).append(c)
+    for hooks, entries in replacement.items():
+        kept = hooks.new_with_common_hooks(registered)
+        for c in entries:
+            c["hooks"] = kept if len(kept) > 0 else None
+
+
+def get_total_hook_groups_in_conds(conds: dict) -> int:
+    return len({id(c["hooks"]) if c.get("hooks") is not None else None for entries in conds.values() for c in entries})
 
 
 def cast_to_load_options(model_options: dict, device=None, dtype=None) -> None:
@@ -781,16 +873,24 @@ class CFGGuider:
         if sigmas.shape[-1] == 0:
             return latent_image
         self.conds = {k: [dict(a) for a in v] for k, v in self.original_conds.items()}
+        preprocess_conds_hooks(self.conds)
         original_options = self.model_options
+        original_hook_mode = self.model_patcher.hook_mode
         try:
             self.model_options = create_model_options_clone(self.model_options)
-            prepare_model_patcher(self.model_patcher, self.conds, self.model_options)
+            if get_total_hook_groups_in_conds(self.conds) <= 1:
+                # one group's weights never change between steps: nothing to cache
+                self.model_patcher.hook_mode = EnumHookMode.MinVram
+            comfy_function("comfy.sampler_helpers", "prepare_model_patcher", prepare_model_patcher)(
+                self.model_patcher, self.conds, self.model_options)
+            filter_registered_hooks_on_conds(self.conds, self.model_options)
             run = pe.wrapped(self.outer_sample, pe.WrappersMP.OUTER_SAMPLE, self.model_options,
                              is_model_options=True, class_obj=self)
             output = run(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
         finally:
             cast_to_load_options(self.model_options, device=self.model_patcher.offload_device)
             self.model_options = original_options
+            self.model_patcher.hook_mode = original_hook_mode
             self.model_patcher.restore_hook_patches()
         del self.conds
         return output

@@ -26,6 +26,7 @@ import collections
 import copy
 import inspect
 import logging
+import math
 import uuid
 from typing import Callable
 
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from . import patcher_extension as pe
+from .hooks import EnumHookMode
 from .overrides import comfy_function
 from .patches import calculate_weight
 
@@ -231,7 +233,7 @@ class ModelPatcher:
         self.current_hooks = None
         self.forced_hooks = None
         self.is_clip = False
-        self.hook_mode = None
+        self.hook_mode = EnumHookMode.MaxSpeed
         for name, default in (("model_loaded_weight_memory", 0), ("lowvram_patch_counter", 0),
                               ("model_lowvram", False), ("current_weight_patches_uuid", None)):
             if not hasattr(model, name):
@@ -276,7 +278,11 @@ class ModelPatcher:
         n.injections = {k: list(v) for k, v in self.injections.items()}
         n.hook_patches = {k: {kk: list(vv) for kk, vv in v.items()} for k, v in self.hook_patches.items()}
         n.hook_backup = self.hook_backup
-        n.current_hooks, n.forced_hooks = self.current_hooks, self.forced_hooks
+        n.hook_patches_backup = None if self.hook_patches_backup is None else \
+            {k: {kk: list(vv) for kk, vv in v.items()} for k, v in self.hook_patches_backup.items()}
+        n.cached_hook_patches = {group: dict(weights) for group, weights in self.cached_hook_patches.items()}
+        n.current_hooks = self.current_hooks.clone() if self.current_hooks else self.current_hooks
+        n.forced_hooks = self.forced_hooks.clone() if self.forced_hooks else self.forced_hooks
         n.is_clip, n.hook_mode = self.is_clip, self.hook_mode
         for callback in self.get_all_callbacks(pe.CallbacksMP.ON_CLONE):
             callback(self, n)
@@ -291,6 +297,9 @@ class ModelPatcher:
         if (self.attachments.keys() != clone.attachments.keys()
                 or self.additional_models.keys() != clone.additional_models.keys()
                 or self.injections.keys() != clone.injections.keys()):
+            return False
+        if (self.current_hooks is not clone.current_hooks or self.forced_hooks is not clone.forced_hooks
+                or self.hook_patches.keys() != clone.hook_patches.keys()):
             return False
         if not self.patches and not clone.patches:
             return True
@@ -455,8 +464,9 @@ class ModelPatcher:
         for k in self.model_state_dict():
             if filter_prefix is not None and not k.startswith(filter_prefix):
                 continue
+            # the unpatched weight even while LoRA or hook weights are on the shared network
             backup = self.backup.get(k)
-            weight = backup.weight if backup is not None else get_attr(self.model, k)
+            weight = backup.weight if backup is not None else self.hook_backup.get(k, get_attr(self.model, k))
             out[k] = [(weight, lambda a, **kwargs: a)] + self.patches.get(k, [])
         return out
 
@@ -541,6 +551,7 @@ class ModelPatcher:
         self.model.current_weight_patches_uuid = self.patches_uuid
         for callback in self.get_all_callbacks(pe.CallbacksMP.ON_LOAD):
             callback(self, device_to, lowvram_model_memory, force_patch_weights, full_load)
+        self.apply_hooks(self.forced_hooks, force_apply=True)
 
     def patch_model(self, device_to=None, lowvram_model_memory=0, load_weights=True, force_patch_weights=False):
         for k, obj in self.object_patches.items():
@@ -616,6 +627,7 @@ class ModelPatcher:
             extra_memory += used - self.model.model_loaded_weight_memory
         self.patch_model(load_weights=False)
         if not self.model.model_lowvram and self.model.model_loaded_weight_memory > 0:
+            self.apply_hooks(self.forced_hooks, force_apply=True)
             return 0
         current = self.model.model_loaded_weight_memory
         full_load = current + extra_memory > self.model_size()
@@ -760,31 +772,158 @@ class ModelPatcher:
         for callback in self.get_all_callbacks(pe.CallbacksMP.ON_PREPARE_STATE):
             callback(self, timestep)
 
-    def apply_hooks(self, hooks=None, transformer_options: dict | None = None, force_apply=False) -> dict:
-        """Transformer options of weight hooks (comfy.hooks); hook keyframes are not supported, so
-        this contributes none."""
-        return {}
-
-    def prepare_hook_patches_current_keyframe(self, t, hook_group, model_options):
-        return None
-
-    def register_all_hook_patches(self, hooks, target_dict, model_options=None, registered=None):
-        return None
+    # Hooks (diffusion.hooks): weight patches only some conditioning entries see. A hook's patches
+    # are registered per hook (`hook_patches`, by hook_ref); `patch_hooks(group)` puts the group's
+    # combined patches, at each hook's current keyframe strength, on top of the loaded weights,
+    # keeping what it replaced in `hook_backup` (shared by clones, like `backup`). With hook_mode
+    # MaxSpeed the computed weights are kept per group in `cached_hook_patches`, so switching
+    # between groups every step does not recompute them.
 
     def restore_hook_patches(self):
-        return None
+        if self.hook_patches_backup is not None:
+            self.hook_patches = self.hook_patches_backup
+            self.hook_patches_backup = None
 
     def set_hook_mode(self, hook_mode):
         self.hook_mode = hook_mode
 
-    def patch_hooks(self, hooks):
-        return None
+    def prepare_hook_patches_current_keyframe(self, t, hook_group, model_options: dict):
+        """Advance the group's keyframes to sigma t[0]; weights computed for a changed strength
+        are dropped (and taken off the model if they are on it)."""
+        reset_current = False
+        transformer_options = model_options.get("transformer_options", {})
+        for hook in hook_group.hooks:
+            if not hook.hook_keyframe.prepare_current_keyframe(curr_t=t[0], transformer_options=transformer_options):
+                continue
+            if self.current_hooks is not None and any(h == hook for h in self.current_hooks.hooks):
+                reset_current = True
+            for cached in [g for g in self.cached_hook_patches if g.contains(hook)]:
+                self.cached_hook_patches.pop(cached)
+        if reset_current:
+            self.patch_hooks(None)
+
+    def register_all_hook_patches(self, hooks, target_dict, model_options=None, registered=None):
+        """Register the weight hooks of `hooks` not registered yet (the previous registrations are
+        kept for restore_hook_patches); returns the group of registered hooks."""
+        from .hooks import EnumHookType, HookGroup
+        self.restore_hook_patches()
+        registered = HookGroup() if registered is None else registered
+        new = []
+        for hook in hooks.get_type(EnumHookType.Weight):
+            if hook.hook_ref in self.hook_patches:
+                registered.add(hook)
+            else:
+                new.append(hook)
+        if new:
+            self.hook_patches_backup = {ref: {k: list(v) for k, v in p.items()} for ref, p in self.hook_patches.items()}
+            for hook in new:
+                hook.add_hook_patches(self, model_options, target_dict, registered)
+        for callback in self.get_all_callbacks(pe.CallbacksMP.ON_REGISTER_ALL_HOOK_PATCHES):
+            callback(self, hooks, target_dict, model_options, registered)
+        return registered
+
+    def add_hook_patches(self, hook, patches: dict, strength_patch: float = 1.0, strength_model: float = 1.0) -> list:
+        """Weight patches of one hook, as add_patches takes them; keys the model lacks are skipped."""
+        model_keys = set(self.model.state_dict().keys())
+        mine = self.hook_patches.get(hook.hook_ref, {})
+        taken = []
+        for k, value in patches.items():
+            key, offset, function = (k, None, None) if isinstance(k, str) else \
+                (k[0], k[1], k[2] if len(k) > 2 else None)
+            if key in model_keys:
+                taken.append(k)
+                mine.setdefault(key, []).append((strength_patch, value, strength_model, offset, function))
+        self.hook_patches[hook.hook_ref] = mine
+        self.patches_uuid = uuid.uuid4()
+        return taken
+
+    def get_combined_hook_patches(self, hooks) -> dict:
+        """{key: patches} of every hook in the group, each scaled by its current keyframe strength."""
+        combined: dict[str, list] = {}
+        for hook in (hooks.hooks if hooks is not None else []):
+            scale = hook.strength
+            for key, patches in self.hook_patches.get(hook.hook_ref, {}).items():
+                if math.isclose(scale, 1.0):
+                    combined.setdefault(key, []).extend(patches)
+                else:
+                    combined.setdefault(key, []).extend((p[0] * scale, *p[1:]) for p in patches)
+        return combined
+
+    def apply_hooks(self, hooks=None, transformer_options: dict | None = None, force_apply=False) -> dict:
+        """Make `hooks` the group on the model (a CLIP re-applies its forced hooks on every load);
+        returns the group's transformer options."""
+        from .hooks import create_transformer_options_from_hooks
+        if self.current_hooks is hooks and (not force_apply or (not self.is_clip and hooks is None)):
+            return create_transformer_options_from_hooks(self, hooks, transformer_options)
+        self.patch_hooks(hooks)
+        for callback in self.get_all_callbacks(pe.CallbacksMP.ON_APPLY_HOOKS):
+            callback(self, hooks)
+        return create_transformer_options_from_hooks(self, hooks, transformer_options)
+
+    def patch_hooks(self, hooks) -> None:
+        if hooks is None:
+            self.unpatch_hooks()
+            self.current_hooks = None
+            return
+        cached = self.cached_hook_patches.get(hooks)
+        if cached is not None:
+            self.unpatch_hooks({k for k in self.hook_backup if k not in cached})
+            for key in cached:
+                self.patch_cached_hook_weights(cached, key)
+        else:
+            self.unpatch_hooks()
+            combined = self.get_combined_hook_patches(hooks)
+            originals = self.get_key_patches() if combined else None
+            for key in combined:
+                self.patch_hook_weight_to_device(hooks, combined, key, originals)
+        self.current_hooks = hooks
+
+    def patch_cached_hook_weights(self, cached_weights: dict, key: str, memory_counter=None) -> None:
+        self._set_hook_weight(key, cached_weights[key])
+
+    def patch_hook_weight_to_device(self, hooks, combined_patches: dict, key: str, original_weights: dict,
+                                    memory_counter=None) -> None:
+        """Put `key`'s loaded weight (regular patches already in it) plus the group's patches on the
+        model, kept for the group in MaxSpeed mode; "model_as_lora" patches measure against the
+        weight before any patch (`original_weights`, get_key_patches' form)."""
+        if key not in combined_patches:
+            return
+        weight = get_attr(self.model, key)
+        with torch.no_grad():
+            work = weight.detach().to(dtype=torch.float32, copy=True)
+            out = comfy_function("comfy.lora", "calculate_weight", calculate_weight)(
+                combined_patches[key], work, key, original_weights=original_weights).to(weight.dtype)
+        self._set_hook_weight(key, out)
+        if self.hook_mode == EnumHookMode.MaxSpeed:
+            self.cached_hook_patches.setdefault(hooks, {})[key] = out
+
+    def _set_hook_weight(self, key: str, value: torch.Tensor) -> None:
+        """Replace the tensor (never write into it: it may map the checkpoint file), keeping the
+        one it replaces until unpatch_hooks."""
+        current = get_attr(self.model, key)
+        self.hook_backup.setdefault(key, current)
+        set_attr_param(self.model, key, value.to(current.device))
 
     def unpatch_hooks(self, whitelist_keys_set=None) -> None:
-        return None
+        """Put back the weights hooks replaced (only those in `whitelist_keys_set` when given)."""
+        if not self.hook_backup:
+            self.current_hooks = None
+            return
+        for key in list(self.hook_backup):
+            if whitelist_keys_set and key not in whitelist_keys_set:
+                continue
+            original = self.hook_backup.pop(key)
+            set_attr_param(self.model, key, original.to(get_attr(self.model, key).device))
+        if not whitelist_keys_set:
+            self.current_hooks = None
+
+    def clear_cached_hook_weights(self):
+        self.cached_hook_patches.clear()
+        self.patch_hooks(None)
 
     def clean_hooks(self):
-        return None
+        self.unpatch_hooks()
+        self.clear_cached_hook_weights()
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({type(self.model).__name__}, {len(self.patches)} patched weights, "

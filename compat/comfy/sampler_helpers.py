@@ -6,6 +6,8 @@ from diffusion.ksampler import (
     convert_cond,
     estimate_memory,
     get_additional_models,
+    get_additional_models_from_model_options,
+    get_hooks_from_cond,
     get_models_from_cond,
     prepare_mask,
     prepare_model_patcher,
@@ -19,11 +21,7 @@ def cleanup_additional_models(models) -> None:
             m.cleanup()
 
 
-def get_additional_models_from_model_options(model_options=None) -> list:
-    """Models registered by hooks (comfy.hooks keyframes are not supported, so none)."""
-    return []
-
-
 __all__ = ["cleanup_additional_models", "cleanup_models", "convert_cond", "estimate_memory",
-           "get_additional_models", "get_additional_models_from_model_options", "get_models_from_cond",
+           "get_additional_models", "get_additional_models_from_model_options", "get_hooks_from_cond",
+           "get_models_from_cond",
            "prepare_mask", "prepare_model_patcher", "prepare_sampling"]
