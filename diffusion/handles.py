@@ -22,10 +22,10 @@ from diffusion import tiling
 from diffusion.checkpoint import (load_checkpoint, load_text_encoder, load_unet, load_vae, split_components,
                                   stored_state_dict)
 from diffusion.hooks import EnumHookMode
+from diffusion.latent_formats import latent_format_for
 from diffusion.model import model_class_for
 from diffusion.model_management import ModelManagement, use_models
 from diffusion.model_patcher import ModelPatcher
-from diffusion.latent_formats import latent_format_for
 from diffusion.model_sampling import model_sampling_for
 from diffusion.prompt_weights import EmbeddingDirectory
 from diffusion.vae import AutoencoderKL

@@ -13,8 +13,8 @@ import torch
 import yaml
 from torch import nn
 
-from .checkpoint import (MARKER_KEYS, UNCLIP_VISION_PREFIX, CheckpointError, detect, load_unet, load_vae, read_state_dict,
-                         stored_state_dict)
+from .checkpoint import (MARKER_KEYS, UNCLIP_VISION_PREFIX, CheckpointError, detect, load_unet, load_vae,
+                         read_state_dict, stored_state_dict)
 from .diffusers_layout import diffusers_files, diffusers_unet_to_original, is_diffusers_unet
 from .handles import LoadedModels, _prepare_unet, diffusion_model_for, wrap_clip, wrap_diffusion_model, wrap_vae
 from .model_sampling import ModelSamplingDiscrete

@@ -14,7 +14,6 @@ from diffusion.device import CPU_BF16_ENV, DevicePolicy, cpu_has_native_bf16, in
 from diffusion.model_management import MemoryOptions, ModelManagement, VRAMState
 from diffusion.model_patcher import ModelPatcher
 
-
 # ---------------------------------------------------------------------------------------------
 # policy
 
