@@ -44,6 +44,13 @@ _DEFAULTS: dict[str, tuple[tuple[str, ...], tuple[str, ...], frozenset | None | 
 # The project's own model (models_builtin/README.md): listed after the user's checkpoints so a
 # fresh install can make a picture; nothing is ever written there.
 BUILTIN_MODELS_DIR = Path(__file__).resolve().parent.parent / "models_builtin"
+# "0" leaves the built-in model out of the checkpoint list (the test suite, whose other tests
+# expect the lists of their own folders only); anything else or unset lists it.
+BUILTIN_MODELS_ENV = "LATENTGRAPH_BUILTIN_MODELS"
+
+
+def builtin_models_listed() -> bool:
+    return os.environ.get(BUILTIN_MODELS_ENV, "1") != "0"
 ALIASES = {"clip": "text_encoders", "unet": "diffusion_models", "t2i_adapter": "controlnet"}
 # A directory modified this close to a scan may have changed within the filesystem's mtime
 # granularity without its mtime moving, so such a listing is not trusted from the cache.

@@ -8,7 +8,7 @@ from typing import Any
 from app import compat, console
 from app.args import REPO_ROOT
 from app.env import Environment
-from app.folders import FolderPaths
+from app.folders import FolderPaths, builtin_models_listed
 from app.plugins import PackResult, load_custom_nodes
 from diffusion.device import DevicePolicy, inference_mode
 from diffusion.model_management import MemoryOptions, ModelManagement
@@ -36,7 +36,7 @@ def create_runtime(args: argparse.Namespace, log=print, exclusive: bool = False,
     console.setup_logging(args.verbose)
     folders = FolderPaths(args.base_directory, output_directory=args.output_directory,
                           input_directory=args.input_directory, temp_directory=args.temp_directory,
-                          user_directory=args.user_directory, builtin_models=True)
+                          user_directory=args.user_directory, builtin_models=builtin_models_listed())
     if claim:
         folders.claim(exclusive)
     before = console.snapshot_dirs(folders)

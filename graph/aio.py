@@ -22,7 +22,10 @@ def run_sync(value: Any) -> Any:
         return value
     try:
         asyncio.get_running_loop()
+        loop_runs = True
     except RuntimeError:
+        loop_runs = False
+    if not loop_runs:  # outside the except block, so a node's error is not chained to this one
         return asyncio.run(_wait(value))
     # A loop already runs on this thread and cannot be re-entered: finish on a helper thread.
     with ThreadPoolExecutor(1, thread_name_prefix="run-sync") as pool:

@@ -691,7 +691,8 @@ class _Run:
             "executed": list(self.result.executed),
             "exception_message": exception_message(exc),
             "exception_type": exception_type or _type_name(type(exc)),
-            "traceback": traceback.format_exception(exc) if exception_type is None else [],
+            # ComfyUI's field: the frames only (format_tb), no header and no chained exceptions
+            "traceback": traceback.format_tb(exc.__traceback__) if exception_type is None else [],
             "current_inputs": {k: [describe_value(x, 120) for x in v] for k, v in inputs.items()
                                if not isinstance(v, dict)},
             "current_outputs": list(self.results),

@@ -6,12 +6,23 @@ import pytest
 
 from app.args import parse_args
 from app.runtime import create_runtime
+from app.folders import BUILTIN_MODELS_ENV
 from diffusion.device import CPU_BF16_ENV
 
 # Many tests compare with numbers ComfyUI computed in fp32 on the CPU: keep the suite (and every
 # server or command it starts, which inherit the environment) in fp32 whatever this CPU offers.
 # Tests of the bf16 default choose it explicitly.
 os.environ[CPU_BF16_ENV] = "0"
+# Tests list the model files they put in place; the shipped built-in model is listed only in the
+# tests about it (the `builtin_models` fixture).
+os.environ[BUILTIN_MODELS_ENV] = "0"
+
+
+@pytest.fixture
+def builtin_models(monkeypatch):
+    """The shipped built-in model listed again, as on a user's machine (this process and the
+    servers and commands it starts)."""
+    monkeypatch.setenv(BUILTIN_MODELS_ENV, "1")
 
 PACK = Path(__file__).parent / "packs" / "lg_test_nodes.py"
 CACHE_POLICIES = ["classic", "lru:100", "none"]  # --cache-lru N counts node results, as in ComfyUI

@@ -28,6 +28,7 @@ from tests.test_controlnet import tiny_sd15_controlnet_sd
 from tests.upscale_models_tiny import real_esrgan_state_dict
 
 EXAMPLES = REPO / "examples"
+pytestmark = pytest.mark.usefixtures("builtin_models")  # shapes_txt2img runs on the built-in model
 CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"
 CONTROLNET = "control_v11p_sd15_canny_fp16.safetensors"
 UPSCALER = "RealESRGAN_x4plus.pth"
