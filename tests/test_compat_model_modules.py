@@ -357,3 +357,22 @@ def test_load_lora_for_models_and_attention_replacement(rt, loaded, tmp_path, mo
     assert not torch.equal(ksample(rt, model, pos, neg), plain)
     monkeypatch.undo()
     assert torch.equal(ksample(rt, model, pos, neg), plain)
+
+
+def test_model_detection_reads_a_diffusers_layout_unet_as_the_loader_does():
+    """comfy.model_detection's diffusers entry points give the config of the same UNet in the
+    original layout (diffusers' own UNet2DConditionModel weights, SD1 cross-attention width)."""
+    import dataclasses
+
+    import diffusers
+
+    from comfy import model_detection as md
+    from tests.models_tiny import diffusers_unet_config, tiny_unet_config
+
+    cfg = dataclasses.replace(tiny_unet_config("sd15"), context_dim=768)
+    sd = diffusers.UNet2DConditionModel(**diffusers_unet_config(cfg)).state_dict()
+    got = md.unet_config_from_diffusers_unet(sd)
+    assert (got["model_channels"], got["channel_mult"], got["context_dim"], got["num_res_blocks"]) == \
+        (32, [1, 2, 2], 768, [2, 2, 2])
+    assert got["transformer_depth"] == [1, 1, 1, 1, 0, 0]
+    assert type(md.model_config_from_diffusers_unet(sd).latent_format).__name__ == "SD15"

@@ -3,6 +3,7 @@ ComfyUI's unet_config form, from our detection (diffusion/checkpoint.py, diffusi
 from __future__ import annotations
 
 from diffusion.checkpoint import detect, find_unet_prefix
+from diffusion.diffusers_layout import diffusers_unet_to_original
 from diffusion.latent_formats import latent_format_for
 from diffusion.model import ModelConfig
 
@@ -56,12 +57,12 @@ def model_config_from_unet(state_dict, unet_key_prefix: str, use_base_if_no_matc
 
 
 def unet_config_from_diffusers_unet(state_dict, dtype=None):
-    raise NotImplementedError("diffusers-layout UNet files are not read by LatentGraph "
-                              "(convert to the original layout)")
+    """The unet_config of a diffusers-layout UNet (read through the loader's own key conversion)."""
+    return detect_unet_config(diffusers_unet_to_original(state_dict), "")
 
 
 def model_config_from_diffusers_unet(state_dict):
-    return None
+    return model_config_from_unet(diffusers_unet_to_original(state_dict), "")
 
 
 __all__ = ["count_blocks", "detect_unet_config", "model_config_from_diffusers_unet", "model_config_from_unet",
