@@ -37,11 +37,13 @@ class QuickGELU(nn.Module):
 
 
 class ResBlockUnionControlnet(nn.Module):
-    """Pre-norm transformer block: x + attn(ln_1(x)); x + mlp(ln_2(x)) on [B, tokens, width]."""
+    """Pre-norm transformer block: x + attn(ln_1(x)); x + mlp(ln_2(x)) on [B, tokens, width]
+    (`batch_first` False: [tokens, B, width], the original CLIP block's layout, as the style
+    model's files expect)."""
 
-    def __init__(self, width: int = TRANSFORMER_WIDTH, heads: int = TRANSFORMER_HEADS):
+    def __init__(self, width: int = TRANSFORMER_WIDTH, heads: int = TRANSFORMER_HEADS, batch_first: bool = True):
         super().__init__()
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=batch_first)
         self.ln_1 = nn.LayerNorm(width)
         self.mlp = nn.Sequential()
         self.mlp.add_module("c_fc", nn.Linear(width, width * 4))

@@ -19,32 +19,9 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, materialize, read_state_dict
+from .controlnet_union import ResBlockUnionControlnet
 
 STYLE_HEADS = 8
-
-
-class QuickGELU(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-class ResidualAttentionBlock(nn.Module):
-    """x + attn(ln_1(x)); x + mlp(ln_2(x)); on [tokens, batch, width] like the original."""
-
-    def __init__(self, width: int, heads: int):
-        super().__init__()
-        self.attn = nn.MultiheadAttention(width, heads)
-        self.ln_1 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential()
-        self.mlp.add_module("c_fc", nn.Linear(width, width * 4))
-        self.mlp.add_module("gelu", QuickGELU())
-        self.mlp.add_module("c_proj", nn.Linear(width * 4, width))
-        self.ln_2 = nn.LayerNorm(width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.ln_1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
-        return x + self.mlp(self.ln_2(x))
 
 
 class StyleAdapter(nn.Module):
@@ -52,7 +29,7 @@ class StyleAdapter(nn.Module):
                  num_token: int = 8):
         super().__init__()
         self.num_token = num_token
-        self.transformer_layes = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
+        self.transformer_layes = nn.Sequential(*[ResBlockUnionControlnet(width, heads, batch_first=False) for _ in range(layers)])
         self.style_embedding = nn.Parameter(torch.zeros(1, num_token, width))
         self.ln_post = nn.LayerNorm(width)
         self.ln_pre = nn.LayerNorm(width)
