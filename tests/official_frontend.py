@@ -20,6 +20,10 @@ from server.frontend import FRONTEND_DIST, installed_version, package_folder
 
 PINNED = "1.27.10"  # what ComfyUI a125cd84 pins
 NEWEST = "1.58.1"  # the newest release when this was written
+# Newer frontends apply progress once per animation frame and drop what is pending when the next
+# node starts, so a sampler that finishes within one frame never shows progress. On the tiny
+# checkpoint a step takes milliseconds; this many steps spans several frames even on a fast machine.
+STEPS = 30
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "latentgraph-tests" / "frontend"
 READY = "window.app && window.app.graph && window.comfyAPI && document.querySelector('canvas')"
 
@@ -114,7 +118,7 @@ SEED = 424242  # marks the saved workflow, to know it is the one that comes back
 
 
 def txt2img_workflow(checkpoint: str = "v1-5-pruned-emaonly-fp16.safetensors") -> dict:
-    """ComfyUI's default text-to-image graph (UI format), at 64x64 and 2 steps."""
+    """ComfyUI's default text-to-image graph (UI format), at 64x64 and STEPS steps."""
     from tests.editor_helpers import ui_node, ui_workflow
 
     def out(name, kind):
@@ -131,7 +135,7 @@ def txt2img_workflow(checkpoint: str = "v1-5-pruned-emaonly-fp16.safetensors") -
                 outputs=[out("CONDITIONING", "CONDITIONING")]),
         ui_node(7, "CLIPTextEncode", (420, 320), ["text, watermark"], inputs=[inp("clip", "CLIP")],
                 outputs=[out("CONDITIONING", "CONDITIONING")]),
-        ui_node(3, "KSampler", (820, 80), [SEED, "fixed", 2, 8, "euler", "normal", 1],
+        ui_node(3, "KSampler", (820, 80), [SEED, "fixed", STEPS, 8, "euler", "normal", 1],
                 inputs=[inp("model", "MODEL"), inp("positive", "CONDITIONING"), inp("negative", "CONDITIONING"),
                         inp("latent_image", "LATENT")], outputs=[out("LATENT", "LATENT")]),
         ui_node(8, "VAEDecode", (1160, 80), [], inputs=[inp("samples", "LATENT"), inp("vae", "VAE")],
