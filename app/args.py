@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="run everything on the CPU")
     precision = p.add_mutually_exclusive_group()
     precision.add_argument("--force-fp32", action="store_true",
-                           help="fp32 everywhere: ComfyUI's CPU numerics (the default on a CPU with native "
-                                "bf16 computes UNet and VAE in bf16)")
+                           help="fp32 UNet and VAE: ComfyUI's CPU numerics (the default on a CPU with native "
+                                "bf16 computes them in bf16); text encoders always compute in fp32")
     precision.add_argument("--force-fp16", action="store_true", help="fp16 weights (CUDA only; fp32 on the CPU)")
     precision.add_argument("--bf16-unet", action="store_true",
                            help="bf16 UNet weights (on a GPU the text encoder's too)")
@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     vae.add_argument("--fp32-vae", action="store_true")
     vae.add_argument("--fp16-vae", action="store_true")
     vae.add_argument("--bf16-vae", action="store_true")
+    text_enc = p.add_mutually_exclusive_group()  # storage only: text encoders compute in fp32
+    text_enc.add_argument("--fp32-text-enc", action="store_true",
+                          help="store text encoder weights in fp32 (default: fp16 on the CPU, as ComfyUI)")
+    text_enc.add_argument("--fp16-text-enc", action="store_true", help="store text encoder weights in fp16")
+    text_enc.add_argument("--bf16-text-enc", action="store_true", help="store text encoder weights in bf16")
     return p
 
 

@@ -69,7 +69,8 @@ def device_lines(policy) -> list[str]:
         cuda_note = " (CUDA is available: drop --cpu to use it)" if torch.cuda.is_available() else ""
         lines.append(f"Device: cpu, {torch.get_num_threads()} threads{ram_text}{cuda_note}")
     name = lambda dtype: str(dtype).removeprefix("torch.").replace("float", "fp").replace("bfp", "bf")  # noqa: E731
-    lines.append(f"Precision: UNet {name(policy.unet_dtype)}, text encoder {name(policy.text_dtype)}, "
+    text_compute = " (computed in fp32)" if policy.text_dtype != torch.float32 else ""
+    lines.append(f"Precision: UNet {name(policy.unet_dtype)}, text encoder {name(policy.text_dtype)}{text_compute}, "
                  f"VAE {name(policy.vae_dtype)}")
     lines.extend(f"Note: {note}" for note in policy.notes)
     return lines

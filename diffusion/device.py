@@ -3,8 +3,9 @@
 `DevicePolicy` picks the compute device (CUDA when present unless told --cpu) and the dtype of
 each component. On a CPU with native bf16 (AVX512-BF16 or AMX) the UNet and VAE compute in bf16,
 about 4x faster than fp32; elsewhere, and with --force-fp32, the CPU computes in fp32 throughout
-as ComfyUI does. fp16 is never used on the CPU (slow, and some kernels lack it). Which models stay
-loaded is diffusion.model_management's job.
+as ComfyUI does. fp16 is never computed in on the CPU (slow, and some kernels lack it); the text
+encoder's weights are stored in fp16 there, as ComfyUI's, but it always computes in fp32. Which
+models stay loaded is diffusion.model_management's job.
 """
 from __future__ import annotations
 
@@ -55,6 +56,9 @@ def cpu_has_native_bf16(cpuinfo: str | None = None, capability: str | None = Non
 # Device and dtype policy
 
 
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # flags' names
+
+
 def pick_device(cpu: bool = False, cuda_available: bool | None = None) -> torch.device:
     """CUDA device 0 when present and not refused, else the CPU."""
     probe = cuda_available is None
@@ -69,23 +73,26 @@ class DevicePolicy:
     load_device: torch.device                  # where models compute
     offload_device: torch.device               # where idle models wait
     unet_dtype: torch.dtype
-    text_dtype: torch.dtype
+    text_dtype: torch.dtype                    # storage only: text encoders compute in fp32
     vae_dtype: torch.dtype
     notes: tuple[str, ...] = field(default=())  # flags that were adjusted, for the startup log
 
     @classmethod
     def choose(cls, cpu: bool = False, force_fp32: bool = False, force_fp16: bool = False,
-               force_bf16: bool = False, vae_dtype: str | None = None,
+               force_bf16: bool = False, vae_dtype: str | None = None, text_dtype: str | None = None,
                cuda_available: bool | None = None, capability: tuple[int, int] | None = None,
                cpu_bf16: bool | None = None) -> "DevicePolicy":
         """The policy for these flags; `cuda_available`/`capability`/`cpu_bf16` override the probes.
 
         CUDA: fp16 weights from compute capability 7.0 (tensor cores; Pascal's fp16 is slow), fp32
         below; the VAE in bf16 from 8.0 and fp32 otherwise, because SD VAEs overflow in fp16 and
-        decode to NaN. CPU: UNet and VAE in bf16 where the CPU has native bf16, else fp32; the text
-        encoder in fp32 (as ComfyUI computes it on the CPU: it is cheap and prompts are sensitive).
-        --force-fp32 gives fp32 throughout. Forcing flags win, except that fp16 on the CPU becomes
+        decode to NaN. CPU: UNet and VAE in bf16 where the CPU has native bf16, else fp32.
+        --force-fp32 gives fp32 UNet and VAE. Forcing flags win, except that fp16 on the CPU becomes
         fp32 (noted) since several CPU kernels have no fp16 path.
+
+        The text encoder's storage dtype follows the UNet on a GPU and is fp16 on the CPU (ComfyUI's
+        text_encoder_dtype, --force-fp32 included); `text_dtype` ("fp32", "fp16", "bf16": ComfyUI's
+        --fp32-text-enc etc.) overrides it. Text encoders compute in fp32 whatever they store.
         """
         device = pick_device(cpu, cuda_available)
         notes: list[str] = []
@@ -106,7 +113,7 @@ class DevicePolicy:
         elif force_fp16:
             model = torch.float16
         if vae_dtype:
-            vae = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[vae_dtype]
+            vae = _DTYPES[vae_dtype]
         if device.type == "cpu":
             if model == torch.float16:
                 notes.append("fp16 requested on the CPU: using fp32")
@@ -114,17 +121,19 @@ class DevicePolicy:
             if vae == torch.float16:
                 notes.append("fp16 VAE requested on the CPU: using fp32")
                 vae = torch.float32
-        # the text encoder follows the UNet on a GPU; on the CPU it stays fp32, as in ComfyUI
-        text = model if device.type == "cuda" else torch.float32
+        text = model if device.type == "cuda" else torch.float16
+        if text_dtype:
+            text = _DTYPES[text_dtype]
         return cls(device, CPU, model, text, vae, tuple(notes))
 
     @classmethod
     def from_args(cls, args: Any) -> "DevicePolicy":
         """From parsed CLI flags (ComfyUI's names); flags the parser lacks count as off."""
         flag = lambda name: bool(getattr(args, name, False))  # noqa: E731
-        vae = next((n for n in ("fp32", "fp16", "bf16") if flag(f"{n}_vae")), None)
+        vae = next((n for n in _DTYPES if flag(f"{n}_vae")), None)
+        text = next((n for n in _DTYPES if flag(f"{n}_text_enc")), None)
         return cls.choose(cpu=flag("cpu"), force_fp32=flag("force_fp32"), force_fp16=flag("force_fp16"),
-                          force_bf16=flag("bf16_unet"), vae_dtype=vae)
+                          force_bf16=flag("bf16_unet"), vae_dtype=vae, text_dtype=text)
 
 
 def inference_mode() -> contextlib.AbstractContextManager:

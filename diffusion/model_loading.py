@@ -132,7 +132,7 @@ def text_encoders_from_state_dicts(state_dicts, manager, embedding_dirs: list[Pa
     """CLIP of one or two text encoders' weights; device "cpu" keeps it on the CPU (ComfyUI's option)."""
     from .text_encoder_files import text_encoder_from_state_dicts
 
-    dtype = manager.text_encoder_dtype() if device != "cpu" else torch.float32
+    dtype = manager.text_encoder_dtype()  # storage; computed in fp32 wherever it runs
     offload = manager.text_encoder_offload_device() if device != "cpu" else torch.device("cpu")
     text = text_encoder_from_state_dicts(state_dicts, clip_type, dtype, offload, sources)
     clip = wrap_clip(text, manager, embedding_dirs)
@@ -150,8 +150,8 @@ def open_text_encoders(paths: list[Path], manager, embedding_dirs: list[Path], c
     manager.make_room_for_load(sum(p.stat().st_size for p in paths))
 
     def rebuild():
-        return load_text_encoder_files(paths, clip_type, manager.text_encoder_dtype() if device != "cpu"
-                                       else torch.float32, manager.text_encoder_offload_device() if device != "cpu"
+        return load_text_encoder_files(paths, clip_type, manager.text_encoder_dtype(),
+                                       manager.text_encoder_offload_device() if device != "cpu"
                                        else torch.device("cpu"))
 
     return text_encoders_from_state_dicts([read_state_dict(p) for p in paths], manager, embedding_dirs, clip_type,

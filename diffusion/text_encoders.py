@@ -1,8 +1,8 @@
 """CLIP text encoders of SD1 (CLIP-L), SD2 (OpenCLIP ViT-H) and SDXL (CLIP-L + OpenCLIP bigG).
 
-Each transformer lives in transformers' CLIPTextModel / CLIPTextModelWithProjection. CLIP-L
-checkpoints are already in that layout (only ``position_ids`` differs: files carry it, we
-regenerate it). OpenCLIP checkpoints differ (fused q/k/v, ``resblocks``, ``ln_final``, a
+Each transformer is diffusion.clip_text's, whose keys are those of transformers' CLIPTextModel /
+CLIPTextModelWithProjection. CLIP-L checkpoints are already in that layout (only ``position_ids``
+differs: files carry it, we regenerate it). OpenCLIP checkpoints differ (fused q/k/v, ``resblocks``, ``ln_final``, a
 ``text_projection`` matrix used as ``x @ P``), so they are converted on load and back in
 :meth:`TextEncoder.state_dict_original`.
 
@@ -20,6 +20,8 @@ How the output is read follows ComfyUI:
   text projection where the model has one (SD1 has none: ComfyUI's projection is then identity).
 * Token weights: when any weight differs from 1, an empty prompt (start, end, padding) is
   encoded alongside and each weighted position becomes ``(z - z_empty) * w + z_empty``.
+* Precision: weights stay in their storage dtype (fp16 on the CPU by default, as ComfyUI's) and
+  are computed in float32.
 """
 from __future__ import annotations
 
@@ -30,8 +32,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from .clip_text import ClipTextConfig, ClipTextModel
 from .prompt_weights import Chunk, EmbeddingResolver, has_weights
 from .tokenizer import ClipTokenizer, FamilyTokenizer, TowerTokenizer
 
@@ -52,34 +54,33 @@ DEFAULT_LOGIT_SCALE = math.log(100.0)
 
 def text_config(width: int, layers: int, *, heads: int | None = None, intermediate: int | None = None,
                 act: str = "quick_gelu", projection_dim: int | None = None, vocab: int = VOCAB_SIZE,
-                positions: int = CONTEXT_LENGTH) -> CLIPTextConfig:
-    """A CLIPTextConfig; heads default to width // 64 (64-wide heads, as in every SD encoder)."""
-    return CLIPTextConfig(
+                positions: int = CONTEXT_LENGTH) -> ClipTextConfig:
+    """A ClipTextConfig; heads default to width // 64 (64-wide heads, as in every SD encoder)."""
+    return ClipTextConfig(
         vocab_size=vocab, hidden_size=width, num_hidden_layers=layers,
         num_attention_heads=heads or max(1, width // 64), intermediate_size=intermediate or 4 * width,
         max_position_embeddings=positions, hidden_act=act, projection_dim=projection_dim or width,
-        layer_norm_eps=1e-5, bos_token_id=START_TOKEN, eos_token_id=END_TOKEN, pad_token_id=END_TOKEN,
     )
 
 
-def clip_l_config() -> CLIPTextConfig:
+def clip_l_config() -> ClipTextConfig:
     """OpenAI CLIP ViT-L/14 text transformer (SD1, SDXL's first encoder)."""
     return text_config(768, 12, act="quick_gelu")
 
 
-def open_clip_h_config() -> CLIPTextConfig:
+def open_clip_h_config() -> ClipTextConfig:
     """OpenCLIP ViT-H/14 text transformer (SD2)."""
     return text_config(1024, 24, act="gelu", projection_dim=1024)
 
 
-def open_clip_bigg_config() -> CLIPTextConfig:
+def open_clip_bigg_config() -> ClipTextConfig:
     """OpenCLIP ViT-bigG/14 text transformer (SDXL's second encoder, the SDXL refiner's only one)."""
     return text_config(1280, 32, act="gelu", projection_dim=1280)
 
 
 # -- key conversion -----------------------------------------------------------------------------
-# "Inner" keys are those of transformers' bare text transformer (embeddings.*, encoder.layers.*,
-# final_layer_norm.*), whatever class wraps it.
+# "Inner" keys are those of the bare text transformer (`text_model`: embeddings.*, encoder.layers.*,
+# final_layer_norm.*).
 
 _OPEN_CLIP_RENAMES = [  # (original, inner) for everything but the fused attention input
     (r"token_embedding\.weight", "embeddings.token_embedding.weight"),
@@ -178,7 +179,7 @@ def _layer_count(keys, pattern: str) -> int:
     return len({int(m.group(1)) for k in keys if (m := re.match(pattern, k))})
 
 
-def config_from_state_dict(sd: StateDict, layout: str) -> CLIPTextConfig:
+def config_from_state_dict(sd: StateDict, layout: str) -> ClipTextConfig:
     """Sizes read off the weights of one encoder (prefix removed), so tiny models work too."""
     if layout == "openclip":
         vocab, width = sd["token_embedding.weight"].shape
@@ -210,19 +211,8 @@ class TowerSpec:
     projected: bool  # has a text projection (pooled output goes through it)
 
 
-class _TextModel(nn.Module):
-    """Holds a bare CLIP text transformer as `.text_model`, so every tower's weights sit under
-    "transformer.text_model." as in ComfyUI (transformers 5 flattened CLIPTextModel)."""
-
-    def __init__(self, config: CLIPTextConfig):
-        super().__init__()
-        model = CLIPTextModel(config)
-        self.text_model = model.text_model if hasattr(model, "text_model") else model
-        self.config = config
-
-
 class ClipTextTower(nn.Module):
-    """One CLIP text transformer in transformers' classes, read the way ComfyUI reads it.
+    """One CLIP text transformer, read the way ComfyUI reads it.
 
     This is ComfyUI's SDClipModel to a plugin: `transformer` (state-dict keys as ComfyUI's,
     "transformer.text_model.encoder.layers..."), `encode_token_weights(windows)`,
@@ -230,10 +220,10 @@ class ClipTextTower(nn.Module):
     `clip_layer(i)`, `special_tokens`, `num_layers`, `load_sd(sd)`.
     """
 
-    def __init__(self, spec: TowerSpec, config: CLIPTextConfig):
+    def __init__(self, spec: TowerSpec, config: ClipTextConfig):
         super().__init__()
         self.spec = spec
-        self.transformer = CLIPTextModelWithProjection(config) if spec.projected else _TextModel(config)
+        self.transformer = ClipTextModel(config, projected=spec.projected)
         if spec.layout == "openclip":
             self.logit_scale = nn.Parameter(torch.tensor(DEFAULT_LOGIT_SCALE), requires_grad=False)
         self.special_tokens = {"start": START_TOKEN, "end": END_TOKEN, "pad": spec.pad_token}
@@ -243,7 +233,7 @@ class ClipTextTower(nn.Module):
 
     @property
     def text(self) -> nn.Module:
-        """transformers' bare text transformer (embeddings, encoder, final_layer_norm)."""
+        """The bare text transformer (embeddings, encoder, final_layer_norm)."""
         return self.transformer.text_model
 
     # ComfyUI's layer options ------------------------------------------------------------------
@@ -317,9 +307,6 @@ class ClipTextTower(nn.Module):
         if "logit_scale" in missing:
             self.logit_scale = nn.Parameter(torch.tensor(DEFAULT_LOGIT_SCALE, dtype=dtype, device=device),
                                             requires_grad=False)
-        # transformers' position_ids buffer is not saved, so it is still on the meta device.
-        emb = self.text.embeddings
-        emb.position_ids = torch.arange(emb.position_embedding.num_embeddings, device=device).unsqueeze(0)
 
     def state_dict_original(self) -> StateDict:
         """This encoder's weights in the original layout, prefix not added."""
@@ -359,7 +346,7 @@ class ClipTextTower(nn.Module):
         return layer % self.num_layers
 
     def input_embeddings(self, chunks: list[Chunk]) -> torch.Tensor:
-        """Token embeddings [n, T, D]; embedding vectors replace the rows they stand in for."""
+        """Float32 token embeddings [n, T, D]; embedding vectors replace the rows they stand in for."""
         table = self.text.embeddings.token_embedding
         ids = torch.tensor([[0 if isinstance(t[0], torch.Tensor) else int(t[0]) for t in chunk] for chunk in chunks],
                            dtype=torch.long, device=table.weight.device)
@@ -374,22 +361,11 @@ class ClipTextTower(nn.Module):
     @torch.no_grad()
     def forward(self, chunks: list[Chunk], clip_skip: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(hidden states [n, T, D], pooled [n, P]) in float32 for n windows."""
-        text = self.text
-        x = self.input_embeddings(chunks)
-        length = x.shape[1]
-        x = x + text.embeddings.position_embedding.weight[:length].to(x.dtype)
-        causal = torch.full((length, length), torch.finfo(x.dtype).min, dtype=x.dtype, device=x.device).triu(1)
-        stop = self.hidden_index(clip_skip)
-        hidden = None
-        for i, layer in enumerate(text.encoder.layers):
-            x = layer(x, causal[None, None])
-            if i == stop:
-                hidden = x
-        last = text.final_layer_norm(x)
+        last, hidden = self.text(self.input_embeddings(chunks), keep=self.hidden_index(clip_skip))
         if hidden is None:
             hidden = last
         elif self.spec.norm_hidden:
-            hidden = text.final_layer_norm(hidden)
+            hidden = self.text.final_layer_norm(hidden)
         ends = [next((j for j, t in enumerate(c) if not isinstance(t[0], torch.Tensor) and t[0] == END_TOKEN),
                      len(c) - 1) for c in chunks]
         pooled = last[torch.arange(len(chunks), device=last.device), torch.tensor(ends, device=last.device)]
@@ -438,7 +414,7 @@ class TextEncoder(nn.Module):
     TOWERS: tuple[TowerSpec, ...] = ()
     DEFAULT_CONFIGS: dict = {}
 
-    def __init__(self, configs: dict[str, CLIPTextConfig] | None = None, *, tokenizer: ClipTokenizer | None = None,
+    def __init__(self, configs: dict[str, ClipTextConfig] | None = None, *, tokenizer: ClipTokenizer | None = None,
                  embeddings: EmbeddingResolver | None = None):
         """Real-size encoders unless ``configs`` (per tower name) says otherwise. Build under
         ``torch.device("meta")`` to avoid allocating weights that will be loaded anyway."""
@@ -524,10 +500,9 @@ class TextEncoder(nn.Module):
                         tokenizer: ClipTokenizer | None = None) -> TextEncoder:
         """Build from a checkpoint state dict (full keys; other components' keys are ignored).
 
-        Sizes come from the weights. ``dtype`` defaults to float32; None keeps the file's dtype
-        (of its token embedding, for every tensor) except that half precision bound for the CPU
-        becomes float32, since CPU half-precision matmuls are slow and inexact. Keys nobody uses
-        (e.g. ``position_ids``) are ignored.
+        Sizes come from the weights. ``dtype`` is the storage dtype, float32 by default; None
+        keeps the file's (of its token embedding, for every tensor). Whatever the storage, the
+        encoder computes in float32. Keys nobody uses (e.g. ``position_ids``) are ignored.
         """
         family = cls if cls.TOWERS else cls.detect(sd)
         if family is None or not family.matches(sd):
@@ -543,7 +518,7 @@ class TextEncoder(nn.Module):
             table = parts[spec.name].get("token_embedding.weight")
             if table is None:
                 table = clip_l_to_inner(parts[spec.name])[0]["embeddings.token_embedding.weight"]
-            target = dtype or _storage_dtype(table, device)
+            target = dtype or table.dtype
             ignored = getattr(encoder, f"clip_{spec.name}").load_original(parts[spec.name], target, device)
             if ignored:
                 log.debug("%s text encoder %s: ignored %s", family.family, spec.name, ignored)
@@ -579,12 +554,6 @@ class TextEncoder(nn.Module):
         for tower in self.towers.values():
             out.update({tower.spec.prefix + k: v for k, v in tower.state_dict_original().items()})
         return out
-
-
-def _storage_dtype(table: torch.Tensor, device) -> torch.dtype:
-    on_cpu = torch.device(device).type == "cpu" if device is not None else table.device.type in ("cpu", "meta")
-    half = table.dtype in (torch.float16, torch.bfloat16)
-    return torch.float32 if half and on_cpu else table.dtype
 
 
 def _has_layout(sd, spec: TowerSpec) -> bool:

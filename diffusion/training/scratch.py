@@ -266,7 +266,7 @@ class CaptionTokens:
 
 def text_context(encoder: text_encoders.TextEncoder, ids: torch.Tensor) -> torch.Tensor:
     """SD1's conditioning with gradients: CLIP's last layer after the final norm, [B, 77, D]."""
-    return encoder.towers["l"].text(input_ids=ids).last_hidden_state
+    return encoder.towers["l"].text(ids)[0]
 
 
 def train_denoiser(recipe: Recipe, latents: torch.Tensor, scenes: list, device, dtype, work: Path,
