@@ -91,7 +91,7 @@ def test_the_command_line_prints_each_error_once_with_its_hint_and_the_start_up_
     assert "Traceback" not in err
     # start-up: device and precision, folders and their contents, custom nodes
     assert re.search(r"^Device: cpu, \d+ threads", err, re.M)
-    assert "Precision: UNet fp32, text encoder fp32, VAE fp32" in err
+    assert "Precision: UNet fp32, text encoder fp16 (computed in fp32), VAE fp32" in err
     assert f"Base directory: {base}" in err and "  checkpoints: 0 files" in err
     assert f"No checkpoints yet: put SD1.5 or SDXL .safetensors files in {base}/models/checkpoints" in err
     assert f"Input folder: {base}/input (0 images)" in err and f"Output folder: {base}/output" in err

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from app.args import parse_args
 from diffusion.device import CPU_BF16_ENV, DevicePolicy, cpu_has_native_bf16, inference_mode, module_bytes, pick_device
 from diffusion.model_management import MemoryOptions, ModelManagement, VRAMState
 from diffusion.model_patcher import ModelPatcher
@@ -21,15 +22,17 @@ from diffusion.model_patcher import ModelPatcher
 def test_cpu_policy_follows_native_bf16_and_cuda_policy_follows_capability():
     cpu = DevicePolicy.choose(cuda_available=False, cpu_bf16=False)
     assert cpu.load_device == torch.device("cpu")
-    assert (cpu.unet_dtype, cpu.text_dtype, cpu.vae_dtype) == (torch.float32,) * 3
+    # the text encoder is stored in fp16 on the CPU (ComfyUI's text_encoder_dtype), computed in fp32
+    assert (cpu.unet_dtype, cpu.text_dtype, cpu.vae_dtype) == (torch.float32, torch.float16, torch.float32)
     assert cpu.notes == ()
-    # native bf16: UNet and VAE in bf16, the text encoder stays fp32 as in ComfyUI
+    # native bf16: UNet and VAE in bf16
     native = DevicePolicy.choose(cuda_available=False, cpu_bf16=True)
-    assert (native.unet_dtype, native.text_dtype, native.vae_dtype) == (torch.bfloat16, torch.float32, torch.bfloat16)
+    assert (native.unet_dtype, native.text_dtype, native.vae_dtype) == (torch.bfloat16, torch.float16, torch.bfloat16)
     assert any("--force-fp32" in note for note in native.notes)
-    # --force-fp32 restores ComfyUI's CPU numerics: fp32 throughout
+    # --force-fp32 restores ComfyUI's CPU numerics: fp32 UNet and VAE, the text encoder as ComfyUI's
     exact = DevicePolicy.choose(cuda_available=False, cpu_bf16=True, force_fp32=True)
-    assert (exact.unet_dtype, exact.text_dtype, exact.vae_dtype) == (torch.float32,) * 3 and exact.notes == ()
+    assert (exact.unet_dtype, exact.text_dtype, exact.vae_dtype) == (torch.float32, torch.float16, torch.float32)
+    assert exact.notes == ()
     # the VAE can be kept in fp32 on its own
     assert DevicePolicy.choose(cuda_available=False, cpu_bf16=True, vae_dtype="fp32").vae_dtype == torch.float32
 
@@ -65,6 +68,12 @@ def test_policy_from_cli_args(monkeypatch):
     assert DevicePolicy.from_args(argparse.Namespace(cpu=True)).unet_dtype == torch.bfloat16
     forced = DevicePolicy.from_args(argparse.Namespace(cpu=True, force_fp32=True))
     assert (forced.unet_dtype, forced.vae_dtype) == (torch.float32, torch.float32)
+    # ComfyUI's text-encoder storage flags, on the CPU and on a GPU
+    for flag, dtype in (("fp32", torch.float32), ("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        assert DevicePolicy.from_args(parse_args(["--cpu", f"--{flag}-text-enc"])).text_dtype == dtype
+        assert DevicePolicy.choose(cuda_available=True, capability=(8, 9), text_dtype=flag).text_dtype == dtype
+    with pytest.raises(SystemExit):
+        parse_args(["--fp32-text-enc", "--fp16-text-enc"])
 
 
 CPUINFO = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw {extra}\nbogomips\t: 5192\n"
@@ -89,10 +98,12 @@ def test_start_up_report_names_the_precision_and_how_to_get_fp32():
     from app.console import device_lines
 
     native = device_lines(DevicePolicy.choose(cuda_available=False, cpu_bf16=True))
-    assert "Precision: UNet bf16, text encoder fp32, VAE bf16" in native
+    assert "Precision: UNet bf16, text encoder fp16 (computed in fp32), VAE bf16" in native
     assert any(line.startswith("Note: ") and "--force-fp32" in line for line in native)
     exact = device_lines(DevicePolicy.choose(cuda_available=False, cpu_bf16=True, force_fp32=True))
-    assert "Precision: UNet fp32, text encoder fp32, VAE fp32" in exact
+    assert "Precision: UNet fp32, text encoder fp16 (computed in fp32), VAE fp32" in exact
+    stored32 = device_lines(DevicePolicy.choose(cuda_available=False, force_fp32=True, text_dtype="fp32"))
+    assert "Precision: UNet fp32, text encoder fp32, VAE fp32" in stored32
     assert not any(line.startswith("Note: ") for line in exact)
 
 

@@ -428,9 +428,12 @@ def test_model_only_loader_leaves_the_text_encoder_and_counts_its_keys(env):
         load(env, "missing.safetensors")
 
 
-def test_sdxl_te1_te2_and_unet_keys_reach_clip_l_bigg_and_the_unet(tmp_path):
+@pytest.mark.parametrize("storage", [torch.float32, torch.float16])
+def test_sdxl_te1_te2_and_unet_keys_reach_clip_l_bigg_and_the_unet(tmp_path, storage):
     """SDXL layout on a tiny SDXL UNet and a narrow CLIP-L + bigG pair (the key names do not
-    depend on widths), through load_lora_for_models, the function the loader nodes call."""
+    depend on widths), through load_lora_for_models, the function the loader nodes call. With
+    the text encoder stored in fp16 (the CPU default) the patch is computed in fp32 and stored in
+    fp16, and unpatching restores the fp16 weights bit for bit."""
     from diffusion import text_encoders as te
     from diffusion.handles import CLIP
     from diffusion.checkpoint import read_state_dict
@@ -438,7 +441,7 @@ def test_sdxl_te1_te2_and_unet_keys_reach_clip_l_bigg_and_the_unet(tmp_path):
 
     model = MP.ModelPatcher(DiffusionModel(tiny_unet("sdxl"), family="sdxl"), "cpu", "cpu")
     encoder = randomize_(te.SDXLTextEncoder({"l": te.text_config(64, 2, positions=8),
-                                             "g": te.text_config(64, 2, act="gelu", positions=8)}), 3)
+                                             "g": te.text_config(64, 2, act="gelu", positions=8)}), 3).to(storage)
     clip = CLIP(encoder)
     unet_map, text_map = unet_key_map(model.model.diffusion_model), text_key_map(encoder)
     d = "down_blocks.2.attentions.0.transformer_blocks.1.attn2.to_k"
@@ -460,9 +463,17 @@ def test_sdxl_te1_te2_and_unet_keys_reach_clip_l_bigg_and_the_unet(tmp_path):
     for name, adapter in written.items():
         if name.startswith("lora_te"):
             key = text_map[name].key
-            assert_close_rel(params[key], expected(base[key], [(adapter, 2.0)]), key)
+            assert params[key].dtype == storage
+            exact = expected(base[key], [(adapter, 2.0)])
+            if storage == torch.float32:
+                assert_close_rel(params[key], exact, key)
+            else:  # one rounding to fp16 of the exact sum (relative error at most 2 ** -11)
+                assert ((params[key].double() - exact).abs() <= 2 ** -11 * exact.abs() + 1e-7).all(), key
+    window = [(49406, 1.0), (320, 1.0), (2368, 1.0), (49407, 1.0)]  # start, "a", "cat", end: 4 of 8 positions
+    cond, pooled = clip2.encode_from_tokens({"l": [window], "g": [window]}, return_pooled=True)
+    assert cond.dtype == pooled.dtype == torch.float32 and cond.shape == (1, 4, 128) and cond.isfinite().all()
     clip2.patcher.detach()
-    assert all(torch.equal(v, base[k]) for k, v in encoder.state_dict().items())
+    assert all(v.dtype == storage and torch.equal(v, base[k]) for k, v in encoder.state_dict().items())
     assert list(model2.patches) == ["diffusion_model." + unet_map[kohya_name(d)].key]
 
 

@@ -244,8 +244,9 @@ def test_a_loaded_unet_keeps_nhwc_conv_weights_for_the_cpu(sd15_base):
 
 
 def test_a_cpu_with_native_bf16_samples_and_decodes_in_bf16_and_force_fp32_is_exact(sd15_base, monkeypatch):
-    """Default precision on a bf16 CPU: UNet and VAE weights bf16, the text encoder fp32, an image
-    close to the fp32 one; --force-fp32 gives the fp32 pixels bit for bit."""
+    """Default precision on a bf16 CPU: UNet and VAE weights bf16, the text encoder fp16 (computed in
+    fp32, as on any CPU), an image close to the fp32 one; --force-fp32 gives the fp32 pixels bit
+    for bit."""
     from diffusion.device import CPU_BF16_ENV
 
     def image_and_parts(*flags):
@@ -263,15 +264,15 @@ def test_a_cpu_with_native_bf16_samples_and_decodes_in_bf16_and_force_fp32_is_ex
         return image, dtypes
 
     fp32, fp32_dtypes = image_and_parts()   # the suite pins the probe to "no native bf16"
-    assert fp32_dtypes == (torch.float32,) * 3
+    assert fp32_dtypes == (torch.float32, torch.float16, torch.float32)
     monkeypatch.setenv(CPU_BF16_ENV, "1")
     bf16, bf16_dtypes = image_and_parts()
-    assert bf16_dtypes == (torch.bfloat16, torch.float32, torch.bfloat16)
+    assert bf16_dtypes == (torch.bfloat16, torch.float16, torch.bfloat16)
     assert_real_image(bf16)
     mse = float(((bf16.float() - fp32.float()) ** 2).mean())
     assert 0 < mse and 10 * math.log10(1 / mse) > 25, mse   # PSNR over 0..1 pixels
     forced, forced_dtypes = image_and_parts("--force-fp32")
-    assert forced_dtypes == (torch.float32,) * 3 and torch.equal(forced, fp32)
+    assert forced_dtypes == fp32_dtypes and torch.equal(forced, fp32)
 
 
 def test_checkpoint_cache_hits_on_the_same_file_and_frees_the_old_model_on_a_switch(sd15_base, tiny_checkpoint):
