@@ -156,8 +156,13 @@ def expected(weight, adapters_strengths):
 
 
 def assert_close_rel(actual, reference, what):
-    err = (actual.double() - reference).abs().max().item()
-    assert err <= RTOL * reference.abs().max().item() + 1e-12, f"{what}: max error {err}"
+    """Within RTOL of the largest value; a half-precision weight (the CPU's text encoder storage)
+    within one rounding of the exact value (relative 2 ** -11 per element)."""
+    err = (actual.double() - reference).abs()
+    if actual.dtype == torch.float16:
+        assert (err <= 2 ** -11 * reference.abs() + 1e-7).all(), f"{what}: max error {err.max().item()}"
+    else:
+        assert err.max().item() <= RTOL * reference.abs().max().item() + 1e-12, f"{what}: max error {err.max()}"
 
 
 def sample(env, model, clip, seed=3):
@@ -464,11 +469,7 @@ def test_sdxl_te1_te2_and_unet_keys_reach_clip_l_bigg_and_the_unet(tmp_path, sto
         if name.startswith("lora_te"):
             key = text_map[name].key
             assert params[key].dtype == storage
-            exact = expected(base[key], [(adapter, 2.0)])
-            if storage == torch.float32:
-                assert_close_rel(params[key], exact, key)
-            else:  # one rounding to fp16 of the exact sum (relative error at most 2 ** -11)
-                assert ((params[key].double() - exact).abs() <= 2 ** -11 * exact.abs() + 1e-7).all(), key
+            assert_close_rel(params[key], expected(base[key], [(adapter, 2.0)]), key)
     window = [(49406, 1.0), (320, 1.0), (2368, 1.0), (49407, 1.0)]  # start, "a", "cat", end: 4 of 8 positions
     cond, pooled = clip2.encode_from_tokens({"l": [window], "g": [window]}, return_pooled=True)
     assert cond.dtype == pooled.dtype == torch.float32 and cond.shape == (1, 4, 128) and cond.isfinite().all()

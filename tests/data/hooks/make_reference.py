@@ -10,7 +10,8 @@ It writes the cases' files (tiny SD1.5 checkpoints A and B, the LoRA) with tests
 into a temporary folder registered as ComfyUI's "loras" and "checkpoints" folders, builds
 checkpoint A's UNet with ComfyUI's own code (detect_unet_config, its SD15 model config,
 load_model_weights, a ComfyUI ModelPatcher, float32) and its one-layer CLIP-L (ComfyUI's SD1 CLIP
-classes over its CLIP-L config with num_hidden_layers 1; flag --fp32-text-enc), runs each case's
+classes over its CLIP-L config with num_hidden_layers 1; ComfyUI's default CPU text-encoder
+precision: weights stored in fp16, computed in fp32, as ours), runs each case's
 nodes from ComfyUI's comfy_extras/nodes_hooks.py (and nodes.py's LoraLoaderModelOnly and
 CLIPTextEncode) on seeded random prompts or that CLIP, and samples with comfy.sample.sample.
 ComfyUI's load_checkpoint_guess_config refuses the tiny checkpoints only because a 32-channel UNet
@@ -35,8 +36,7 @@ sys.path.append(str(REPO))  # after ComfyUI: only the test builders (and their `
 import comfy.options
 
 comfy.options.enable_args_parsing()
-# ComfyUI keeps text encoders in fp16 on the CPU unless told otherwise; ours are float32
-sys.argv = [sys.argv[0], "--cpu", "--fp32-text-enc"]
+sys.argv = [sys.argv[0], "--cpu"]
 sys.modules.setdefault("server", types.SimpleNamespace(PromptServer=None))
 import comfy.model_detection
 import comfy.model_patcher
@@ -79,7 +79,7 @@ def comfy_model(path: Path):
 
 def comfy_clip(path: Path):
     """Checkpoint A's one-layer CLIP-L in ComfyUI's SD1 CLIP classes (its CLIP-L config with one
-    layer: ComfyUI's loader would build the released twelve), float32."""
+    layer: ComfyUI's loader would build the released twelve), stored in fp16."""
     config = json.loads((COMFY / "comfy" / "sd1_clip_config.json").read_text())
     config["num_hidden_layers"] = 1
     tower = functools.partial(comfy.sd1_clip.SDClipModel, textmodel_json_config=config, return_projected_pooled=False)
