@@ -19,8 +19,15 @@ from pathlib import Path
 import torch
 
 from diffusion import tiling
-from diffusion.checkpoint import (load_checkpoint, load_text_encoder, load_unet, load_vae, split_components,
-                                  stored_state_dict)
+from diffusion.checkpoint import (
+    load_checkpoint,
+    load_text_encoder,
+    load_unet,
+    load_vae,
+    split_components,
+    stored_state_dict,
+)
+from diffusion.device import release_freed_memory
 from diffusion.hooks import EnumHookMode
 from diffusion.latent_formats import latent_format_for
 from diffusion.model import model_class_for
@@ -259,6 +266,8 @@ class VAE:
             with torch.no_grad():
                 raw = self.first_stage_model.decode(samples_in.to(self.device, self.vae_dtype))
                 pixels = self.process_output(raw.to(self.output_device).float())
+            del raw
+            self._empty_cache()
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -277,7 +286,9 @@ class VAE:
         try:
             with torch.no_grad():
                 latent = self.first_stage_model.encode(self.process_input(pixels).to(self.device, self.vae_dtype))
-                return latent.to(self.output_device).float()
+                latent = latent.to(self.output_device).float()
+            self._empty_cache()
+            return latent
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -286,8 +297,7 @@ class VAE:
         return self.encode_tiled(pixel_samples)
 
     def _empty_cache(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        release_freed_memory(self.device)
 
     def decode_tiled(self, samples: torch.Tensor, tile_x: int | None = None, tile_y: int | None = None,
                      overlap: int | None = None, tile_t: int | None = None, overlap_t: int | None = None,
