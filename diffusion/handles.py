@@ -219,6 +219,8 @@ class VAE:
         # ComfyUI's working-memory estimates for a KL autoencoder (bytes for a batch of this shape).
         self.memory_used_encode = lambda shape, dtype: 1767 * shape[2] * shape[3] * _dtype_size(dtype)
         self.memory_used_decode = lambda shape, dtype: 2178 * shape[2] * shape[3] * 64 * _dtype_size(dtype)
+        if self.device.type == "cpu" and hasattr(first_stage_model, "to_channels_last"):
+            first_stage_model.to_channels_last()   # once, here, rather than per call
         self.patcher = ModelPatcher(self.first_stage_model, load_device=self.device, offload_device=self.offload_device)
         self.patcher.manager = manager
 
@@ -396,7 +398,8 @@ def wrap_vae(vae: AutoencoderKL, manager: ModelManagement, source: Path | None =
     rebuild = None
     if source is not None:
         def rebuild():
-            return load_vae(stored_state_dict(source), manager.vae_offload_device(), policy.vae_dtype, source)
+            rebuilt = load_vae(stored_state_dict(source), manager.vae_offload_device(), policy.vae_dtype, source)
+            return rebuilt.to_channels_last() if obj.device.type == "cpu" else rebuilt
     manager.register(vae, rebuild, name=f"VAE of {source.name}" if source else "VAE")
     return obj
 
