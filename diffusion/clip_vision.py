@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError, _cast, materialize, read_state_dict
-from .text_encoders import open_clip_to_inner
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -65,6 +64,8 @@ KNOWN_TOWERS = {
 def openclip_to_transformers(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """An OpenCLIP vision tower under `prefix` (e.g. "visual.") in transformers' layout; other
     keys are left out."""
+    from .text_encoders import open_clip_to_inner  # here, so registering nodes does not load the text encoders
+
     own = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     blocks = {k: v for k, v in own.items() if k.startswith("transformer.resblocks.")}
     inner, _, unknown = open_clip_to_inner(blocks)

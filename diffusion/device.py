@@ -170,6 +170,16 @@ def free_memory(device: torch.device) -> int:
     return 1 << 62   # unknown: do not evict on guesswork
 
 
+def release_freed_memory(device: torch.device | str) -> None:
+    """After a model call: hand memory its activations held back to the system. CUDA: torch's
+    cached blocks; CPU: glibc's freed heap pages, which would otherwise stay in RSS and add to the
+    next node's peak (about 0.15 GB after sampling a 512x512 image)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    else:
+        trim_heap()
+
+
 def trim_heap() -> None:
     """Hand freed heap pages back to the OS (glibc keeps them otherwise, and RSS would not fall)."""
     try:

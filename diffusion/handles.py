@@ -19,8 +19,15 @@ from pathlib import Path
 import torch
 
 from diffusion import tiling
-from diffusion.checkpoint import (load_checkpoint, load_text_encoder, load_unet, load_vae, split_components,
-                                  stored_state_dict)
+from diffusion.checkpoint import (
+    load_checkpoint,
+    load_text_encoder,
+    load_unet,
+    load_vae,
+    split_components,
+    stored_state_dict,
+)
+from diffusion.device import release_freed_memory
 from diffusion.hooks import EnumHookMode
 from diffusion.latent_formats import latent_format_for
 from diffusion.model import model_class_for
@@ -219,6 +226,8 @@ class VAE:
         # ComfyUI's working-memory estimates for a KL autoencoder (bytes for a batch of this shape).
         self.memory_used_encode = lambda shape, dtype: 1767 * shape[2] * shape[3] * _dtype_size(dtype)
         self.memory_used_decode = lambda shape, dtype: 2178 * shape[2] * shape[3] * 64 * _dtype_size(dtype)
+        if self.device.type == "cpu" and hasattr(first_stage_model, "to_channels_last"):
+            first_stage_model.to_channels_last()   # once, here, rather than per call
         self.patcher = ModelPatcher(self.first_stage_model, load_device=self.device, offload_device=self.offload_device)
         self.patcher.manager = manager
 
@@ -257,6 +266,8 @@ class VAE:
             with torch.no_grad():
                 raw = self.first_stage_model.decode(samples_in.to(self.device, self.vae_dtype))
                 pixels = self.process_output(raw.to(self.output_device).float())
+            del raw
+            self._empty_cache()
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -275,7 +286,9 @@ class VAE:
         try:
             with torch.no_grad():
                 latent = self.first_stage_model.encode(self.process_input(pixels).to(self.device, self.vae_dtype))
-                return latent.to(self.output_device).float()
+                latent = latent.to(self.output_device).float()
+            self._empty_cache()
+            return latent
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -284,8 +297,7 @@ class VAE:
         return self.encode_tiled(pixel_samples)
 
     def _empty_cache(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        release_freed_memory(self.device)
 
     def decode_tiled(self, samples: torch.Tensor, tile_x: int | None = None, tile_y: int | None = None,
                      overlap: int | None = None, tile_t: int | None = None, overlap_t: int | None = None,
@@ -396,7 +408,8 @@ def wrap_vae(vae: AutoencoderKL, manager: ModelManagement, source: Path | None =
     rebuild = None
     if source is not None:
         def rebuild():
-            return load_vae(stored_state_dict(source), manager.vae_offload_device(), policy.vae_dtype, source)
+            rebuilt = load_vae(stored_state_dict(source), manager.vae_offload_device(), policy.vae_dtype, source)
+            return rebuilt.to_channels_last() if obj.device.type == "cpu" else rebuilt
     manager.register(vae, rebuild, name=f"VAE of {source.name}" if source else "VAE")
     return obj
 

@@ -34,6 +34,7 @@ from . import patcher_extension as pe
 from . import samplers as _samplers
 from . import schedules as _schedules
 from .conds import repeat_to_batch_size
+from .device import release_freed_memory
 from .hooks import EnumHookMode, EnumHookType, EnumWeightTarget, HookGroup, create_target_dict
 from .model_management import use_models
 from .model_patcher import create_model_options_clone
@@ -866,6 +867,7 @@ class CFGGuider:
         cleanup_models(self.conds, self.loaded_models)
         del self.inner_model
         del self.loaded_models
+        release_freed_memory(device)
         return output
 
     def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,

@@ -18,7 +18,6 @@ from .checkpoint import (MARKER_KEYS, UNCLIP_VISION_PREFIX, CheckpointError, det
 from .diffusers_layout import diffusers_files, diffusers_unet_to_original, is_diffusers_unet
 from .handles import LoadedModels, _prepare_unet, diffusion_model_for, wrap_clip, wrap_diffusion_model, wrap_vae
 from .model_sampling import ModelSamplingDiscrete
-from .text_encoder_files import load_text_encoder_files
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +149,8 @@ def open_text_encoders(paths: list[Path], manager, embedding_dirs: list[Path], c
     manager.make_room_for_load(sum(p.stat().st_size for p in paths))
 
     def rebuild():
+        from .text_encoder_files import load_text_encoder_files
+
         return load_text_encoder_files(paths, clip_type, manager.text_encoder_dtype(),
                                        manager.text_encoder_offload_device() if device != "cpu"
                                        else torch.device("cpu"))

@@ -1,8 +1,15 @@
 """The CLIP BPE tokenizer, run offline from the vocabulary shipped in diffusion/data/clip_tokenizer.
 
 CLIP-L (SD1, SDXL), OpenCLIP ViT-H (SD2) and ViT-bigG (SDXL) all use this one vocabulary; they
-differ only in what pads a window after the end token, which the caller passes in. The BPE
-itself is transformers' CLIPTokenizer reading the local files, never the hub.
+differ only in what pads a window after the end token, which the caller passes in.
+
+The BPE runs on the `tokenizers` library, configured as CLIP's tokenizer is: text is NFC-normalised,
+each whitespace run becomes one space and everything is lowercased; it is split into the
+contractions 's 't 're 've 'm 'll 'd, runs of letters, single digits and runs of other non-space
+characters, each mapped to byte-level symbols; BPE merges then end each word with "</w>", and an
+unknown symbol becomes the end token. The two special tokens are matched in the text as they are
+in CLIP's tokenizer (start after normalisation, end before it). This gives the same ids as
+transformers' CLIPTokenizer (tests/test_tokenizer_parity.py) without importing transformers.
 """
 from __future__ import annotations
 
@@ -11,32 +18,58 @@ from pathlib import Path
 from .prompt_weights import Chunk, EmbeddingResolver, chunk_groups, weighted_groups
 
 VOCAB_DIR = Path(__file__).parent / "data" / "clip_tokenizer"
+START, END = "<|startoftext|>", "<|endoftext|>"
+END_OF_WORD = "</w>"
+# letters and digits as Unicode classes, so accented words stay one piece and numbers split per digit
+PIECES = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+def clip_bpe(vocab_dir: Path | str = VOCAB_DIR):
+    """A `tokenizers.Tokenizer` for CLIP's BPE from vocab.json and merges.txt in ``vocab_dir``."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import BPE
+
+    vocab_dir = Path(vocab_dir)
+    bpe = Tokenizer(BPE.from_file(str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"),
+                                  unk_token=END, end_of_word_suffix=END_OF_WORD, continuing_subword_prefix="",
+                                  fuse_unk=False))
+    bpe.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                           normalizers.Lowercase()])
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PIECES), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    bpe.decoder = decoders.ByteLevel()
+    bpe.add_special_tokens([AddedToken(START, normalized=True, special=True),
+                            AddedToken(END, normalized=False, special=True)])
+    return bpe
 
 
 class ClipTokenizer:
     """Prompt text -> 77-token windows of (token, weight), with ComfyUI's emphasis rules."""
 
     def __init__(self, vocab_dir: Path | str = VOCAB_DIR):
-        from transformers import CLIPTokenizer
-
-        self.bpe = CLIPTokenizer.from_pretrained(str(vocab_dir), local_files_only=True)
+        self.bpe = clip_bpe(vocab_dir)
         # The start/end ids come from the vocabulary itself rather than being hard-coded, so a
         # different CLIP vocabulary directory still gets the right ones.
-        self.start_token, self.end_token = self.bpe("")["input_ids"]
+        self.start_token, self.end_token = self.bpe.token_to_id(START), self.bpe.token_to_id(END)
 
     def encode_text(self, text: str) -> list[int]:
         """Vocabulary ids for plain text, without the start and end tokens."""
-        return self.bpe(text)["input_ids"][1:-1]
+        return self.bpe.encode(text, add_special_tokens=False).ids
 
     def encode(self, text: str) -> list[int]:
         """Vocabulary ids with start and end tokens, untruncated (what CLIP's own tokenizer gives)."""
-        return self.bpe(text)["input_ids"]
+        return [self.start_token, *self.encode_text(text), self.end_token]
 
     def decode(self, ids: list[int]) -> str:
-        return self.bpe.decode(ids, skip_special_tokens=True)
+        """The text of ``ids``, special tokens left out, one space after each word."""
+        return self.bpe.decode(list(ids), skip_special_tokens=True).replace(END_OF_WORD, " ").strip()
 
     def token_strings(self, ids: list[int]) -> list[str]:
-        return self.bpe.convert_ids_to_tokens(ids)
+        return [self.bpe.id_to_token(i) for i in ids]
+
+    def get_vocab(self) -> dict[str, int]:
+        return self.bpe.get_vocab(with_added_tokens=True)
 
     def tokenize_with_weights(self, text: str, *, pad_token: int | None = None, embedding_width: int = 768,
                               embedding_key: str | None = "clip_l", embeddings: EmbeddingResolver | None = None,
@@ -85,7 +118,7 @@ class TowerTokenizer:
 
     @property
     def inv_vocab(self) -> dict:
-        return {v: k for k, v in self.bpe.bpe.get_vocab().items()}
+        return {v: k for k, v in self.bpe.get_vocab().items()}
 
     def untokenize(self, token_weight_pair) -> list:
         strings = self.bpe.token_strings([t[0] for t in token_weight_pair])

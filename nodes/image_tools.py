@@ -8,11 +8,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import kornia.morphology
 import numpy as np
 import torch
 import torch.nn.functional as F
-from kornia.filters import canny
 from PIL import Image
 
 from graph.contract import Choice, Float, Int, Node, Output, Socket
@@ -188,6 +186,8 @@ class Canny(Node):
             raise ValueError(f"low_threshold ({low_threshold}) must not exceed high_threshold ({high_threshold})")
         if image.shape[-1] not in (1, 3, 4):
             raise ValueError(f"Canny takes a grey, RGB or RGBA image, got {image.shape[-1]} channels")
+        from kornia.filters import canny  # imported here: kornia costs start-up time and only these nodes use it
+
         colour = image[..., :3].movedim(-1, 1).float()  # alpha carries no edges
         _, edges = canny(colour, low_threshold, high_threshold)
         return (edges.to(image.dtype).repeat(1, 3, 1, 1).movedim(1, -1),)
@@ -302,12 +302,9 @@ class ImageQuantize(Node):
         return (result,)
 
 
-MORPHOLOGY = {
-    "erode": kornia.morphology.erosion, "dilate": kornia.morphology.dilation,
-    "open": kornia.morphology.opening, "close": kornia.morphology.closing,
-    "gradient": kornia.morphology.gradient, "bottom_hat": kornia.morphology.bottom_hat,
-    "top_hat": kornia.morphology.top_hat,
-}
+# operation -> the kornia.morphology function that computes it
+MORPHOLOGY = {"erode": "erosion", "dilate": "dilation", "open": "opening", "close": "closing",
+              "gradient": "gradient", "bottom_hat": "bottom_hat", "top_hat": "top_hat"}
 
 
 class Morphology(Node):
@@ -327,9 +324,12 @@ class Morphology(Node):
     def run(self, ctx, image, operation, kernel_size):
         if operation not in MORPHOLOGY:
             raise ValueError(f"operation must be one of {list(MORPHOLOGY)}, got {operation!r}")
+        import kornia.morphology
+
         image = image_batch(image)
         kernel = torch.ones(kernel_size, kernel_size, device=image.device)
-        return (MORPHOLOGY[operation](image.movedim(-1, 1), kernel).movedim(1, -1),)
+        apply = getattr(kornia.morphology, MORPHOLOGY[operation])
+        return (apply(image.movedim(-1, 1), kernel).movedim(1, -1),)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import string
 from typing import Any
 
 import numpy as np
-import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
@@ -396,6 +395,8 @@ class GrowMask(Node):
     outputs = (Output("MASK"),)
 
     def run(self, ctx, mask, expand, tapered_corners):
+        import scipy.ndimage  # imported here: scipy costs start-up time and only this node uses it
+
         corner = 0 if tapered_corners else 1
         footprint = np.array([[corner, 1, corner], [1, 1, 1], [corner, 1, corner]], dtype=bool)
         step = scipy.ndimage.grey_erosion if expand < 0 else scipy.ndimage.grey_dilation

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from server.frontend import FRONTEND_DIST, installed_version, package_folder
+from tests.server_helpers import cache_lock
 
 PINNED = "1.27.10"  # what ComfyUI a125cd84 pins
 NEWEST = "1.58.1"  # the newest release when this was written
@@ -35,17 +37,19 @@ def frontend_root(version: str) -> Path:
         return package_folder("comfyui_frontend_package", "static")
     target = CACHE / version
     static = target / "comfyui_frontend_package" / "static"
-    if (static / "index.html").is_file():
-        return static
-    wheels = CACHE / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
-                    "--dest", str(wheels), f"{FRONTEND_DIST}=={version}"], check=True)
-    wheel = next(wheels.glob(f"comfyui_frontend_package-{version}-*.whl"))
-    partial = target.with_name(version + ".partial")
-    with zipfile.ZipFile(wheel) as archive:
-        archive.extractall(partial)
-    partial.rename(target)  # complete or absent: a cut-short unpack is never taken for a frontend
+    with cache_lock(CACHE):
+        if (static / "index.html").is_file():
+            return static
+        wheels = CACHE / "wheels"
+        wheels.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
+                        "--dest", str(wheels), f"{FRONTEND_DIST}=={version}"], check=True)
+        wheel = next(wheels.glob(f"comfyui_frontend_package-{version}-*.whl"))
+        partial = target.with_name(version + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)   # what a killed run left behind
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(partial)
+        partial.rename(target)  # complete or absent: a cut-short unpack is never taken for a frontend
     return static
 
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from tests.paths import SHARED
-from tests.server_helpers import LiveServer
+from tests.server_helpers import LiveServer, cache_lock
 
 PACKS = SHARED / "packs"
 
@@ -48,12 +48,12 @@ PACK_REQUIREMENTS = {
 def pack_site() -> Path:
     """A folder holding the packs' requirements that this environment lacks (installed on first use)."""
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "latentgraph" / "pack-test-site"
-    missing = [spec for spec, name in PACK_REQUIREMENTS.items()
-               if importlib.util.find_spec(name) is None and not (cache / name).exists()]
-    if missing:
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                        "--no-deps", "--target", str(cache), *missing], check=True)
+    with cache_lock(cache):
+        missing = [spec for spec, name in PACK_REQUIREMENTS.items()
+                   if importlib.util.find_spec(name) is None and not (cache / name).exists()]
+        if missing:
+            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                            "--no-deps", "--target", str(cache), *missing], check=True)
     return cache
 
 

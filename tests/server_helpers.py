@@ -6,6 +6,8 @@ repeated starts never race for a port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -25,6 +27,19 @@ import aiohttp
 REPO = Path(__file__).resolve().parent.parent
 PACKS = Path(__file__).resolve().parent / "packs"
 _URL = re.compile(r"To see the GUI go to: (http://[^\s]+)")
+
+
+@contextlib.contextmanager
+def cache_lock(folder: Path):
+    """Holds `folder`/.lock exclusively: the suite runs in parallel workers (pytest-xdist), and two
+    of them filling one shared cache folder at once would race."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class LiveServer:
