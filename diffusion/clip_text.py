@@ -115,7 +115,7 @@ class ClipEmbeddings(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Float32 token embeddings [n, T, D] (from ids, or given as vectors) plus positions."""
-        x = self.token_embedding(tokens) if not tokens.is_floating_point() else tokens.to(COMPUTE_DTYPE)
+        x = (tokens if tokens.is_floating_point() else self.token_embedding(tokens)).to(COMPUTE_DTYPE)
         return x + self.position_embedding(torch.arange(x.shape[1], device=x.device))
 
 
@@ -150,3 +150,23 @@ class ClipTextModel(nn.Module):
         self.text_model = ClipTextTransformer(config)
         if projected:
             self.text_projection = Linear(config.hidden_size, config.projection_dim, bias=False)
+
+    # what plugins read off ComfyUI's (and transformers') text model
+    @property
+    def num_layers(self) -> int:
+        return len(self.text_model.encoder.layers)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The storage dtype (computation is float32)."""
+        return self.text_model.embeddings.token_embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.text_model.embeddings.token_embedding.weight.device
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.text_model.embeddings.token_embedding
+
+    def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
+        self.text_model.embeddings.token_embedding = embeddings

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .clip_text import ClipTextConfig, ClipTextModel
+from .clip_text import COMPUTE_DTYPE, ClipTextConfig, ClipTextModel
 from .prompt_weights import Chunk, EmbeddingResolver, has_weights
 from .tokenizer import ClipTokenizer, FamilyTokenizer, TowerTokenizer
 
@@ -350,7 +350,7 @@ class ClipTextTower(nn.Module):
         table = self.text.embeddings.token_embedding
         ids = torch.tensor([[0 if isinstance(t[0], torch.Tensor) else int(t[0]) for t in chunk] for chunk in chunks],
                            dtype=torch.long, device=table.weight.device)
-        x = table(ids)
+        x = table(ids).to(COMPUTE_DTYPE)  # already so for our table; also for one a plugin set
         for b, chunk in enumerate(chunks):
             for j, item in enumerate(chunk):
                 token = item[0]

@@ -363,3 +363,29 @@ def test_embedding_resolver_set_on_the_encoder(tokenizer, tmp_path):
     encoder = SD1TextEncoder.from_state_dict(sd, tokenizer=tokenizer, embeddings=EmbeddingDirectory([tmp_path]))
     window = encoder.tokenize("embedding:style cat")["l"][0]
     assert [isinstance(t, torch.Tensor) for t, _ in window[:5]] == [False, True, True, True, False]
+
+
+
+def test_text_model_attributes_plugins_read(sd1):
+    """ComfyUI's (and transformers') text model: num_layers, dtype, device, get/set_input_embeddings;
+    a plain torch Embedding set by a plugin, even a half-precision one, still computes in float32."""
+    encoder, _ = sd1
+    model = encoder.towers["l"].transformer
+    assert model.num_layers == 4 and model.dtype == torch.float32 and model.device == torch.device("cpu")
+    table = model.get_input_embeddings()
+    assert table is model.text_model.embeddings.token_embedding
+    tokens = encoder.tokenize("a photo of a cat")
+    before, _ = encoder.encode(tokens)
+    outputs = {}
+    for dtype in (torch.float16, torch.float32):
+        plain = torch.nn.Embedding(*table.weight.shape, dtype=dtype)
+        plain.weight.data.copy_(table.weight.half())
+        model.set_input_embeddings(plain)
+        try:
+            outputs[dtype], _ = encoder.encode(tokens)
+        finally:
+            model.set_input_embeddings(table)
+    assert outputs[torch.float16].dtype == torch.float32
+    assert torch.equal(outputs[torch.float16], outputs[torch.float32])  # fp16 rows widened, not fp16 compute
+    assert 0 < (outputs[torch.float16] - before).abs().max() < 1e-2 * before.abs().max()
+    assert torch.equal(encoder.encode(tokens)[0], before)
