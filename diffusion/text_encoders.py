@@ -2,9 +2,9 @@
 
 Each transformer is diffusion.clip_text's, whose keys are those of transformers' CLIPTextModel /
 CLIPTextModelWithProjection. CLIP-L checkpoints are already in that layout (only ``position_ids``
-differs: files carry it, we regenerate it). OpenCLIP checkpoints differ (fused q/k/v, ``resblocks``, ``ln_final``, a
-``text_projection`` matrix used as ``x @ P``), so they are converted on load and back in
-:meth:`TextEncoder.state_dict_original`.
+differs: files carry it, we regenerate it). OpenCLIP checkpoints differ (fused q/k/v,
+``resblocks``, ``ln_final``, a ``text_projection`` matrix used as ``x @ P``), so they are
+converted on load and back in :meth:`TextEncoder.state_dict_original`.
 
 How the output is read follows ComfyUI:
 
