@@ -97,9 +97,10 @@ def server_at(base: Path, name: str, *flags: str) -> LiveServer:
 
 
 def test_two_checkpoints_under_a_small_budget_release_the_first_and_rebuild_it(base):
-    # Each tiny checkpoint holds ~180 MB (its text encoder has the real 49408 x 768 token table),
-    # so a 300 MB budget fits one; --cache-lru keeps both loaders' outputs alive between prompts.
-    with server_at(base, "budget", "--model-memory-budget", "300", "--cache-lru", "50") as server:
+    # Each tiny checkpoint holds ~180 MB (its text encoder has the real 49408 x 768 token table,
+    # stored in fp32 here: fp16, the CPU default, would halve it), so a 300 MB budget fits one;
+    # --cache-lru keeps both loaders' outputs alive between prompts.
+    with server_at(base, "budget", "--model-memory-budget", "300", "--cache-lru", "50", "--fp32-text-enc") as server:
         async def go():
             async with aiohttp.ClientSession() as session:
                 first = await submit(session, server, txt2img("a.safetensors", "a1"))
@@ -122,7 +123,7 @@ def test_two_checkpoints_under_a_small_budget_release_the_first_and_rebuild_it(b
 
 
 def test_free_unloads_and_rss_falls(base):
-    with server_at(base, "free") as server:
+    with server_at(base, "free", "--fp32-text-enc") as server:  # ~180 MB of weights, as above
         async def go():
             async with aiohttp.ClientSession() as session:
                 fresh = rss(server)
