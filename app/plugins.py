@@ -139,13 +139,56 @@ def _import(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     # Registered before running so the package's relative imports find their parent.
     sys.modules[module_name] = module
+    imports = _ImportRecorder()
+    sys.meta_path.insert(0, imports)
     try:
         spec.loader.exec_module(module)
     except BaseException:
         for loaded in [m for m in sys.modules if m == module_name or m.startswith(module_name + ".")]:
             del sys.modules[loaded]
         raise
+    finally:
+        sys.meta_path.remove(imports)
+        _restore_dropped_libraries(imports.names, path)
     return module
+
+
+class _ImportRecorder:
+    """A meta-path finder that only notes the names imported (it finds nothing itself)."""
+
+    def __init__(self):
+        self.names: set[str] = set()
+
+    def find_spec(self, name, path=None, target=None):
+        self.names.add(name)
+        return None
+
+
+def _restore_dropped_libraries(imported: set[str], pack: Path) -> None:
+    """Put back the library modules a pack imported (`imported`) and then dropped from sys.modules.
+
+    UltimateSDUpscale unloads every module first imported during its own import, its own and
+    third-party ones alike. Importing a library such as torch._dynamo a second time fails, since
+    torch registers its operator libraries once per process (in ComfyUI such libraries are loaded
+    before any pack). The dropped modules are still referenced from the modules that remain, so
+    those outside the pack's folder that nothing has replaced are put back.
+    """
+    gone = {name for name in imported if name not in sys.modules}  # or never there: failed imports
+    if not gone:
+        return
+    found: dict[str, ModuleType] = {}
+    holders = list(sys.modules.values())
+    while holders:
+        for value in list(getattr(holders.pop(), "__dict__", {}).values()):
+            if issubclass(type(value), ModuleType):  # type(): some objects warn when asked for __class__
+                name = value.__name__
+                if name in gone and name not in found:
+                    found[name] = value
+                    holders.append(value)  # its submodules may be gone too
+    for name, dropped in found.items():
+        origin = getattr(getattr(dropped, "__spec__", None), "origin", None) or ""
+        if origin and not Path(origin).resolve().is_relative_to(pack):
+            sys.modules[name] = dropped
 
 
 def _register(registry: NodeRegistry, module: ModuleType, name: str, path: Path) -> list[str]:

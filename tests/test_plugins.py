@@ -218,3 +218,47 @@ def test_web_directory_from_pyproject(tmp_path):
     registry, results, _ = load([d])
     assert all(r.ok for r in results)
     assert registry.web_directories == {"tomlpack": str((d / "tomlpack" / "frontend").resolve())}
+
+
+def test_a_library_a_pack_drops_from_sys_modules_is_not_imported_twice(tmp_path, monkeypatch):
+    """UltimateSDUpscale unloads every module first imported during its import; a library with a
+    once-per-process side effect (torch._dynamo registers operator libraries) must not run again
+    when the next pack imports it. The pack's own modules stay dropped."""
+    import sys
+
+    lib = tmp_path / "site"
+    write(lib / "lg_once_lib" / "__init__.py", textwrap.dedent("""
+        import builtins
+        builtins.lg_once_lib_runs = getattr(builtins, "lg_once_lib_runs", 0) + 1
+        if builtins.lg_once_lib_runs > 1:
+            raise RuntimeError("registered twice")
+        from . import part
+    """))
+    write(lib / "lg_once_lib" / "part.py", "VALUE = 7\n")
+    monkeypatch.syspath_prepend(str(lib))
+    packs = tmp_path / "custom_nodes"
+    write(packs / "a_dropper" / "lg_dropper_own.py", "X = 1\n")
+    write(packs / "a_dropper" / "__init__.py", textwrap.dedent("""
+        import os, sys
+        sys.path.insert(0, os.path.dirname(__file__))
+        original = sys.modules.copy()
+        import lg_dropper_own
+        import lg_once_lib.part
+        for name in [m for m in sys.modules if m not in original]:
+            del sys.modules[name]
+        NODE_CLASS_MAPPINGS = {}
+    """))
+    write(packs / "b_user.py", "import lg_once_lib.part\nassert lg_once_lib.part.VALUE == 7\nNODE_CLASS_MAPPINGS = {}\n")
+    try:
+        results = load_custom_nodes(NodeRegistry(), [packs], log=lambda m: None)
+        assert [(r.name, r.ok) for r in results] == [("a_dropper", True), ("b_user", True)], results
+        import builtins
+        assert builtins.lg_once_lib_runs == 1
+        assert "lg_once_lib.part" in sys.modules, [m for m in sys.modules if "lg_" in m]
+        assert "lg_dropper_own" not in sys.modules
+    finally:
+        for name in [m for m in sys.modules if m.startswith(("lg_once_lib", "lg_dropper_own"))]:
+            del sys.modules[name]
+        import builtins
+        if hasattr(builtins, "lg_once_lib_runs"):
+            del builtins.lg_once_lib_runs
