@@ -100,13 +100,16 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Reassigning `h` lets each intermediate be freed as soon as the next exists: at full
-        # resolution these blocks set the peak memory of the whole autoencoder.
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(F.silu(self.norm2(h)))
+        # At full resolution these blocks set the autoencoder's peak memory: the activation runs
+        # in place on the fresh norm output, reassigning `h` frees each intermediate as soon as
+        # the next exists, and the residual sum reuses the last conv's output. Not in place while
+        # training: autograd needs the pre-activation values.
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(F.silu(self.norm2(h), inplace=inplace))
         if self.nin_shortcut is not None:
             x = self.nin_shortcut(x)
-        return x + h
+        return h.add_(x) if inplace else x + h
 
 
 class AttnBlock(nn.Module):
