@@ -226,10 +226,17 @@ class VAE:
         # ComfyUI's working-memory estimates for a KL autoencoder (bytes for a batch of this shape).
         self.memory_used_encode = lambda shape, dtype: 1767 * shape[2] * shape[3] * _dtype_size(dtype)
         self.memory_used_decode = lambda shape, dtype: 2178 * shape[2] * shape[3] * 64 * _dtype_size(dtype)
-        if self.device.type == "cpu" and hasattr(first_stage_model, "to_channels_last"):
+        if self._nhwc():
             first_stage_model.to_channels_last()   # once, here, rather than per call
         self.patcher = ModelPatcher(self.first_stage_model, load_device=self.device, offload_device=self.offload_device)
         self.patcher.manager = manager
+
+    def _nhwc(self) -> bool:
+        """NHWC weights for a VAE computing on the CPU in a reduced precision. In fp32 the layout
+        stays NCHW: NHWC kernels sum in another order, and fp32 must give ComfyUI's pixels bit for
+        bit (tiled decodes included)."""
+        return (self.device.type == "cpu" and self.vae_dtype != torch.float32
+                and hasattr(self.first_stage_model, "to_channels_last"))
 
     @staticmethod
     def process_input(image: torch.Tensor) -> torch.Tensor:
@@ -409,7 +416,7 @@ def wrap_vae(vae: AutoencoderKL, manager: ModelManagement, source: Path | None =
     if source is not None:
         def rebuild():
             rebuilt = load_vae(stored_state_dict(source), manager.vae_offload_device(), policy.vae_dtype, source)
-            return rebuilt.to_channels_last() if obj.device.type == "cpu" else rebuilt
+            return rebuilt.to_channels_last() if obj._nhwc() else rebuilt
     manager.register(vae, rebuild, name=f"VAE of {source.name}" if source else "VAE")
     return obj
 
