@@ -170,6 +170,17 @@ def free_memory(device: torch.device) -> int:
     return 1 << 62   # unknown: do not evict on guesswork
 
 
+@torch.no_grad()
+def conv_weights_channels_last(module: nn.Module) -> None:
+    """Stores every Conv2d weight of `module` NHWC (same values), once, so oneDNN does not re-lay
+    them out on each call on the CPU. Such weights need `.contiguous()` before safetensors saves them."""
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv2d) and not conv.weight.is_contiguous(memory_format=torch.channels_last):
+            weight = conv.weight
+            conv.weight = nn.Parameter(weight.detach().contiguous(memory_format=torch.channels_last),
+                                       requires_grad=weight.requires_grad)
+
+
 def release_freed_memory(device: torch.device | str) -> None:
     """After a model call: hand memory its activations held back to the system. CUDA: torch's
     cached blocks; CPU: glibc's freed heap pages, which would otherwise stay in RSS and add to the

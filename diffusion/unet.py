@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .attention import SpatialTransformer
+from .device import conv_weights_channels_last
 from .patcher_extension import WrappersMP, wrapped
 from .unet_blocks import Downsample, ResBlock, TimestepSequential, Upsample, timestep_embedding
 
@@ -414,14 +415,9 @@ class UNetModel(nn.Module):
         """Stores conv weights NHWC (same values) so oneDNN does not re-layout them on every call.
 
         Done once when a model is loaded for the CPU; the forward pass feeds NHWC activations.
-        Weights a plugin swaps in later in NCHW still work, only slower. Such weights need
-        `.contiguous()` before safetensors will save them.
+        Weights a plugin swaps in later in NCHW still work, only slower.
         """
-        for conv in self.modules():
-            if isinstance(conv, nn.Conv2d) and not conv.weight.is_contiguous(memory_format=torch.channels_last):
-                weight = conv.weight
-                conv.weight = nn.Parameter(weight.detach().contiguous(memory_format=torch.channels_last),
-                                           requires_grad=weight.requires_grad)
+        conv_weights_channels_last(self)
         return self
 
     @property
