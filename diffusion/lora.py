@@ -2,7 +2,7 @@
 
 `load_lora_for_models(model, clip, lora_sd, strength_model, strength_clip)` is ComfyUI's: clones
 of the MODEL and CLIP carrying the file's patches (diffusion.patches holds the formats and the
-maths: LoRA / LoCon / Tucker, LoHa, LoKr, GLoRA, DoRA scales, diff and set keys). A module's
+maths: LoRA / LoCon / Tucker, LoHa, LoKr, GLoRA, OFT, DoRA scales, diff and set keys). A module's
 LoRA weight becomes W + strength * (alpha / r) * (up @ down), reshaped to W's shape, so a
 linear-style pair can patch a 1x1 conv and the reverse; without alpha the scale is 1.
 
@@ -26,7 +26,7 @@ from typing import Iterable, Mapping
 
 import torch
 
-from .patches import GLoRAAdapter, LoHaAdapter, LoKrAdapter, LoRAAdapter, patch_fits
+from .patches import GLoRAAdapter, LoHaAdapter, LoKrAdapter, LoRAAdapter, OFTAdapter, patch_fits
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +267,11 @@ def _adapter(x: str, lora: Mapping[str, torch.Tensor], alpha, dora_scale, used: 
         names = [f"{x}.{n}.weight" for n in ("a1", "a2", "b1", "b2")]
         used.update(names)
         return GLoRAAdapter(used, (*(lora[n] for n in names), alpha, dora_scale))
+    blocks = lora.get(f"{x}.oft_blocks")
+    if blocks is not None and blocks.ndim == 3:   # 4-D blocks are BOFT's, not read
+        rescale = lora.get(f"{x}.rescale")
+        used.update({f"{x}.oft_blocks"} | ({f"{x}.rescale"} if rescale is not None else set()))
+        return OFTAdapter(used, (blocks, rescale, alpha, dora_scale))
     return None
 
 

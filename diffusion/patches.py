@@ -5,9 +5,9 @@ A patch list entry is ComfyUI's tuple (strength_patch, value, strength_model, of
 the weight is first scaled by strength_model, then `value` adds strength_patch times its delta
 (after `function`) to the weight, or to the slice `offset` = (dim, start, length) of it. `value` is
 one of
-* an adapter object (`LoRAAdapter`, `LoHaAdapter`, `LoKrAdapter`, `GLoRAAdapter`), what LoRA
-  files load into; the legacy tuples ("lora", weights), ("loha", ...), ("lokr", ...),
-  ("glora", ...) of older plugins mean the same;
+* an adapter object (`LoRAAdapter`, `LoHaAdapter`, `LoKrAdapter`, `GLoRAAdapter`, `OFTAdapter`),
+  what LoRA files load into; the legacy tuples ("lora", weights), ("loha", ...), ("lokr", ...),
+  ("glora", ...), ("oft", ...) of older plugins mean the same;
 * ("diff", (tensor,)) or a bare (tensor,): add the tensor (model merging, w_norm/diff keys);
 * ("set", (tensor,)): replace the weight;
 * ("model_as_lora", (tensor,)): add the tensor minus the original weight;
@@ -222,8 +222,59 @@ class GLoRAAdapter(WeightAdapter):
         return diff, self.alpha_scale(rank)
 
 
+def oft_rotation(blocks: torch.Tensor, constraint: float) -> torch.Tensor:
+    """OFT's block rotations R = (I + Q)(I - Q)^-1 [k, b, b] from the stored blocks, Q = B - B^T
+    (skew-symmetric, so R is orthogonal); a constraint > 0 caps Q's Frobenius norm at it."""
+    eye = torch.eye(blocks.shape[-1], device=blocks.device, dtype=torch.float32)
+    q = (blocks - blocks.transpose(1, 2)).float()
+    if constraint > 0:
+        norm = torch.linalg.vector_norm(q) + 1e-8
+        if norm > constraint:
+            q = q * (constraint / norm)
+    return (eye + q) @ torch.linalg.inv(eye - q)
+
+
+def oft_rotate(rotation: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The weight with each block of `b` output rows mixed by its rotation:
+    W'[k*b + m] = sum_n R[k, n, m] W[k*b + n]."""
+    k, b, _ = rotation.shape
+    blocks = weight.reshape(k, b, *weight.shape[1:])
+    return torch.einsum("knm,kn...->km...", rotation, blocks).reshape(weight.shape)
+
+
+class OFTAdapter(WeightAdapter):
+    """weights = (blocks [k, b, b], rescale, alpha, dora_scale); the output rows of W, in k blocks of
+    b, are rotated by `oft_rotation` (alpha is the norm constraint, not a scale). As ComfyUI applies
+    it, strength enters twice: W + strength^2 (R - I) W; `rescale` is read but not applied."""
+
+    name = "oft"
+    _alpha_index = 2
+
+    def dora_scale(self):
+        return self.weights[3]
+
+    def delta(self, weight, dtype):
+        blocks, _rescale, alpha, _dora = self.weights
+        rotation = oft_rotation(cast_to_device(blocks, weight.device, dtype), float(alpha or 0))
+        eye = torch.eye(rotation.shape[-1], device=rotation.device, dtype=rotation.dtype)
+        return oft_rotate((rotation - eye).to(dtype), weight.to(dtype)), 1.0
+
+    def calculate_weight(self, weight, key, strength, strength_model, offset, function,
+                         intermediate_dtype=torch.float32, original_weight=None):
+        try:
+            diff = strength * self.delta(weight, intermediate_dtype)[0]
+            dora = self.dora_scale()
+            if dora is not None:
+                return weight_decompose(dora, weight, diff, float(self.weights[2] or 0), strength,
+                                        intermediate_dtype, function)
+            weight += function((strength * diff).type(weight.dtype))
+        except Exception as exc:
+            log.error("ERROR %s %s %s", self.name, key, exc)
+        return weight
+
+
 ADAPTERS: dict[str, type[WeightAdapter]] = {
-    cls.name: cls for cls in (LoRAAdapter, LoHaAdapter, LoKrAdapter, GLoRAAdapter)}
+    cls.name: cls for cls in (LoRAAdapter, LoHaAdapter, LoKrAdapter, GLoRAAdapter, OFTAdapter)}
 
 
 def _identity(x):
@@ -292,5 +343,6 @@ def patch_fits(value, shape) -> bool:
     return True
 
 
-__all__ = ["ADAPTERS", "GLoRAAdapter", "LoHaAdapter", "LoKrAdapter", "LoRAAdapter", "WeightAdapter",
-           "calculate_weight", "cast_to_device", "pad_tensor_to_shape", "patch_fits", "weight_decompose"]
+__all__ = ["ADAPTERS", "GLoRAAdapter", "LoHaAdapter", "LoKrAdapter", "LoRAAdapter", "OFTAdapter", "WeightAdapter",
+           "calculate_weight", "cast_to_device", "oft_rotate", "oft_rotation", "pad_tensor_to_shape", "patch_fits",
+           "weight_decompose"]

@@ -15,7 +15,8 @@ from app.folders import safe_join
 from diffusion.checkpoint import read_state_dict
 from diffusion.lora import load_lora_for_models
 from diffusion.training import datasets
-from diffusion.training.lora_train import DTYPES, LOSSES, OPTIMIZERS, LoraSettings, LoraTrainer, steps_in_filename
+from diffusion.training.lora_train import (ALGORITHMS, DTYPES, LOSSES, OPTIMIZERS, LoraSettings, LoraTrainer,
+                                           steps_in_filename)
 from diffusion.training.loss_plot import draw_loss_plot
 from graph.context import LatentPreview
 from graph.contract import Boolean, Combo, Float, Input, Int, Node, Output, Socket, String
@@ -131,7 +132,7 @@ class TrainLoraNode(Node):
                     "sampling)"),
         Combo("training_dtype", list(DTYPES), default="bf16", tooltip="The dtype to use for training."),
         Combo("lora_dtype", list(DTYPES), default="bf16", tooltip="The dtype to use for lora."),
-        Combo("algorithm", ["LoRA", "LoHa", "LoKr", "OFT"], default="LoRA",
+        Combo("algorithm", list(ALGORITHMS), default="LoRA",
               tooltip="The algorithm to use for training."),
         Boolean("gradient_checkpointing", True, tooltip="Use gradient checkpointing for training."),
         Combo("existing_lora", _existing_loras, default=NO_LORA,
@@ -143,8 +144,6 @@ class TrainLoraNode(Node):
     def run(self, ctx, model, latents, positive, batch_size, steps, grad_accumulation_steps, learning_rate, rank,
             optimizer, loss_function, seed, training_dtype, lora_dtype, algorithm, gradient_checkpointing,
             existing_lora):
-        if algorithm != "LoRA":
-            raise NotImplementedError(f"the {algorithm} algorithm is not implemented here; train with LoRA")
         if model is None:
             raise RuntimeError("the model input is empty: the checkpoint holds no diffusion model")
         existing, existing_steps = None, 0
@@ -154,7 +153,8 @@ class TrainLoraNode(Node):
         settings = LoraSettings(steps=steps, batch_size=batch_size, grad_accumulation_steps=grad_accumulation_steps,
                                 learning_rate=learning_rate, rank=rank, optimizer=optimizer,
                                 loss_function=loss_function, seed=seed, training_dtype=training_dtype,
-                                lora_dtype=lora_dtype, gradient_checkpointing=gradient_checkpointing)
+                                lora_dtype=lora_dtype, gradient_checkpointing=gradient_checkpointing,
+                                algorithm=algorithm)
         trainer = LoraTrainer(model, latents["samples"], positive, settings, existing)
         family = getattr(model.model, "family", "sd1")
         trainer.run(lambda step, total, loss, x0: ctx.progress(step, total, LatentPreview(x0, family)))

@@ -39,7 +39,7 @@ from diffusion import lora as lora_maps
 from diffusion.ksampler import convert_cond, encode_model_conds
 from diffusion.model_management import load_models_gpu
 from diffusion.noise import prepare_noise
-from diffusion.patches import LoRAAdapter
+from diffusion.patches import LoHaAdapter, LoKrAdapter, LoRAAdapter, OFTAdapter, oft_rotate, oft_rotation
 from diffusion.training.loop import autocast, elementwise_loss
 
 OPTIMIZERS = ("AdamW", "Adam", "SGD", "RMSprop")
@@ -64,8 +64,11 @@ class LoraSettings:
     training_dtype: str = "bf16"
     lora_dtype: str = "bf16"
     gradient_checkpointing: bool = True
+    algorithm: str = "LoRA"
 
     def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {', '.join(ALGORITHMS)}, not {self.algorithm!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}")
         if self.loss_function not in LOSSES:
@@ -81,36 +84,51 @@ class LoraSettings:
 # --- the adapters ---------------------------------------------------------------------------
 
 class ModuleAdapter(nn.Module):
-    """The trainable difference for one module's weight (and bias)."""
+    """The trainable difference for one module's weight (and bias). One-dimensional weights get a
+    full difference whatever the algorithm; matrices and kernels get the algorithm's factors,
+    which a subclass defines (`_init_factors`, `_patch_matrix`, `factor_tensors`, `_load_factors`)
+    with its loader's patch class (`patch_type`)."""
+
+    algorithm = ""
+    patch_type: type = type(None)
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rank: int, dtype: torch.dtype,
                  generator: torch.Generator):
         super().__init__()
         self.shape = tuple(weight.shape)
-        self.alpha = 1.0   # ComfyUI's trainer: alpha 1, so the low-rank product is scaled by 1 / rank
+        self.alpha = 1.0   # ComfyUI's trainer creates every adapter with alpha 1
         if weight.ndim >= 2:
-            out_features, in_features = weight.shape[0], math.prod(weight.shape[1:])
-            up = torch.empty(out_features, rank, dtype=torch.float32)
-            nn.init.kaiming_uniform_(up, a=math.sqrt(5), generator=generator)
-            self.up = nn.Parameter(up.to(dtype))
-            self.down = nn.Parameter(torch.zeros(rank, in_features, dtype=dtype))
             self.diff = None
+            self._init_factors(rank, dtype, generator)
         else:
-            self.up = self.down = None
             self.diff = nn.Parameter(torch.zeros(self.shape, dtype=dtype))
         self.diff_b = None if bias is None else nn.Parameter(torch.zeros(bias.shape, dtype=dtype))
 
     @property
-    def rank(self) -> int:
-        return 0 if self.down is None else self.down.shape[0]
+    def out_features(self) -> int:
+        return self.shape[0]
 
-    def weight_delta(self) -> torch.Tensor:
-        if self.diff is not None:
-            return self.diff.float()
-        return ((self.up.float() @ self.down.float()) * (self.alpha / self.rank)).reshape(self.shape)
+    @property
+    def in_features(self) -> int:
+        return math.prod(self.shape[1:])
+
+    def _init_factors(self, rank: int, dtype: torch.dtype, generator: torch.Generator) -> None:
+        raise NotImplementedError
+
+    def _patch_matrix(self, weight: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def factor_tensors(self) -> dict[str, torch.Tensor]:
+        """The factors under the file's key suffixes (without alpha), in the file's layout."""
+        raise NotImplementedError
+
+    def _load_factors(self, patch, dtype: torch.dtype) -> None:
+        raise NotImplementedError
 
     def patch_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight + self.weight_delta().to(weight.dtype)
+        if self.diff is not None:
+            return weight + self.diff.to(weight.dtype)
+        return self._patch_matrix(weight)
 
     def patch_bias(self, bias: torch.Tensor | None) -> torch.Tensor | None:
         if bias is None or self.diff_b is None:
@@ -119,24 +137,164 @@ class ModuleAdapter(nn.Module):
 
     @torch.no_grad()
     def load_from(self, found: Mapping[str, object]) -> None:
-        """Start from a saved LoRA's values for this module ("weight": a plain LoRA pair or a
-        ("diff", (tensor,)) patch, "bias": a diff patch), keeping the saved rank and alpha."""
+        """Start from a saved file's values for this module ("weight": this algorithm's patch or a
+        ("diff", (tensor,)) patch, "bias": a diff patch), keeping the saved shapes and alpha."""
         weight, bias = found.get("weight"), found.get("bias")
-        dtype = (self.up if self.up is not None else self.diff).dtype
-        if isinstance(weight, LoRAAdapter) and self.diff is None:
-            up, down, alpha, mid, dora, reshape = weight.weights
-            if mid is not None or dora is not None or reshape is not None:
-                raise ValueError("only plain LoRA pairs can be trained further (this one has a Tucker mid, "
-                                 "DoRA scale or reshape)")
-            self.up = nn.Parameter(up.reshape(up.shape[0], -1).to(dtype).clone())
-            self.down = nn.Parameter(down.reshape(down.shape[0], -1).to(dtype).clone())
-            self.alpha = float(alpha) if alpha is not None else float(down.shape[0])
+        dtype = next(self.parameters()).dtype
+        if isinstance(weight, self.patch_type) and self.diff is None:
+            self._load_factors(weight, dtype)
         elif _is_diff(weight) and self.diff is not None:
             self.diff.copy_(weight[1][0].reshape(self.shape).to(dtype))
         elif weight is not None:
-            raise ValueError(f"a {type(weight).__name__} patch cannot be trained further as a LoRA")
+            raise ValueError(f"a {type(weight).__name__} patch cannot be trained further as {self.algorithm}")
         if _is_diff(bias) and self.diff_b is not None:
             self.diff_b.copy_(bias[1][0].reshape(self.diff_b.shape).to(dtype))
+
+
+def _param(t: torch.Tensor, dtype: torch.dtype) -> nn.Parameter:
+    return nn.Parameter(t.to(dtype).clone())
+
+
+class LoraModuleAdapter(ModuleAdapter):
+    """W' = W + (alpha / r) up @ down; up Kaiming-uniform, down zero."""
+
+    algorithm = "LoRA"
+    patch_type = LoRAAdapter
+
+    def _init_factors(self, rank, dtype, generator):
+        up = torch.empty(self.out_features, rank)
+        nn.init.kaiming_uniform_(up, a=math.sqrt(5), generator=generator)
+        self.up = _param(up, dtype)
+        self.down = nn.Parameter(torch.zeros(rank, self.in_features, dtype=dtype))
+
+    def _patch_matrix(self, weight):
+        rank = self.down.shape[0]
+        delta = (self.up.float() @ self.down.float()) * (self.alpha / rank)
+        return weight + delta.reshape(self.shape).to(weight.dtype)
+
+    def factor_tensors(self):
+        up, down = self.up, self.down
+        if len(self.shape) > 2:   # kohya's conv layout: [out, r, 1, 1] and [r, in, kh, kw]
+            up = up.reshape(up.shape[0], up.shape[1], *([1] * (len(self.shape) - 2)))
+            down = down.reshape(down.shape[0], *self.shape[1:])
+        return {"lora_up.weight": up, "lora_down.weight": down}
+
+    def _load_factors(self, patch, dtype):
+        up, down, alpha, mid, dora, reshape = patch.weights
+        if mid is not None or dora is not None or reshape is not None:
+            raise ValueError("only plain LoRA pairs can be trained further (this one has a Tucker mid, "
+                             "DoRA scale or reshape)")
+        self.up = _param(up.reshape(up.shape[0], -1), dtype)
+        self.down = _param(down.reshape(down.shape[0], -1), dtype)
+        self.alpha = float(alpha) if alpha is not None else float(down.shape[0])
+
+
+class LohaModuleAdapter(ModuleAdapter):
+    """W' = W + (alpha / r) (w1a @ w1b) * (w2a @ w2b), a Hadamard product of two rank-r products;
+    as ComfyUI creates them: w1a ~ N(0.1, 1), w1b = 0, w2a ~ N(0.1, 1), w2b ~ N(0.01, 1)."""
+
+    algorithm = "LoHa"
+    patch_type = LoHaAdapter
+
+    def _init_factors(self, rank, dtype, generator):
+        out_f, in_f = self.out_features, self.in_features
+        self.w1a = _param(torch.randn(out_f, rank, generator=generator) + 0.1, dtype)
+        self.w1b = nn.Parameter(torch.zeros(rank, in_f, dtype=dtype))
+        self.w2a = _param(torch.randn(out_f, rank, generator=generator) + 0.1, dtype)
+        self.w2b = _param(torch.randn(rank, in_f, generator=generator) + 0.01, dtype)
+
+    def _patch_matrix(self, weight):
+        rank = self.w1b.shape[0]
+        delta = (self.w1a.float() @ self.w1b.float()) * (self.w2a.float() @ self.w2b.float()) * (self.alpha / rank)
+        return weight + delta.reshape(self.shape).to(weight.dtype)
+
+    def factor_tensors(self):
+        return {"hada_w1_a": self.w1a, "hada_w1_b": self.w1b, "hada_w2_a": self.w2a, "hada_w2_b": self.w2b}
+
+    def _load_factors(self, patch, dtype):
+        w1a, w1b, alpha, w2a, w2b, t1, t2, dora = patch.weights
+        if t1 is not None or dora is not None:
+            raise ValueError("only plain LoHa factors can be trained further (this one has Tucker cores or a DoRA "
+                             "scale)")
+        self.w1a, self.w1b = _param(w1a, dtype), _param(w1b.reshape(w1b.shape[0], -1), dtype)
+        self.w2a, self.w2b = _param(w2a, dtype), _param(w2b.reshape(w2b.shape[0], -1), dtype)
+        self.alpha = float(alpha) if alpha is not None else float(w1b.shape[0])
+
+
+def factorization(dimension: int, factor: int) -> tuple[int, int]:
+    """dimension = m * n with m <= n, as LyCORIS (and ComfyUI) split it for LoKr factors and OFT
+    blocks: m = factor when it divides and m * m fits, else the most balanced split with m <= factor."""
+    if factor > 0 and dimension % factor == 0 and dimension >= factor * factor:
+        m, n = factor, dimension // factor
+        return (n, m) if m > n else (m, n)
+    factor = dimension if factor < 0 else factor
+    m, n = 1, dimension
+    while m < n:
+        bigger = m + 1
+        while dimension % bigger:
+            bigger += 1
+        if bigger + dimension // bigger > m + n or bigger > factor:
+            break
+        m, n = bigger, dimension // bigger
+    return (n, m) if m > n else (m, n)
+
+
+class LokrModuleAdapter(ModuleAdapter):
+    """W' = W + kron(w1, w2), whole factors [o1, i1] and [o2, i2] with out = o1 o2, in = i1 i2 split by
+    `factorization` around the rank; w1 zero, w2 Kaiming-uniform (alpha does not scale whole factors)."""
+
+    algorithm = "LoKr"
+    patch_type = LoKrAdapter
+
+    def _init_factors(self, rank, dtype, generator):
+        (o1, o2), (i1, i2) = factorization(self.out_features, rank), factorization(self.in_features, rank)
+        w2 = torch.empty(o2, i2)
+        nn.init.kaiming_uniform_(w2, a=math.sqrt(5), generator=generator)
+        self.w1 = nn.Parameter(torch.zeros(o1, i1, dtype=dtype))
+        self.w2 = _param(w2, dtype)
+
+    def _patch_matrix(self, weight):
+        return weight + torch.kron(self.w1.float(), self.w2.float()).reshape(self.shape).to(weight.dtype)
+
+    def factor_tensors(self):
+        return {"lokr_w1": self.w1, "lokr_w2": self.w2}
+
+    def _load_factors(self, patch, dtype):
+        w1, w2, alpha, *factored, dora = patch.weights
+        if w1 is None or w2 is None or w2.ndim != 2 or dora is not None:
+            raise ValueError("only LoKr files with whole 2-D lokr_w1 / lokr_w2 can be trained further")
+        self.w1, self.w2 = _param(w1, dtype), _param(w2, dtype)
+        self.alpha = float(alpha) if alpha is not None else 1.0
+
+
+class OftModuleAdapter(ModuleAdapter):
+    """W' = R W: the output rows in k blocks of b (b * k = out, split by `factorization` around the
+    rank), each block rotated by the Cayley transform R = (I + Q)(I - Q)^-1 of Q = B - B^T, with
+    Q's norm capped at alpha; the blocks B start at zero (R = I)."""
+
+    algorithm = "OFT"
+    patch_type = OFTAdapter
+
+    def _init_factors(self, rank, dtype, generator):
+        size, number = factorization(self.out_features, rank)
+        self.blocks = nn.Parameter(torch.zeros(number, size, size, dtype=dtype))
+
+    def _patch_matrix(self, weight):
+        return oft_rotate(oft_rotation(self.blocks, self.alpha), weight.float()).to(weight.dtype)
+
+    def factor_tensors(self):
+        return {"oft_blocks": self.blocks}
+
+    def _load_factors(self, patch, dtype):
+        blocks, rescale, alpha, dora = patch.weights
+        if rescale is not None or dora is not None:
+            raise ValueError("only OFT files without rescale or DoRA scale can be trained further")
+        self.blocks = _param(blocks, dtype)
+        self.alpha = float(alpha) if alpha is not None else 0.0
+
+
+ALGORITHMS: dict[str, type[ModuleAdapter]] = {
+    cls.algorithm: cls for cls in (LoraModuleAdapter, LohaModuleAdapter, LokrModuleAdapter, OftModuleAdapter)}
 
 
 def _is_diff(patch) -> bool:
@@ -157,18 +315,29 @@ def kohya_name(path: str) -> str:
 class LoraSet(nn.Module):
     """Adapters for every adaptable module of a network, keyed by kohya module name."""
 
-    def __init__(self, network: nn.Module, rank: int, dtype: torch.dtype, generator: torch.Generator):
+    def __init__(self, network: nn.Module, rank: int, dtype: torch.dtype, generator: torch.Generator,
+                 algorithm: str = "LoRA"):
         super().__init__()
         self.paths: dict[str, str] = {}
         self.adapters = nn.ModuleDict()
+        self.rank, self.dtype, self.generator = rank, dtype, generator
         for path, module in adapted_modules(network):
             name = kohya_name(path)
             self.paths[name] = path
-            self.adapters[name] = ModuleAdapter(module.weight, module.bias, rank, dtype, generator)
+            self.adapters[name] = ALGORITHMS[algorithm](module.weight, module.bias, rank, dtype, generator)
+
+    def use_algorithm(self, network: nn.Module, name: str, algorithm: str) -> ModuleAdapter:
+        """Module `name`'s adapter, made anew with `algorithm` where it has another."""
+        if self.adapters[name].algorithm != algorithm:
+            module = network.get_submodule(self.paths[name])
+            self.adapters[name] = ALGORITHMS[algorithm](module.weight, module.bias, self.rank, self.dtype,
+                                                        self.generator)
+        return self.adapters[name]
 
     def load_existing(self, network: nn.Module, lora_sd: Mapping[str, torch.Tensor]) -> int:
         """Initialise from a LoRA file in any layout the LoRA loader reads; returns how many
-        modules it covered. Keys that patch nothing of this network are an error."""
+        modules it covered. As in ComfyUI, a module keeps the algorithm the file trained it with.
+        Keys that patch nothing of this network are an error."""
         to_load = {name: target.key for name, target in lora_maps.unet_key_map(network).items()}
         patches, unused = lora_maps.read_lora(lora_sd, to_load)
         shapes = {k: tuple(v.shape) for k, v in network.state_dict().items()}
@@ -182,25 +351,23 @@ class LoraSet(nn.Module):
             path, kind = key.rsplit(".", 1)
             per_module.setdefault(kohya_name(path), {})[kind] = patch
         for name, items in per_module.items():
-            self.adapters[name].load_from(items)
+            kind = next((cls.algorithm for cls in ALGORITHMS.values() if isinstance(items.get("weight"), cls.patch_type)),
+                        self.adapters[name].algorithm)
+            self.use_algorithm(network, name, kind).load_from(items)
         return len(per_module)
 
     def kohya_state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        """The trained differences under kohya's key names (conv pairs as [out, r, 1, 1] /
-        [r, in, kh, kw], the layout kohya's scripts write)."""
+        """The trained differences under kohya's module names, each algorithm's factors under the
+        suffixes ComfyUI's loader reads (`factor_tensors`), with `.alpha`."""
         out: dict[str, torch.Tensor] = {}
         for name, a in self.adapters.items():
             cast = (lambda t: t.detach().to(dtype or t.dtype).contiguous())
             if a.diff is not None:
                 out[f"{name}.diff"] = cast(a.diff)
             else:
-                up, down = a.up, a.down
-                if len(a.shape) > 2:
-                    up = up.reshape(up.shape[0], up.shape[1], *([1] * (len(a.shape) - 2)))
-                    down = down.reshape(down.shape[0], *a.shape[1:])
-                out[f"{name}.lora_up.weight"] = cast(up)
-                out[f"{name}.lora_down.weight"] = cast(down)
-                out[f"{name}.alpha"] = torch.tensor(a.alpha, dtype=dtype or a.up.dtype)
+                factors = a.factor_tensors()
+                out.update({f"{name}.{suffix}": cast(t) for suffix, t in factors.items()})
+                out[f"{name}.alpha"] = torch.tensor(a.alpha, dtype=dtype or next(iter(factors.values())).dtype)
             if a.diff_b is not None:
                 out[f"{name}.diff_b"] = cast(a.diff_b)
         return out
@@ -317,7 +484,8 @@ class LoraTrainer:
             self.latents = self.base.process_latent_in(latents.float().clone()).to(self.device)
             self.conds = [self._model_cond(entry, self.latents[i:i + 1]) for i, entry in enumerate(positive)]
             self.generator = torch.Generator().manual_seed(settings.seed)
-            self.lora = LoraSet(self.network, settings.rank, DTYPES[settings.lora_dtype], self.generator)
+            self.lora = LoraSet(self.network, settings.rank, DTYPES[settings.lora_dtype], self.generator,
+                                settings.algorithm)
             self.existing_modules = self.lora.load_existing(self.network, existing) if existing else 0
             self.lora.to(self.device)
             self.optimizer = _optimizer(settings.optimizer, self.lora.parameters(), settings.learning_rate)
@@ -412,17 +580,19 @@ class LoraTrainer:
     # -- resume ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"lora": self.lora.state_dict(), "alphas": {k: a.alpha for k, a in self.lora.adapters.items()},
+                "algorithms": {k: a.algorithm for k, a in self.lora.adapters.items()},
                 "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
                 "step_index": self.step_index, "losses": list(self.losses)}
 
     def load_state_dict(self, state: Mapping) -> None:
         with torch.inference_mode(False):
-            for name, adapter in self.lora.adapters.items():   # ranks may differ from a new set's
-                for key in ("up", "down"):
-                    value = state["lora"].get(f"adapters.{name}.{key}")
-                    if value is not None:
-                        setattr(adapter, key, nn.Parameter(value.clone()))
+            for name in list(self.lora.adapters):   # algorithms and shapes may differ from a new set's
+                adapter = self.lora.use_algorithm(self.network, name, state.get("algorithms", {}).get(name, "LoRA"))
+                for key, value in state["lora"].items():
+                    if key.startswith(f"adapters.{name}."):
+                        setattr(adapter, key[len(f"adapters.{name}."):], nn.Parameter(value.clone()))
                 adapter.alpha = state["alphas"][name]
+            self.lora.to(self.device)
             self.lora.load_state_dict(state["lora"])
             self.optimizer = _optimizer(self.settings.optimizer, self.lora.parameters(), self.settings.learning_rate)
             self.optimizer.load_state_dict(state["optimizer"])
