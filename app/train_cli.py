@@ -26,7 +26,7 @@ import torch
 
 from diffusion.training import datasets
 from diffusion.training.loop import training_dtype
-from diffusion.training.lora_train import DTYPES, LOSSES, OPTIMIZERS, LoraSettings, LoraTrainer
+from diffusion.training.lora_train import ALGORITHMS, DTYPES, LOSSES, OPTIMIZERS, LoraSettings, LoraTrainer
 from diffusion.training.loss_plot import draw_loss_plot
 
 
@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-accumulation-steps", type=int, default=defaults.grad_accumulation_steps)
     p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     p.add_argument("--rank", type=int, default=defaults.rank)
+    p.add_argument("--algorithm", choices=list(ALGORITHMS), default=defaults.algorithm,
+                   help="adapter kind for matrices and kernels (default LoRA)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
     p.add_argument("--loss", choices=list(LOSSES), default=defaults.loss_function)
     p.add_argument("--seed", type=int, default=defaults.seed)
@@ -173,7 +175,8 @@ def main(argv: list[str], err: TextIO = sys.stderr) -> int:
                                 learning_rate=args.learning_rate, rank=args.rank, optimizer=args.optimizer,
                                 loss_function=args.loss, seed=args.seed, training_dtype=dtype_name,
                                 lora_dtype=args.lora_dtype,
-                                gradient_checkpointing=not args.no_gradient_checkpointing)
+                                gradient_checkpointing=not args.no_gradient_checkpointing,
+                                algorithm=args.algorithm)
         existing = None
         if args.existing_lora is not None:
             from diffusion.checkpoint import read_state_dict
@@ -186,7 +189,7 @@ def main(argv: list[str], err: TextIO = sys.stderr) -> int:
         log(f"train: {exc}")
         return 2
 
-    log(f"training a rank-{settings.rank} LoRA on {device} ({settings.training_dtype}), "
+    log(f"training a rank-{settings.rank} {settings.algorithm} on {device} ({settings.training_dtype}), "
         f"{settings.steps} step(s) of {settings.batch_size} image(s)")
     bar = ProgressBar(trainer.total_batches, trainer.step_index, err)
     accumulation = settings.grad_accumulation_steps

@@ -1,10 +1,12 @@
 """LoRA training on a diffusion model, as ComfyUI's Train LoRA node does it.
 
-What is trained (ComfyUI's `TrainLoraNode` with the LoRA algorithm): every weight of the UNet,
-each through the cheapest adapter its shape allows,
+What is trained (ComfyUI's `TrainLoraNode`): every weight of the UNet, each through the cheapest
+adapter its shape allows,
 
-* matrices and convolution kernels: a low-rank pair, W' = W + (alpha / r) * up @ down, up drawn
-  Kaiming-uniform and down zero, so training starts from the unchanged model (alpha = 1);
+* matrices and convolution kernels: the chosen algorithm's factors (`ALGORITHMS`: LoRA's
+  low-rank pair W' = W + (alpha / r) * up @ down, LoHa's Hadamard product of two pairs, LoKr's
+  Kronecker product, OFT's block rotations of the output rows), one factor starting at zero (OFT:
+  the identity rotation) so training starts from the unchanged model (alpha = 1);
 * one-dimensional weights (GroupNorm, LayerNorm scales): a full difference W' = W + diff;
 * biases: a full difference b' = b + diff_b;
 
@@ -19,8 +21,9 @@ reproducible for its seed.
 The adapters are installed by replacing the forward of each adapted module for the duration of
 training (`installed`), so nothing in the shared, cached network changes and gradient
 checkpointing can re-run a block with the same adapters. `kohya_state_dict` writes the result
-under kohya's names (`lora_unet_<module path with _>` + `.lora_up.weight`, `.lora_down.weight`,
-`.alpha`, `.diff`, `.diff_b`), which LatentGraph's and ComfyUI's LoRA loaders both read.
+under kohya's names (`lora_unet_<module path with _>` + the algorithm's suffixes, e.g.
+`.lora_up.weight` / `.lora_down.weight`, `.hada_w1_a` ..., `.lokr_w1` / `.lokr_w2`, `.oft_blocks`,
+and `.alpha`, `.diff`, `.diff_b`), which LatentGraph's and ComfyUI's LoRA loaders both read.
 """
 from __future__ import annotations
 
