@@ -21,8 +21,8 @@ import pytest
 
 from tests.editor_helpers import VIEWPORT, launch, needs_browser, sync_playwright
 from tests.node_helpers import builtin_registry
-from tests.official_frontend import (NEWEST, PINNED, SEED, PageLog, frontend_root, load_workflow, open_frontend,
-                                     open_from_sidebar, press_run_and_watch, save_to_server, set_widget,
+from tests.official_frontend import (NEWEST, PINNED, SEED, PageLog, frontend_root, load_workflow, open_from_sidebar,
+                                     open_frontend, press_run_and_watch, save_to_server, set_widget,
                                      txt2img_workflow, widget_values)
 from tests.server_helpers import LiveServer
 
@@ -32,7 +32,10 @@ CHECKPOINT = "tiny_sd15.safetensors"
 # becomes a "missing" node) when one of them is not in /object_info.
 PINNED_LOADERS = ("CheckpointLoaderSimple", "VAELoader", "LoraLoader", "ImageOnlyCheckpointLoader", "UNETLoader",
                   "UpscaleModelLoader", "StyleModelLoader", "GLIGENLoader")
-MISSING_LOADERS = sorted(set(PINNED_LOADERS) - set(builtin_registry().names()))
+
+
+def test_the_pinned_frontends_loader_nodes_are_built_in():
+    assert not set(PINNED_LOADERS) - set(builtin_registry().names())
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +57,7 @@ def _server_base(tmp_path: Path, checkpoint: Path) -> Path:
 
 
 @needs_browser
-@pytest.mark.parametrize("version", [
-    pytest.param(PINNED, marks=pytest.mark.xfail(bool(MISSING_LOADERS), strict=True, reason=(
-        f"frontend {PINNED} needs the loader nodes {', '.join(MISSING_LOADERS)}, which are not built in yet"))),
-    NEWEST])
+@pytest.mark.parametrize("version", [PINNED, NEWEST])
 def test_official_frontend_runs_saves_and_reopens(version, tmp_path, tiny_checkpoint, playwright_browser):
     expected = COMFYUI[version]
     if version == PINNED:  # the installed package, through ComfyUI's flag
