@@ -87,3 +87,15 @@ def hostile_server(tmp_path_factory):
     srv.stop()
     log = srv.log()
     assert "Traceback" not in log and "unhandled error" not in log, log[-5000:]
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a module of tiny networks: on a busy 2-core machine torch's pool spends
+    most of a tiny call waiting for the second core."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,11 +6,9 @@ Tolerance: none. Both sides run the same float32 formulas on the same torch, so 
 bit-identical, except LatentOperationSharpen (1e-5 absolute: ComfyUI's Gaussian kernel squares a
 square root where ours does not). Strings, numbers, booleans and batch indices compare equal.
 """
-import json
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from diffusion.handles import VAE
 from diffusion.tiling import tiled_scale
@@ -18,21 +16,14 @@ from diffusion.vae import AutoencoderKL, VAEConfig
 from tests import comfy_node_cases as cases
 from tests.models_tiny import randomize_
 from tests.node_helpers import builtin_registry, call_in_context
-from tests.paths import REPO
+from tests.paths import REPO, read_reference
 
 REFERENCE = REPO / "tests" / "data" / "comfy_nodes" / "reference.safetensors"
 ATOL = 0.0
 SHARPEN_ATOL = 1e-5
 
 
-def _load_reference():
-    with safe_open(str(REFERENCE), framework="pt") as f:
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
-        meta = json.loads(f.metadata()["json"])
-    return tensors, meta
-
-
-TENSORS, META = _load_reference()
+TENSORS, META = read_reference(REFERENCE)
 
 
 @pytest.fixture(scope="module")

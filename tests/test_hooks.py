@@ -24,7 +24,6 @@ import sys
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 from diffusion.ksampler import common_ksampler
@@ -32,27 +31,13 @@ from diffusion.model_management import load_models_gpu
 from diffusion.model_patcher import ModelPatcher
 from tests import hook_cases as cases
 from tests.node_helpers import checkpoint_session
-from tests.paths import REPO
+from tests.paths import REPO, read_reference
 
 REFERENCE = REPO / "tests" / "data" / "hooks" / "reference.safetensors"
 RTOL = 1e-4
 
 
-def _reference():
-    with safe_open(str(REFERENCE), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["json"])  # noqa: SIM118
-
-
-REF, META = _reference()
-
-
-@pytest.fixture(scope="module")
-def single_thread():
-    """One thread: on a busy 2-core machine torch's pool spends most of a tiny UNet call waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+REF, META = read_reference(REFERENCE)
 
 
 @pytest.fixture(scope="module")

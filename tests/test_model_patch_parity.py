@@ -11,11 +11,9 @@ from the unpatched run with the same latent, CFG and denoise by at least 100 tim
 tolerance (the smallest effect, UNetSelfAttentionMultiply's, is 2.6e-2 of the magnitude), so a
 node that did nothing, or too little, fails.
 """
-import json
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from diffusion.model import DiffusionModel
 from diffusion.model_patcher import ModelPatcher
@@ -24,18 +22,13 @@ from diffusion.unet import UNetConfig, UNetModel
 from tests import model_patch_cases as cases
 from tests.models_tiny import randomize_
 from tests.node_helpers import builtin_registry, call_in_context
-from tests.paths import REPO
+from tests.paths import REPO, read_reference
 
 REFERENCE = REPO / "tests" / "data" / "model_patches" / "reference.safetensors"
 RTOL = 1e-4
 
 
-def _load_reference():
-    with safe_open(str(REFERENCE), framework="pt") as f:
-        return {key: f.get_tensor(key) for key in f.keys()}, json.loads(f.metadata()["json"])  # noqa: SIM118
-
-
-TENSORS, META = _load_reference()
+TENSORS, META = read_reference(REFERENCE)
 
 
 def _fingerprint(tensors) -> list[float]:
@@ -45,15 +38,6 @@ def _fingerprint(tensors) -> list[float]:
 def tiny_model(seed: int) -> ModelPatcher:
     unet = randomize_(UNetModel(UNetConfig(**cases.UNET)), seed).eval()
     return ModelPatcher(DiffusionModel(unet, ModelSamplingDiscrete(), family="sd1"), "cpu", "cpu")
-
-
-@pytest.fixture(scope="module")
-def single_thread():
-    """One thread: on a busy 2-core machine torch's pool spends most of a tiny UNet call waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from diffusion.unet import UNetConfig, UNetModel
 from tests import model_patch_cases as cases
 from tests.models_tiny import randomize_
 from tests.node_helpers import builtin_registry, call_in_context
-from tests.test_model_patch_parity import single_thread  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

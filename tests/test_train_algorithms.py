@@ -9,7 +9,9 @@ import torch
 from diffusion.lora import load_lora_for_models, read_lora, unet_key_map
 from diffusion.patches import calculate_weight
 from diffusion.training.lora_train import LoraSettings, LoraTrainer, factorization
-from tests.test_train_lora import base, data, denoised, encode, models, one_thread, pull_towards  # noqa: F401 (fixtures)
+from tests.test_train_lora import base, data, denoised, encode, models, pull_towards  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 ALGORITHMS = ["LoHa", "LoKr", "OFT"]
 # the factor each algorithm starts at zero, so training starts from the base model

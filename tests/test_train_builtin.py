@@ -23,12 +23,11 @@ from diffusion.training.shapes import Scene
 from tests.conftest import make_runtime
 from app.folders import BUILTIN_MODELS_ENV
 from tests.editor_helpers import VIEWPORT, EditorPage, browser, needs_browser, start_server  # noqa: F401 (fixtures)
-from tests.test_train_lora import one_thread  # noqa: F401 (autouse fixture: one torch thread)
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = BUILTIN_MODELS_DIR / "latentgraph-shapes-64.safetensors"
 EXAMPLE = REPO / "examples" / "shapes_txt2img.json"
-pytestmark = pytest.mark.usefixtures("builtin_models")  # listed, as on a user's machine
+pytestmark = pytest.mark.usefixtures("builtin_models", "single_thread")  # listed, as on a user's machine
 
 # Measured on the shipped file (models_builtin/README.md): prompt following is near chance, the
 # denoiser needs more training than this project has given it so far. Strict: these start

@@ -23,6 +23,8 @@ from diffusion.vae import AutoencoderKL
 from tests.models_tiny import randomize_
 from tests.node_helpers import checkpoint_session
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny networks: one torch thread
+
 TINY = Recipe(unet_channels=32, unet_mult=(1, 2), unet_res_blocks=1, text_width=32, text_layers=1,
               vae_mult=(1, 1, 1, 1))
 
@@ -34,15 +36,6 @@ def write_tiny_sd1(path: Path) -> Path:
     text = randomize_(TINY.text_encoder(), 2)
     write_checkpoint(path, checkpoint_state_dict(unet, vae, text, torch.float32), {})
     return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks: one thread is fastest, and on a shared machine a second one mostly spins."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ and `.alpha`, `.diff`, `.diff_b`), which LatentGraph's and ComfyUI's LoRA loader
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 import re
@@ -86,7 +87,7 @@ class LoraSettings:
 
 # --- the adapters ---------------------------------------------------------------------------
 
-class ModuleAdapter(nn.Module):
+class ModuleAdapter(nn.Module, abc.ABC):
     """The trainable difference for one module's weight (and bias). One-dimensional weights get a
     full difference whatever the algorithm; matrices and kernels get the algorithm's factors,
     which a subclass defines (`_init_factors`, `_patch_matrix`, `factor_tensors`, `_load_factors`)
@@ -115,18 +116,21 @@ class ModuleAdapter(nn.Module):
     def in_features(self) -> int:
         return math.prod(self.shape[1:])
 
+    @abc.abstractmethod
     def _init_factors(self, rank: int, dtype: torch.dtype, generator: torch.Generator) -> None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _patch_matrix(self, weight: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def factor_tensors(self) -> dict[str, torch.Tensor]:
         """The factors under the file's key suffixes (without alpha), in the file's layout."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _load_factors(self, patch, dtype: torch.dtype) -> None:
-        raise NotImplementedError
+        ...
 
     def patch_weight(self, weight: torch.Tensor) -> torch.Tensor:
         if self.diff is not None:
