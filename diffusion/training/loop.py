@@ -131,10 +131,7 @@ def denoising_loss(unet, model_sampling: ModelSamplingDiscrete, x0: torch.Tensor
     b = x0.shape[0]
     low, high = timestep_range
     timesteps = torch.randint(low, high + 1, (b,), generator=generator).to(x0.device)
-    if coarse:
-        noise = coarse_noise(x0.shape, generator, coarse).to(x0.device)
-    else:
-        noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
+    noise = coarse_noise(x0.shape, generator, coarse).to(x0.device)  # () : plain Gaussian noise
     x0 = x0.float()
     xin, sigma = noised(model_sampling, x0, noise, timesteps)
     kwargs = {} if y is None else {"y": y}
