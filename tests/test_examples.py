@@ -23,6 +23,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from app.cli import UPLOAD_OPTIONS
+from examples.scaling import SCALE, scale_pixels
 from tests.paths import REPO, SHARED
 from tests.test_controlnet import tiny_sd15_controlnet_sd
 from tests.upscale_models_tiny import real_esrgan_state_dict
@@ -33,9 +34,6 @@ CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"
 CONTROLNET = "control_v11p_sd15_canny_fp16.safetensors"
 UPSCALER = "RealESRGAN_x4plus.pth"
 OBJECT_INFO = json.loads((SHARED / "spec" / "object_info_full.json").read_text())  # ComfyUI's
-SCALE = 8
-PIXEL_INPUTS = {"width", "height", "tile_size", "overlap", "left", "top", "right", "bottom", "feathering",
-                "grow_mask_by"}
 # example -> the size of its saved picture at 1/8 scale
 OUTPUTS = {"hello_image": (64, 64), "img2img": (64, 64), "inpaint": (64, 64), "outpaint": (96, 64),
            "controlnet": (64, 64), "hires_fix_upscale_model": (128, 96), "tiled_vae": (128, 128),
@@ -85,15 +83,12 @@ def test_every_example_is_listed_and_has_its_files_and_one_checkpoint_name():
 
 
 def scaled_copy(name: str, prompt: dict) -> dict:
-    doc = json.loads(json.dumps(prompt))
+    if name in UNSCALED:
+        return prompt
+    doc = scale_pixels(prompt, SCALE)
     for node in doc.values():
-        if name in UNSCALED:
-            break
-        for key, value in node["inputs"].items():
-            if key in PIXEL_INPUTS and isinstance(value, int):
-                node["inputs"][key] = max(value // SCALE, 64 if key == "tile_size" else 0)
-            elif key == "steps":
-                node["inputs"][key] = 2
+        if "steps" in node["inputs"]:
+            node["inputs"]["steps"] = 2
     return doc
 
 

@@ -10,7 +10,7 @@ from diffusion.checkpoint import detect, load_checkpoint
 from diffusion.latent_formats import SD15
 from diffusion.model_sampling import ModelSamplingDiscrete
 from diffusion.training import shapes
-from diffusion.training.loop import EMA, cosine_lr, denoising_loss, snr_weights
+from diffusion.training.loop import EMA, coarse_noise, cosine_lr, denoising_loss, snr_weights
 from diffusion.training.scratch import (CaptionTokens, Recipe, checkpoint_state_dict, encode,
                                         normalise_latent_space, pixels, reconstruction_loss, text_context,
                                         write_checkpoint)
@@ -87,6 +87,29 @@ def test_the_denoising_loss_is_the_noise_regression_of_ddpm():
     sigma = torch.tensor([0.1, 1.0, 10.0])
     expected = torch.clamp(1 / sigma ** 2, max=5.0) / (1 / sigma ** 2)
     assert torch.allclose(snr_weights(sigma, 5.0, "eps"), expected)
+
+
+def test_coarse_noise_adds_smooth_fields_to_the_same_white_noise():
+    """The draws do not depend on the strengths, so the difference of two runs is the coarse
+    part alone: a per-channel constant for the 1x1 level (offset noise), a field with no
+    8x8-scale detail for the 4x4 level; strengths () is plain Gaussian noise."""
+    shape = torch.Size([2048, 4, 8, 8])
+
+    def draw(strengths):
+        return coarse_noise(shape, torch.Generator().manual_seed(3), strengths)
+
+    white = draw((0.0, 0.0, 0.0))
+    assert torch.equal(coarse_noise(shape, torch.Generator().manual_seed(3), ()),
+                       torch.randn(shape, generator=torch.Generator().manual_seed(3)))
+    offset = draw((0.0, 0.0, 0.6)) - white
+    assert torch.allclose(offset, offset[:, :, :1, :1].expand_as(offset), atol=1e-6)
+    assert abs(offset[:, :, 0, 0].std().item() - 0.6) < 0.02
+    # the spatial mean of white noise has std 1/8; with the offset it is sqrt(1/64 + 0.36)
+    assert abs(draw((0.0, 0.0, 0.6)).mean((2, 3)).std().item() - (1 / 64 + 0.36) ** 0.5) < 0.02
+    smooth = draw((1.0, 0.0, 0.0)) - white
+    # bilinear upsampling from 4x4: neighbouring cells are strongly correlated, white noise's are not
+    corr = lambda t: torch.corrcoef(torch.stack([t[..., :, :-1].flatten(), t[..., :, 1:].flatten()]))[0, 1]
+    assert corr(smooth) > 0.7 and abs(corr(white)) < 0.02
 
 
 def test_reconstruction_loss_pays_for_the_shape_and_its_outline():

@@ -80,6 +80,27 @@ def target_for(model_sampling: ModelSamplingDiscrete, x0: torch.Tensor, noise: t
     return x0
 
 
+def coarse_noise(shape: torch.Size, generator: torch.Generator, strengths: tuple[float, ...]) -> torch.Tensor:
+    """Gaussian noise plus smooth noise at coarser scales: strengths[i] weights a field drawn on
+    the grid halved i + 1 times (bilinearly upsampled), the last reaching one value per channel
+    (offset noise, Guttenberg 2023; at several scales, pyramid noise, Whitaker 2023).
+
+    Why: SD's schedule keeps some signal at its last step, and the smaller the latent the more of
+    its coarse content survives (an 8x8 latent's mean has 8 times the per-cell SNR). A model
+    trained on white noise then takes the background and layout from the seed's noise instead
+    of the prompt. Noise that is also random at those scales teaches it not to trust them; the
+    white noise a sampler starts from is one draw of the same distribution (coarse part near 0).
+    """
+    b, c, h, w = shape
+    noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+    for i, strength in enumerate(strengths):
+        ch, cw = max(1, h >> (i + 1)), max(1, w >> (i + 1))
+        field = torch.randn((b, c, ch, cw), generator=generator, dtype=torch.float32)
+        if strength:
+            noise += strength * F.interpolate(field, size=(h, w), mode="bilinear", align_corners=False)
+    return noise
+
+
 def snr_weights(sigma: torch.Tensor, gamma: float | None, prediction: str) -> torch.Tensor:
     """Min-SNR-gamma loss weights per sample (ones when gamma is None)."""
     if gamma is None:
@@ -98,16 +119,22 @@ class LossResult:
 def denoising_loss(unet, model_sampling: ModelSamplingDiscrete, x0: torch.Tensor, context: torch.Tensor,
                    generator: torch.Generator, *, min_snr_gamma: float | None = None,
                    timestep_range: tuple[int, int] = (0, 999), loss: str = "mse",
-                   y: torch.Tensor | None = None) -> LossResult:
+                   y: torch.Tensor | None = None, coarse: tuple[float, ...] = (),
+                   high_noise_sigma: float | None = None) -> LossResult:
     """The noise-prediction loss of `unet` on model-space latents x0 [B, C, h, w].
 
     Noise and timesteps are drawn from `generator` on the CPU, so a run is reproducible for a
-    seed whatever device computes. `loss`: "mse", "l1", "huber" or "smooth_l1".
+    seed whatever device computes. `loss`: "mse", "l1", "huber" or "smooth_l1". `coarse`: the
+    strengths of `coarse_noise` (none: plain Gaussian noise, as SD and ComfyUI's trainer use).
+    `high_noise_sigma`: weights are multiplied by 1 + (sigma / high_noise_sigma)^2 (none: not).
     """
     b = x0.shape[0]
     low, high = timestep_range
     timesteps = torch.randint(low, high + 1, (b,), generator=generator).to(x0.device)
-    noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
+    if coarse:
+        noise = coarse_noise(x0.shape, generator, coarse).to(x0.device)
+    else:
+        noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device)
     x0 = x0.float()
     xin, sigma = noised(model_sampling, x0, noise, timesteps)
     kwargs = {} if y is None else {"y": y}
@@ -116,6 +143,10 @@ def denoising_loss(unet, model_sampling: ModelSamplingDiscrete, x0: torch.Tensor
     per_element = elementwise_loss(out, target, loss)
     per_sample = per_element.flatten(1).mean(1)
     weights = snr_weights(sigma, min_snr_gamma, model_sampling.prediction)
+    if high_noise_sigma:
+        # eps loss prices an error in the clean picture at 1/sigma^2, so where the layout is decided
+        # (the largest sigmas) a misplaced shape costs almost nothing; this pays for it there
+        weights = weights * (1 + (sigma / high_noise_sigma) ** 2)
     return LossResult((per_sample * weights).mean(), per_sample.detach())
 
 

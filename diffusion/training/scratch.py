@@ -63,11 +63,16 @@ class Recipe:
     unet_res_blocks: int = 2
     text_width: int = 64
     text_layers: int = 2
-    steps: int = 3000
+    steps: int = 4000
     batch: int = 32
     lr: float = 8e-4
     warmup: int = 200
     min_snr_gamma: float = 5.0
+    # strengths of the smooth noise added at 4x4, 2x2 and 1x1 latent cells (loop.coarse_noise):
+    # without it the model takes background and layout from the seed, not the prompt
+    coarse_noise: tuple[float, ...] = (1.0, 0.7, 0.6)
+    # loss weight times 1 + (sigma / high_noise_sigma)^2, so that layout errors at high noise count
+    high_noise_sigma: float = 4.0
     ema_decay: float = 0.999
     save_every: int = 250
     precision: str = "auto"
@@ -308,7 +313,8 @@ def train_denoiser(recipe: Recipe, latents: torch.Tensor, scenes: list, device, 
         ids = tokens.batch(captions, device)
         with autocast(device, dtype):
             context = text_context(text, ids)
-            result = denoising_loss(unet, ms, x0, context, gen, min_snr_gamma=recipe.min_snr_gamma)
+            result = denoising_loss(unet, ms, x0, context, gen, min_snr_gamma=recipe.min_snr_gamma,
+                                    coarse=recipe.coarse_noise, high_noise_sigma=recipe.high_noise_sigma)
         opt.zero_grad(set_to_none=True)
         result.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
