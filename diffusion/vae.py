@@ -102,9 +102,11 @@ class ResnetBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, reuse_input: bool = False) -> torch.Tensor:
+        """`reuse_input`: the caller drops `x` after this call, so its memory may hold
+        intermediates (in the banded path only; the decoder passes it)."""
         if vae_bands.banded(x) and vae_bands.supports(self.norm1, self.conv1, self.norm2, self.conv2):
-            return self._forward_banded(x)
+            return self._forward_banded(x, reuse_input)
         # The activation runs in place on the fresh norm output, reassigning `h` frees each
         # intermediate as soon as the next exists, and the residual sum reuses the last conv's
         # output. Not in place while training: autograd needs the pre-activation values.
@@ -115,16 +117,24 @@ class ResnetBlock(nn.Module):
             x = self.nin_shortcut(x)
         return h.add_(x) if inplace else x + h
 
-    def _forward_banded(self, x: torch.Tensor) -> torch.Tensor:
-        """The same sums at full resolution, holding x and one new tensor: norm, activation and
-        conv in bands of rows (diffusion.vae_bands), the second conv written over the first's
-        output. The 1x1 shortcut runs whole (not exact in bands), first, while nothing else of
-        this block is alive."""
-        if self.nin_shortcut is not None:
-            trim_heap()   # before the largest allocation of the decode (see vae_bands)
-        shortcut = self.nin_shortcut(x) if self.nin_shortcut is not None else x
-        h = vae_bands.normed_conv(self.norm1, self.conv1, x)
-        return vae_bands.normed_conv(self.norm2, self.conv2, h, residual=shortcut, inplace=True)
+    def _forward_banded(self, x: torch.Tensor, reuse_input: bool) -> torch.Tensor:
+        """The same sums holding x and one new tensor: norm, activation and 3x3 conv in bands of
+        rows (diffusion.vae_bands), the second conv's output written over an operand.
+
+        With a 1x1 shortcut (the decoder's first full-resolution block: 268 MB in, 134 MB out)
+        the shortcut runs whole, first, while nothing else of this block is alive: it is the
+        decode's peak (its input, oneDNN's blocked copy of it and its output). Then, if allowed,
+        the first conv writes into the input's first channels, so the rest of the block holds
+        no more than the input and the shortcut.
+        """
+        if self.nin_shortcut is None:
+            h = vae_bands.normed_conv(self.norm1, self.conv1, x)
+            return vae_bands.normed_conv(self.norm2, self.conv2, h, out=h, residual=x)
+        trim_heap()   # the layer before left freed bands in the heap; this is the largest allocation
+        shortcut = self.nin_shortcut(x)
+        into = x[:, :self.conv1.out_channels] if reuse_input else None
+        h = vae_bands.normed_conv(self.norm1, self.conv1, x, out=into)
+        return vae_bands.normed_conv(self.norm2, self.conv2, h, out=shortcut, residual=shortcut)
 
 
 class AttnBlock(nn.Module):
@@ -203,15 +213,19 @@ class Level(nn.Module):
         return [*self.block, *resample]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _run_levels([self], x)
+        return _run_levels([self], x, own_input=False)
 
 
-def _run_levels(levels, x: torch.Tensor) -> torch.Tensor:
+def _run_levels(levels, x: torch.Tensor, own_input: bool = True) -> torch.Tensor:
     """Each level's layers in turn, layer by layer rather than `level(x)`: a level's input would
-    stay referenced here while the whole level runs (a 268 MB tensor at the decoder's last level)."""
+    stay referenced here while the whole level runs (a 268 MB tensor at the decoder's last level).
+    Each layer's input is dropped after it, so a ResnetBlock may reuse its memory; `own_input`:
+    whether that holds for `x` too (an intermediate of the caller's, not the caller's caller's)."""
+    reuse = own_input
     for level in levels:
         for layer in level.layers():
-            x = layer(x)
+            x = layer(x, reuse_input=reuse) if isinstance(layer, ResnetBlock) else layer(x)
+            reuse = True
     return x
 
 

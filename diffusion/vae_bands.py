@@ -29,7 +29,7 @@ pixels must match ComfyUI's); a channels-last (reduced-precision) VAE or a GPU c
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -87,16 +87,17 @@ def group_norm_affine(norm: nn.GroupNorm, x: torch.Tensor) -> tuple[torch.Tensor
     groups = norm.num_groups
     per_group = c // groups
     chunk = max(1, min(groups, BAND_BYTES // (n * per_group * h * w * x.element_size())))
-    means, rstds = [], []
+    # Made before the loop and each call's results dropped in it: small tensors kept across
+    # calls would split the freed outputs in glibc's heap, which then grows by an output a call.
+    mean, rstd = x.new_empty(n, groups), x.new_empty(n, groups)
     for g in range(0, groups, chunk):
         k = min(chunk, groups - g)
-        part = x[:, g * per_group:(g + k) * per_group]
-        _normed, mean, rstd = torch.native_group_norm(part, None, None, n, k * per_group, h * w, k, norm.eps)
-        del _normed
-        means.append(mean)
-        rstds.append(rstd)
-    mean = torch.cat(means, 1).repeat_interleave(per_group, 1)     # [N, C]
-    rstd = torch.cat(rstds, 1).repeat_interleave(per_group, 1)
+        part = x[:, g * per_group:(g + k) * per_group].contiguous()   # a copy only for a batch of several
+        results = torch.native_group_norm(part, None, None, n, k * per_group, h * w, k, norm.eps)
+        mean[:, g:g + k], rstd[:, g:g + k] = results[1], results[2]
+        del part, results
+    mean = mean.repeat_interleave(per_group, 1)     # [N, C]
+    rstd = rstd.repeat_interleave(per_group, 1)
     scale = rstd * norm.weight
     shift = torch.addcmul(norm.bias.expand_as(scale), -scale, mean)
     return scale[:, :, None, None], shift[:, :, None, None]
@@ -113,31 +114,37 @@ def _conv_band(conv: nn.Conv2d, band: torch.Tensor, first: bool, last: bool) -> 
     return out[:, :, (0 if first else 1):out.shape[2] - (0 if last else 1)]
 
 
-def normed_conv(norm: nn.GroupNorm, conv: nn.Conv2d, x: torch.Tensor, residual: torch.Tensor | None = None,
-                inplace: bool = False) -> torch.Tensor:
+def normed_conv(norm: nn.GroupNorm, conv: nn.Conv2d, x: torch.Tensor, out: torch.Tensor | None = None,
+                residual: torch.Tensor | None = None) -> torch.Tensor:
     """conv(silu(norm(x))) (+ `residual`), in bands of rows: bit for bit the whole-tensor result.
 
-    `inplace` writes the result over `x` (same channel count), saving for each band the row the
-    next band reads above it before overwriting it; otherwise into a new tensor. The residual is
-    added as the whole computation adds it (conv output + residual).
+    Written into `out` (a new tensor if None), which may share memory with `x`: `x` itself, or
+    the first channels of `x` for a conv with fewer output channels. Then each band saves the row
+    of `x` that the next band reads above it before overwriting it. The residual is added as the
+    whole computation adds it (conv output + residual); it may be `out` itself.
     """
     trim_heap()   # the bands of the layer before: glibc keeps freed blocks of this size in its heap
     n, c, height, width = x.shape
     scale, shift = group_norm_affine(norm, x)
-    out = x if inplace else x.new_empty(n, conv.out_channels, height, width)
-    above = None   # in place: row top-1 of x as it was before the previous band overwrote it
+    if out is None:
+        out = x.new_empty(n, conv.out_channels, height, width)
+    overwrites_x = out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+    # Row top-1 of x as it was before the previous band overwrote it: one buffer for all bands,
+    # as nothing a band makes may outlive it (see group_norm_affine).
+    above = x.new_empty(n, c, 1, width) if overwrites_x else None
     for top, bottom in _bands(height, n * c * width * x.element_size()):
         lo, hi = max(0, top - 1), min(height, bottom + 1)
-        rows = x[:, :, lo:hi] if above is None else torch.cat([above, x[:, :, top:hi]], 2)
+        rows = x[:, :, lo:hi] if above is None or top == 0 else torch.cat([above, x[:, :, top:hi]], 2)
         band = F.silu(torch.addcmul(shift, rows, scale), inplace=True)
         del rows
         result = _conv_band(conv, band, top == 0, bottom == height)
         del band
         if residual is not None:
             result.add_(residual[:, :, top:bottom])
-        if inplace:
-            above = x[:, :, bottom - 1:bottom].clone()
+        if above is not None:
+            above.copy_(x[:, :, bottom - 1:bottom])
         out[:, :, top:bottom] = result
+        del result
     return out
 
 
@@ -154,4 +161,5 @@ def upsampled_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         band = up[:, :, lo - 2 * first:hi - 2 * first].contiguous()
         del up
         out[:, :, top:bottom] = _conv_band(conv, band, top == 0, bottom == height)
+        del band
     return out

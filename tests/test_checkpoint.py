@@ -417,7 +417,7 @@ def test_loading_a_checkpoint_imports_no_compiler_stack(tiny_checkpoint):
         assert not any(p.is_meta for m in (loaded.unet, loaded.text, loaded.vae) for p in m.parameters())
         print(sorted(m for m in sys.modules if m.startswith(("torch._dynamo", "sympy"))))
     """)
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "[]"
 

@@ -36,10 +36,11 @@ def whole(monkeypatch, layer, x: torch.Tensor) -> torch.Tensor:
 def test_last_level_resnet_block_in_bands_equals_whole(monkeypatch, calls):
     # The decoder's first full-resolution block: 256 -> 128 channels at 512x512 with its 1x1
     # shortcut. Covers GroupNorm at both widths, both 3x3 convolutions and the residual sum.
+    # As the decoder runs it: the first conv's output written over the input's first channels.
     block = randomize_(ResnetBlock(256, 128, 32), seed=1).eval()
     x = torch.randn(1, 256, 512, 512, generator=torch.Generator().manual_seed(2))
     expected = whole(monkeypatch, block, x)
-    got = block(x.clone())
+    got = block(x.clone(), reuse_input=True)
     assert calls["normed_conv"] == 2
     assert got.shape == (1, 128, 512, 512) and torch.equal(got, expected)
 
@@ -61,6 +62,16 @@ def test_output_layers_in_bands_equal_whole():
     conv = randomize_(torch.nn.Conv2d(128, 3, 3, padding=1), seed=6)
     x = torch.randn(1, 128, 512, 512, generator=torch.Generator().manual_seed(7))
     assert torch.equal(vae_bands.normed_conv(norm, conv, x), conv(F.silu(norm(x))))
+
+
+@torch.no_grad()
+def test_a_batch_of_images_in_bands_written_over_the_input_equals_whole():
+    norm = randomize_(torch.nn.GroupNorm(32, 256, eps=1e-6), seed=10)
+    conv = randomize_(torch.nn.Conv2d(256, 128, 3, padding=1), seed=11)
+    x = torch.randn(2, 256, 128, 128, generator=torch.Generator().manual_seed(12))
+    expected = conv(F.silu(norm(x)))
+    got = vae_bands.normed_conv(norm, conv, x, out=x[:, :128])   # overwrites x's first channels
+    assert torch.equal(got, expected)
 
 
 @torch.no_grad()
