@@ -24,8 +24,9 @@ PINNED = "1.27.10"  # what ComfyUI a125cd84 pins
 NEWEST = "1.58.1"  # the newest release when this was written
 # Newer frontends apply progress once per animation frame and drop what is pending when the next
 # node starts, so a sampler that finishes within one frame never shows progress. On the tiny
-# checkpoint a step takes milliseconds; this many steps spans several frames even on a fast machine.
-STEPS = 30
+# checkpoint a step takes milliseconds, and a machine under load draws few frames (CI once saw only
+# the loader's progress with 30 steps); this many steps spans seconds, so several frames.
+STEPS = 300
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "latentgraph-tests" / "frontend"
 READY = "window.app && window.app.graph && window.comfyAPI && document.querySelector('canvas')"
 

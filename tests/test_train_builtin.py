@@ -29,14 +29,6 @@ MODEL = BUILTIN_MODELS_DIR / "latentgraph-shapes-64.safetensors"
 EXAMPLE = REPO / "examples" / "shapes_txt2img.json"
 pytestmark = pytest.mark.usefixtures("builtin_models", "single_thread")  # listed, as on a user's machine
 
-# Measured on the shipped file (models_builtin/README.md): prompt following is near chance, the
-# denoiser needs more training than this project has given it so far. Strict: these start
-# failing as soon as a better-trained file is shipped, so the marks cannot outlive the problem.
-NOT_FOLLOWING_YET = pytest.mark.xfail(strict=True, reason=(
-    "the shipped model (3,000 denoiser steps) does not follow prompts yet: 17% named colour, "
-    "22% background over 27 prompts x 4 seeds (models_builtin/README.md)"))
-
-
 @pytest.fixture(scope="module")
 def builtin_editor_server(tmp_path_factory):
     """A server on an empty base directory that lists the built-in model, as after install."""
@@ -82,7 +74,6 @@ def test_a_fresh_base_directory_lists_the_builtin_model(tmp_path):
     assert choices == [MODEL.name]
 
 
-@NOT_FOLLOWING_YET
 def test_the_example_workflow_draws_what_its_prompt_asks_for(tmp_path):
     """`python main.py run examples/shapes_txt2img.json` in an empty base directory."""
     proc = subprocess.run([sys.executable, str(REPO / "main.py"), "run", str(EXAMPLE), "--base-directory",
@@ -92,13 +83,12 @@ def test_the_example_workflow_draws_what_its_prompt_asks_for(tmp_path):
     files = [Path(p) for p in proc.stdout.split()]
     assert len(files) == 4
     prompt = json.loads(EXAMPLE.read_text())["2"]["inputs"]["text"]
-    assert prompt == "a small yellow triangle at the top left on a purple background"
-    scene = Scene("yellow", "triangle", "small", "top left", "purple")
+    assert prompt == "a large yellow triangle at the top left on a purple background"
+    scene = Scene("yellow", "triangle", "large", "top left", "purple")
     verdicts = [shapes.judge(np.asarray(Image.open(f).convert("RGB")), scene) for f in files]
     assert sum(v.colour_ok and v.background_ok for v in verdicts) >= 3, verdicts
 
 
-@NOT_FOLLOWING_YET
 def test_prompts_are_followed_for_colours_shapes_and_held_out_combinations():
     """A slice of the README's measurement: 6 prompts (2 held out) x 2 seeds."""
     scenes = [Scene("red", "circle", "large", "center", "blue"),
