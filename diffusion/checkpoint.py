@@ -23,7 +23,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from .device import trim_heap
+from .device import meta_skeleton, trim_heap
 from .vae import AutoencoderKL, VAEConfig
 
 UNET_PREFIX = "model.diffusion_model."
@@ -578,7 +578,7 @@ def materialize(factory: Callable[[], nn.Module], sd: dict[str, torch.Tensor],
     No parameter memory is allocated for the skeleton, and `assign=True` makes the loaded tensors
     the parameters themselves (their dtype and device as read), so nothing is copied.
     """
-    with torch.device("meta"):
+    with meta_skeleton():
         module = factory()
     try:
         result = module.load_state_dict(sd, strict=False, assign=True)

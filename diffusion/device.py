@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 CPU = torch.device("cpu")
 # "1" / "0" overrides the CPU bf16 probe: the test suite sets "0" so that its comparisons with
@@ -134,6 +135,31 @@ class DevicePolicy:
         text = next((n for n in _DTYPES if flag(f"{n}_text_enc")), None)
         return cls.choose(cpu=flag("cpu"), force_fp32=flag("force_fp32"), force_fp16=flag("force_fp16"),
                           force_bf16=flag("bf16_unet"), vae_dtype=vae, text_dtype=text)
+
+
+class _NoInitialValues(TorchFunctionMode):
+    """Skips the random fills of parameter initialisation (torch.nn.init, Tensor.normal_ /
+    uniform_) on meta tensors, which hold no values: on the meta device torch runs such fills
+    through its Python reference kernels, whose first use imports torch._dynamo, sympy and more
+    (about 75 MB of resident memory for the rest of the process, and a slower first load)."""
+
+    _FILLS = (torch.Tensor.normal_, torch.Tensor.uniform_)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init" or func in self._FILLS:
+            tensor = args[0] if args else kwargs.get("tensor")
+            if isinstance(tensor, torch.Tensor) and tensor.is_meta:
+                return tensor
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def meta_skeleton():
+    """Builds modules on the meta device (shapes only, no memory, no initial values) for
+    weights that are assigned afterwards."""
+    with torch.device("meta"), _NoInitialValues():
+        yield
 
 
 def inference_mode() -> contextlib.AbstractContextManager:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .clip_text import COMPUTE_DTYPE, ClipTextConfig, ClipTextModel
+from .device import meta_skeleton
 from .prompt_weights import Chunk, EmbeddingResolver, has_weights
 from .tokenizer import ClipTokenizer, FamilyTokenizer, TowerTokenizer
 
@@ -512,7 +513,7 @@ class TextEncoder(nn.Module):
         for spec in family.TOWERS:
             parts[spec.name] = {k[len(spec.prefix):]: v for k, v in sd.items() if k.startswith(spec.prefix)}
             configs[spec.name] = config_from_state_dict(parts[spec.name], spec.layout)
-        with torch.device("meta"):
+        with meta_skeleton():
             encoder = family(configs, tokenizer=tokenizer, embeddings=embeddings)
         for spec in family.TOWERS:
             table = parts[spec.name].get("token_embedding.weight")

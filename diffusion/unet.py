@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .attention import SpatialTransformer
-from .device import conv_weights_channels_last
+from .device import conv_weights_channels_last, meta_skeleton
 from .patcher_extension import WrappersMP, wrapped
 from .unet_blocks import Downsample, ResBlock, TimestepSequential, Upsample, timestep_embedding
 
@@ -193,7 +193,7 @@ def config_from_shapes(make, fields: dict, overrides: dict, shapes: Mapping[str,
 
 def meta_state_shapes(model_class, config) -> dict[str, tuple[int, ...]]:
     """Key -> shape of `model_class(config)`'s state dict, built on the meta device (no memory)."""
-    with torch.device("meta"):
+    with meta_skeleton():
         model = model_class(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .device import conv_weights_channels_last
+from . import vae_bands
+from .device import conv_weights_channels_last, trim_heap
 
 
 @dataclass(frozen=True)
@@ -101,17 +102,39 @@ class ResnetBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # At full resolution these blocks set the autoencoder's peak memory: the activation runs
-        # in place on the fresh norm output, reassigning `h` frees each intermediate as soon as
-        # the next exists, and the residual sum reuses the last conv's output. Not in place while
-        # training: autograd needs the pre-activation values.
+    def forward(self, x: torch.Tensor, reuse_input: bool = False) -> torch.Tensor:
+        """`reuse_input`: the caller drops `x` after this call, so its memory may hold
+        intermediates (in the banded path only; the decoder passes it)."""
+        if vae_bands.banded(x) and vae_bands.supports(self.norm1, self.conv1, self.norm2, self.conv2):
+            return self._forward_banded(x, reuse_input)
+        # The activation runs in place on the fresh norm output, reassigning `h` frees each
+        # intermediate as soon as the next exists, and the residual sum reuses the last conv's
+        # output. Not in place while training: autograd needs the pre-activation values.
         inplace = not torch.is_grad_enabled()
         h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
         h = self.conv2(F.silu(self.norm2(h), inplace=inplace))
         if self.nin_shortcut is not None:
             x = self.nin_shortcut(x)
         return h.add_(x) if inplace else x + h
+
+    def _forward_banded(self, x: torch.Tensor, reuse_input: bool) -> torch.Tensor:
+        """The same sums holding x and one new tensor: norm, activation and 3x3 conv in bands of
+        rows (diffusion.vae_bands), the second conv's output written over an operand.
+
+        With a 1x1 shortcut (the decoder's first full-resolution block: 268 MB in, 134 MB out)
+        the shortcut runs whole, first, while nothing else of this block is alive: it is the
+        decode's peak (its input, oneDNN's blocked copy of it and its output). Then, if allowed,
+        the first conv writes into the input's first channels, so the rest of the block holds
+        no more than the input and the shortcut.
+        """
+        if self.nin_shortcut is None:
+            h = vae_bands.normed_conv(self.norm1, self.conv1, x)
+            return vae_bands.normed_conv(self.norm2, self.conv2, h, out=h, residual=x)
+        trim_heap()   # the layer before left freed bands in the heap; this is the largest allocation
+        shortcut = self.nin_shortcut(x)
+        into = x[:, :self.conv1.out_channels] if reuse_input else None
+        h = vae_bands.normed_conv(self.norm1, self.conv1, x, out=into)
+        return vae_bands.normed_conv(self.norm2, self.conv2, h, out=shortcut, residual=shortcut)
 
 
 class AttnBlock(nn.Module):
@@ -154,6 +177,8 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if vae_bands.banded(x, growth=4) and vae_bands.supports(self.conv):
+            return vae_bands.upsampled_conv(self.conv, x)
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
@@ -182,13 +207,26 @@ class Level(nn.Module):
         elif resample == "up":
             self.upsample = Upsample(channels[-1])
 
+    def layers(self) -> list[nn.Module]:
+        """The blocks, then the resampler, in the order they run."""
+        resample = [self._modules[n] for n in ("downsample", "upsample") if n in self._modules]
+        return [*self.block, *resample]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.block:
-            x = block(x)
-        for name in ("downsample", "upsample"):
-            if name in self._modules:
-                x = self._modules[name](x)
-        return x
+        return _run_levels([self], x, own_input=False)
+
+
+def _run_levels(levels, x: torch.Tensor, own_input: bool = True) -> torch.Tensor:
+    """Each level's layers in turn, layer by layer rather than `level(x)`: a level's input would
+    stay referenced here while the whole level runs (a 268 MB tensor at the decoder's last level).
+    Each layer's input is dropped after it, so a ResnetBlock may reuse its memory; `own_input`:
+    whether that holds for `x` too (an intermediate of the caller's, not the caller's caller's)."""
+    reuse = own_input
+    for level in levels:
+        for layer in level.layers():
+            x = layer(x, reuse_input=reuse) if isinstance(layer, ResnetBlock) else layer(x)
+            reuse = True
+    return x
 
 
 class Encoder(nn.Module):
@@ -210,8 +248,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(x)
-        for level in self.down:
-            x = level(x)
+        x = _run_levels(self.down, x)
         x = self.mid(x)
         return self.conv_out(F.silu(self.norm_out(x)))
 
@@ -235,8 +272,9 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.mid(self.conv_in(z))
-        for level in reversed(self.up):
-            x = level(x)
+        x = _run_levels(reversed(self.up), x)
+        if vae_bands.banded(x) and vae_bands.supports(self.norm_out, self.conv_out):
+            return vae_bands.normed_conv(self.norm_out, self.conv_out, x)
         return self.conv_out(F.silu(self.norm_out(x)))
 
 

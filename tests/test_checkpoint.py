@@ -402,3 +402,31 @@ def test_a_loaded_checkpoint_keeps_no_map_of_its_file(tmp_path, tiny_checkpoint)
     loaded = load_checkpoint(path, unet_dtype=torch.bfloat16, vae_dtype=torch.bfloat16, text_dtype=torch.float32)
     assert loaded.unet is not None and loaded.vae is not None and loaded.text is not None
     assert str(path) not in Path("/proc/self/maps").read_text()
+
+
+def test_loading_a_checkpoint_imports_no_compiler_stack(tiny_checkpoint):
+    """Models are built on the meta device before their weights are assigned; filling meta
+    tensors with torch.nn.init's random values would go through torch's Python reference kernels,
+    whose first use imports torch._dynamo and sympy (about 75 MB kept for the process's life)."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        from diffusion.checkpoint import load_checkpoint
+        loaded = load_checkpoint({str(tiny_checkpoint("sd15"))!r})
+        assert loaded.unet is not None and loaded.text is not None and loaded.vae is not None
+        assert not any(p.is_meta for m in (loaded.unet, loaded.text, loaded.vae) for p in m.parameters())
+        print(sorted(m for m in sys.modules if m.startswith(("torch._dynamo", "sympy"))))
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[]"
+
+
+def test_modules_built_outside_the_meta_skeleton_are_still_initialised():
+    from diffusion.device import meta_skeleton
+
+    with meta_skeleton():
+        skeleton = torch.nn.Embedding(10, 4)
+    assert skeleton.weight.is_meta
+    real = torch.nn.Embedding(10, 4)
+    assert real.weight.std() > 0.5   # normal_(0, 1) ran

@@ -10,6 +10,7 @@ square root where ours does not). Strings, numbers, booleans and batch indices c
 import pytest
 import torch
 
+from diffusion import vae_bands
 from diffusion.handles import VAE
 from diffusion.tiling import tiled_scale
 from diffusion.vae import AutoencoderKL, VAEConfig
@@ -99,6 +100,24 @@ def test_vae_handle_tiled_defaults_match_comfyui(tiny_vae):
     assert _fingerprint(cases.VAE_PIXELS) == pytest.approx(META["vae/in"]["pixels"], rel=1e-9)
     decoded = tiny_vae.decode_tiled(cases.VAE_LATENT)
     encoded = tiny_vae.encode_tiled(cases.VAE_PIXELS)
+    assert (decoded - TENSORS["vae_decode_tiled_default/out/0"]).abs().max().item() <= ATOL
+    assert (encoded - TENSORS["vae_encode_tiled_default/out/0"]).abs().max().item() <= ATOL
+
+
+@pytest.mark.parametrize("band_bytes", [80 << 10, 160 << 10])   # 8 and 16 rows at 96x80 pixels
+def test_vae_in_bands_matches_comfyui(monkeypatch, tiny_vae, band_bytes):
+    """The banded path (diffusion.vae_bands; for real SD sizes from 256x256-pixel layers on),
+    forced on for every layer of this small VAE, still gives ComfyUI's pixels and latents. The
+    bands are kept above the size under which torch leaves oneDNN for its own convolution
+    kernel, as they always are at the sizes the path is used for."""
+    monkeypatch.setattr(vae_bands, "BANDED_FROM_BYTES", 0)
+    monkeypatch.setattr(vae_bands, "BAND_BYTES", band_bytes)
+    ran = []
+    normed_conv = vae_bands.normed_conv
+    monkeypatch.setattr(vae_bands, "normed_conv", lambda *a, **k: ran.append(1) or normed_conv(*a, **k))
+    decoded = tiny_vae.decode_tiled(cases.VAE_LATENT)
+    encoded = tiny_vae.encode_tiled(cases.VAE_PIXELS)
+    assert ran
     assert (decoded - TENSORS["vae_decode_tiled_default/out/0"]).abs().max().item() <= ATOL
     assert (encoded - TENSORS["vae_encode_tiled_default/out/0"]).abs().max().item() <= ATOL
 
