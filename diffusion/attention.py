@@ -20,6 +20,14 @@ def _split_heads(t: torch.Tensor, heads: int, batch: int) -> torch.Tensor:
     return t.reshape(batch, -1, heads, inner // heads).transpose(1, 2)
 
 
+def _merge_heads(out: torch.Tensor, skip_output_reshape: bool) -> torch.Tensor:
+    """[B, heads, N, d] -> [B, N, heads * d], or as it is with skip_output_reshape."""
+    if skip_output_reshape:
+        return out
+    b, h, n, d = out.shape
+    return out.transpose(1, 2).reshape(b, n, h * d)
+
+
 def attention_pytorch(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False,
                       **kwargs) -> torch.Tensor:
     """Multi-head attention of q [B, N, heads * d] over k, v [B, M, heads * d] (or [B, heads, N, d]
@@ -36,35 +44,153 @@ def attention_pytorch(q, k, v, heads, mask=None, attn_precision=None, skip_resha
             mask = mask.unsqueeze(0)
         if mask.ndim == 3:
             mask = mask.unsqueeze(1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    if skip_output_reshape:
-        return out
-    b, h, n, d = out.shape
-    return out.transpose(1, 2).reshape(b, n, h * d)
+    return _merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask), skip_output_reshape)
+
+
+# -- ComfyUI's CPU attention, operation for operation ----------------------------------------------
+#
+# ComfyUI computes attention on the CPU with its own functions rather than SDPA: the UNet with its
+# sub-quadratic attention, the text encoders with its basic attention, the VAE with its sliced
+# attention. Each sums in its own order, so for ComfyUI's fp32 pixels bit for bit these run the
+# same torch operations on tensors of the same shapes and layouts ([batch * heads, tokens, d]
+# copies). tests/test_attention_parity.py holds them to ComfyUI's recorded outputs with torch.equal.
+
+
+def _heads_first(t: torch.Tensor, heads: int, batch: int, keys_transposed: bool = False) -> torch.Tensor:
+    """[B, N, heads * d] -> a contiguous [batch * heads, N', d] ([batch * heads, d, N'] for
+    transposed keys), laid out by q's batch as in _split_heads."""
+    d = t.shape[-1] // heads
+    t = t.reshape(batch, -1, heads, d)
+    t = t.permute(0, 2, 3, 1) if keys_transposed else t.permute(0, 2, 1, 3)
+    return t.reshape(batch * heads, d, -1) if keys_transposed else t.reshape(batch * heads, -1, d)
+
+
+def _mask_per_head(mask: torch.Tensor, batch: int, heads: int, dtype: torch.dtype) -> torch.Tensor:
+    """An attention mask ([Mq, Mk], [B, Mq, Mk] or [B, heads, Mq, Mk]) as [batch * heads, Mq, Mk],
+    added to the scores; a boolean mask (True: attend) becomes 0 / -max."""
+    if mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, -torch.finfo(dtype).max)
+    bs = 1 if mask.ndim == 2 else mask.shape[0]
+    return mask.reshape(bs, -1, mask.shape[-2], mask.shape[-1]).expand(batch, heads, -1, -1).reshape(
+        -1, mask.shape[-2], mask.shape[-1])
+
+
+def _split_output(out: torch.Tensor, heads: int, skip_output_reshape: bool) -> torch.Tensor:
+    """[batch * heads, N, d] -> [batch, N, heads * d] (or [batch, heads, N, d])."""
+    out = out.unflatten(0, (-1, heads))
+    return out if skip_output_reshape else out.transpose(1, 2).flatten(start_dim=2)
+
+
+# Scores computed per call in attention_sub_quad and vae_attention: blocks of query rows of about
+# this many bytes (16 MB: 64 rows of a 64x64 latent's self-attention at batch 2 x 8 heads) keep
+# the score matrix out of memory and, on this CPU, run faster than larger blocks. The block size
+# changes no value, since each query row's scores, softmax and output are computed on their own,
+# as long as a block has several rows: for a single row the BLAS multiplies a vector, in another
+# order.
+_SCORE_BLOCK_BYTES = 16 << 20
+_MIN_BLOCK_ROWS = 16
+
+
+def _row_blocks(n: int, row_bytes: int) -> list[tuple[int, int]]:
+    """(top, bottom) of each block of query rows; a short last block joins the one before."""
+    rows = max(_MIN_BLOCK_ROWS, _SCORE_BLOCK_BYTES // row_bytes)
+    tops = list(range(0, n, rows))
+    if len(tops) > 1 and n - tops[-1] < _MIN_BLOCK_ROWS:
+        tops.pop()
+    return list(zip(tops, [*tops[1:], n]))
+
+
+def attention_sub_quad(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False,
+                       **kwargs) -> torch.Tensor:
+    """ComfyUI's default attention on the CPU: its sub-quadratic attention as it runs whenever the
+    keys fit at once (a few hundred MB free), i.e. scores = baddbmm(q, k^T, alpha=scale), plus the
+    mask, softmax, times v; queries in blocks of rows (ComfyUI sizes its blocks from free memory,
+    we from _SCORE_BLOCK_BYTES; neither changes a value). Scores in fp32 when attn_precision asks
+    for it and q is not fp32."""
+    if skip_reshape:
+        b, _, _, d = q.shape
+        query, value = q.reshape(b * heads, -1, d), v.reshape(b * heads, -1, d)
+        key_t = k.reshape(b * heads, -1, d).movedim(1, 2)
+    else:
+        b = q.shape[0]
+        query, value = _heads_first(q, heads, b), _heads_first(v, heads, b)
+        key_t = _heads_first(k, heads, b, keys_transposed=True)
+    dtype = query.dtype
+    if attn_precision == torch.float32 and dtype != torch.float32:
+        query, key_t = query.float(), key_t.float()
+    scale = query.shape[-1] ** -0.5
+    if mask is not None:
+        mask = _mask_per_head(mask, b, heads, query.dtype)
+    batch_heads, n, _ = query.shape
+    beta_zero = torch.empty(1, 1, 1, dtype=query.dtype, device=query.device)
+    out = value.new_empty(batch_heads, n, value.shape[-1])
+    for top, bottom in _row_blocks(n, batch_heads * key_t.shape[-1] * query.element_size()):
+        scores = torch.baddbmm(beta_zero, query[:, top:bottom], key_t, alpha=scale, beta=0)
+        if mask is not None:
+            scores += mask if mask.shape[1] == 1 else mask[:, top:bottom]
+        out[:, top:bottom] = torch.bmm(scores.softmax(dim=-1).to(value.dtype), value)
+        del scores
+    return _split_output(out.to(dtype), heads, skip_output_reshape)
 
 
 def attention_basic(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False,
                     **kwargs) -> torch.Tensor:
-    """The same attention written out: softmax(q k^T / sqrt(d) + mask) v, scores in float32."""
-    if not skip_reshape:
+    """The same attention written out as ComfyUI's basic attention computes it (its choice for
+    text encoders on the CPU): einsum scores times the scale (fp32 when attn_precision asks),
+    plus the mask, softmax, einsum with v."""
+    if skip_reshape:
+        b, _, _, d = q.shape
+        q, k, v = (t.reshape(b * heads, -1, d) for t in (q, k, v))
+    else:
         b = q.shape[0]
-        q, k, v = (_split_heads(t, heads, b) for t in (q, k, v))
+        q, k, v = (_heads_first(t, heads, b) for t in (q, k, v))
     scale = q.shape[-1] ** -0.5
-    scores = torch.einsum("bhid,bhjd->bhij", q.float(), k.float()) * scale
+    if attn_precision == torch.float32:
+        q, k = q.float(), k.float()
+    scores = torch.einsum("bid,bjd->bij", q, k) * scale
     if mask is not None:
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + mask
-    out = torch.einsum("bhij,bhjd->bhid", scores.softmax(dim=-1).to(v.dtype), v)
-    if skip_output_reshape:
-        return out
-    b, h, n, d = out.shape
-    return out.transpose(1, 2).reshape(b, n, h * d)
+        scores.add_(_mask_per_head(mask, b, heads, scores.dtype))
+    out = torch.einsum("bij,bjd->bid", scores.softmax(dim=-1).to(v.dtype), v)
+    return _split_output(out, heads, skip_output_reshape)
 
 
-optimized_attention = attention_pytorch
-optimized_attention_masked = attention_pytorch
+def attention_default(q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False, skip_output_reshape=False,
+                      **kwargs) -> torch.Tensor:
+    """ComfyUI's attention for the tensors' device: on the CPU in fp32 its sub-quadratic attention
+    (its numbers, bit for bit); elsewhere SDPA, as ComfyUI uses on NVIDIA GPUs, and on the CPU in
+    bf16 (not ComfyUI's default there, and faster)."""
+    exact = q.device.type == "cpu" and q.dtype == torch.float32
+    fn = attention_sub_quad if exact else attention_pytorch
+    return fn(q, k, v, heads, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
+              skip_output_reshape=skip_output_reshape)
+
+
+def vae_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Single-head attention over the pixels of [B, C, H, W] q, k, v. On the CPU in fp32 as
+    ComfyUI's VAE computes it there (its sliced attention: bmm(q, k) * scale, softmax, bmm(v, p^T)
+    into [B, C, HW], in blocks of query columns, which change no value); elsewhere SDPA."""
+    b, c, h, w = q.shape
+    if not (q.device.type == "cpu" and q.dtype == torch.float32):
+        def tokens(t):   # [B, C, H, W] -> [B, 1, H*W, C]
+            return t.reshape(b, 1, c, h * w).transpose(-1, -2)
+        out = F.scaled_dot_product_attention(tokens(q), tokens(k), tokens(v))
+        return out.transpose(-1, -2).reshape(b, c, h, w)
+    query = q.reshape(b, c, -1).permute(0, 2, 1)
+    key, value = k.reshape(b, c, -1), v.reshape(b, c, -1)
+    out = torch.zeros_like(key)
+    scale = c ** -0.5
+    n = query.shape[1]
+    for top, bottom in _row_blocks(n, b * n * q.element_size()):
+        scores = torch.bmm(query[:, top:bottom], key) * scale
+        probs = F.softmax(scores, dim=2).permute(0, 2, 1)
+        del scores
+        out[:, :, top:bottom] = torch.bmm(value, probs)
+        del probs
+    return out.reshape(b, c, h, w)
+
+
+optimized_attention = attention_default
+optimized_attention_masked = attention_default
 
 
 def _attention():

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import attention_basic
+
 COMPUTE_DTYPE = torch.float32
 
 
@@ -70,9 +72,15 @@ class ClipAttention(nn.Module):
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (Linear(c.hidden_size, c.hidden_size) for _ in range(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if x.device.type == "cpu":
+            # ComfyUI's text encoders compute attention on the CPU with its basic attention and an
+            # additive causal mask of -max above the diagonal: the same numbers, bit for bit.
+            t = x.shape[1]
+            causal = torch.full((t, t), -torch.finfo(x.dtype).max, dtype=x.dtype, device=x.device).triu_(1)
+            return self.out_proj(attention_basic(q, k, v, self.heads, mask=causal))
         b, t, d = x.shape
-        q, k, v = (proj(x).view(b, t, self.heads, d // self.heads).transpose(1, 2)
-                   for proj in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (p.view(b, t, self.heads, d // self.heads).transpose(1, 2) for p in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
 

@@ -375,8 +375,10 @@ def diffusion_model_for(unet, info):
 
 
 def _nhwc(manager: ModelManagement) -> bool:
-    """Whether UNet conv weights are stored NHWC: where the UNet computes on the CPU."""
-    return manager.get_torch_device().type == "cpu"
+    """Whether UNet conv weights are stored NHWC: where the UNet computes on the CPU in a reduced
+    precision. In fp32 they stay NCHW, as in ComfyUI: NHWC kernels sum in another order, and fp32
+    on the CPU gives ComfyUI's numbers bit for bit."""
+    return manager.get_torch_device().type == "cpu" and manager.unet_dtype() != torch.float32
 
 
 def _prepare_unet(unet, manager: ModelManagement):

@@ -414,8 +414,9 @@ class UNetModel(nn.Module):
     def to_channels_last(self) -> "UNetModel":
         """Stores conv weights NHWC (same values) so oneDNN does not re-layout them on every call.
 
-        Done once when a model is loaded for the CPU; the forward pass feeds NHWC activations.
-        Weights a plugin swaps in later in NCHW still work, only slower.
+        Done once when a model is loaded for the CPU in a reduced precision; the forward pass then
+        feeds NHWC activations. Weights a plugin swaps in later in NCHW still work, only slower.
+        fp32 stays NCHW: NHWC kernels sum in another order than ComfyUI's NCHW convolutions.
         """
         conv_weights_channels_last(self)
         return self
@@ -454,9 +455,10 @@ class UNetModel(nn.Module):
         context, emb = embed_inputs(self, self.config, timesteps, context, y, x.shape[0], x.device, "UNet", options)
 
         feed = _ControlFeed(control)
-        if x.device.type == "cpu":
-            # oneDNN convolutions and GroupNorm run fastest on NHWC, and with NHWC the spatial
-            # transformer's [B, C, H, W] <-> [B, H*W, C] reshapes become free views instead of copies.
+        if x.device.type == "cpu" and self.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last):
+            # Activations in the weights' layout. NHWC (to_channels_last, for a reduced precision):
+            # oneDNN convolutions and GroupNorm run fastest on it, and the spatial transformer's
+            # [B, C, H, W] <-> [B, H*W, C] reshapes become free views instead of copies.
             x = x.contiguous(memory_format=torch.channels_last)
         skips, h = [], x
         for i, stage in enumerate(self.input_blocks):

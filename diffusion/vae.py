@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import vae_bands
+from .attention import vae_attention
 from .device import conv_weights_channels_last, trim_heap
 
 
@@ -149,15 +150,8 @@ class AttnBlock(nn.Module):
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
         normed = self.norm(x)
-
-        def tokens(conv: nn.Conv2d) -> torch.Tensor:   # [B, C, H, W] -> [B, 1, H*W, C]
-            return conv(normed).reshape(b, 1, c, h * w).transpose(-1, -2)
-
-        out = F.scaled_dot_product_attention(tokens(self.q), tokens(self.k), tokens(self.v))
-        out = out.transpose(-1, -2).reshape(b, c, h, w)
-        return x + self.proj_out(out)
+        return x + self.proj_out(vae_attention(self.q(normed), self.k(normed), self.v(normed)))
 
 
 class Downsample(nn.Module):

@@ -21,7 +21,10 @@ from tests import paths
 
 SPEC = paths.SPEC_KEYS
 VOCAB, POSITIONS = 49408, 77
-TOL = 1e-5
+# transformers' attention sums in its own order, ours in ComfyUI's (basic attention on the CPU):
+# on outputs of magnitude ~15 the two differ by fp32 rounding, up to 3e-5; a wrong layer, norm or
+# projection differs by far more.
+TOL = 5e-5
 
 
 @pytest.fixture(scope="module")

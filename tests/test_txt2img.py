@@ -235,12 +235,16 @@ def test_rerun_executes_nothing_and_a_new_seed_reruns_only_sampler_decode_and_sa
     assert [d["node"] for e, d in events if e == "executing" and d.get("node")] == ["3", "8", "9", "10"]
 
 
-def test_a_loaded_unet_keeps_nhwc_conv_weights_for_the_cpu(sd15_base):
-    """The re-layout for the CPU happens once when the checkpoint loads (never per forward)."""
-    rt, captured = capturing_runtime(sd15_base)
+@pytest.mark.parametrize("flags, nhwc", [(("--bf16-unet",), True), (("--force-fp32",), False)])
+def test_a_loaded_unet_keeps_its_conv_layout_for_the_cpu(sd15_base, flags, nhwc):
+    """The re-layout for the CPU happens once when the checkpoint loads (never per forward): NHWC
+    in a reduced precision; NCHW, ComfyUI's layout and order of sums, in fp32."""
+    rt, captured = capturing_runtime(sd15_base, *flags)
     run(rt, loader_only("v1-5-pruned-emaonly.safetensors"))
     convs = [m for m in captured[0].model.diffusion_model.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    spatial = [c for c in convs if c.kernel_size != (1, 1)]   # a 1x1 kernel is laid out both ways
+    assert spatial and all(c.weight.is_contiguous(memory_format=torch.channels_last) == nhwc for c in spatial)
+    assert all(c.weight.is_contiguous() != nhwc for c in spatial)
 
 
 def test_a_cpu_with_native_bf16_samples_and_decodes_in_bf16_and_force_fp32_is_exact(sd15_base, monkeypatch):

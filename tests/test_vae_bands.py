@@ -90,7 +90,8 @@ def test_only_large_float32_nchw_tensors_without_autograd_are_banded():
         assert vae_bands.banded(torch.empty(1, 256, 256, 256), growth=4)                 # upsampled output
         assert not vae_bands.banded(big.to(torch.bfloat16))                               # reduced precision
         assert not vae_bands.banded(big.contiguous(memory_format=torch.channels_last))   # NHWC kernels
-    assert not vae_bands.banded(big)                                                     # training
+    with torch.enable_grad():   # explicitly: an engine run in this process may have turned it off
+        assert not vae_bands.banded(big)                                                 # training
 
 
 def test_layers_a_plugin_replaced_or_hooked_run_whole():

@@ -52,10 +52,10 @@ def generate(models, prompt: str, seeds: list[int], settings: Sampling = Samplin
     return np.stack(out)
 
 
+@torch.no_grad()   # scoped: a caller's autograd state (a test process, a training loop) is left as it was
 def evaluate(checkpoint: str | Path, seeds: int = 4, settings: Sampling = Sampling(),
              scenes: list[shapes.Scene] | None = None, report=print) -> dict:
     """Per-scene judgements and accuracy summaries (overall, held-out, per colour and per shape)."""
-    torch.set_grad_enabled(False)
     models = open_checkpoint(Path(checkpoint), ModelManagement(DevicePolicy.choose(cpu=True)), [])
     scenes = scenes if scenes is not None else shapes.evaluation_scenes()
     rows = []

@@ -7,14 +7,18 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from diffusion.attention import (BasicTransformerBlock, CrossAttention, FeedForward, GEGLU, SpatialTransformer,
-                                 attention_basic, attention_pytorch, optimized_attention, optimized_attention_masked)
+import torch
 
-attention_split = attention_pytorch
-attention_sub_quad = attention_pytorch
+from diffusion.attention import (BasicTransformerBlock, CrossAttention, FeedForward, GEGLU, SpatialTransformer,
+                                 attention_basic, attention_pytorch, attention_sub_quad, optimized_attention,
+                                 optimized_attention_masked)
+
+# No xformers here, and split attention gives the sub-quadratic attention's numbers on whole keys.
+attention_split = attention_sub_quad
 attention_xformers = attention_pytorch
 
-REGISTERED_ATTENTION_FUNCTIONS: dict[str, Callable] = {"pytorch": attention_pytorch, "basic": attention_basic}
+REGISTERED_ATTENTION_FUNCTIONS: dict[str, Callable] = {"pytorch": attention_pytorch, "basic": attention_basic,
+                                                       "sub_quad": attention_sub_quad}
 
 
 def register_attention_function(name: str, func: Callable) -> None:
@@ -32,6 +36,13 @@ def get_attention_function(name: str, default: Any = ...) -> Callable | None:
 
 
 def optimized_attention_for_device(device, mask=False, small_input=False) -> Callable:
+    """ComfyUI's choice: for small inputs (text encoders) basic attention on the CPU and SDPA
+    elsewhere; on the CPU the sub-quadratic attention; otherwise what optimized_attention is now."""
+    on_cpu = torch.device(device).type == "cpu"
+    if small_input:
+        return attention_basic if on_cpu else attention_pytorch
+    if on_cpu:
+        return attention_sub_quad
     return optimized_attention_masked if mask else optimized_attention
 
 
