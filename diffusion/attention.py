@@ -365,7 +365,10 @@ class SpatialTransformer(nn.Module):
         x = self.norm(x)
         if not self.use_linear:
             x = self.proj_in(x)
-        tokens = x.flatten(2).transpose(1, 2)  # [B, h*w, C]
+        # [B, h*w, C]: a free view of NHWC activations; from NCHW ones a contiguous copy, as
+        # ComfyUI makes it (a strided view can send the projections down other BLAS/oneDNN paths,
+        # which sum in another order).
+        tokens = x.flatten(2).transpose(1, 2).contiguous()
         if self.use_linear:
             tokens = self.proj_in(tokens)
         for i, block in enumerate(self.transformer_blocks):
@@ -374,6 +377,10 @@ class SpatialTransformer(nn.Module):
         if self.use_linear:
             tokens = self.proj_out(tokens)
         x = tokens.transpose(1, 2).reshape(b, -1, h, w)
+        nhwc = x.device.type == "cpu" and x.dtype != torch.float32 and residual.is_contiguous(
+            memory_format=torch.channels_last)
+        if not nhwc:   # ComfyUI's NCHW copy; the reduced-precision CPU path keeps the free NHWC view
+            x = x.contiguous()
         if not self.use_linear:
             x = self.proj_out(x)
         return x + residual
