@@ -62,3 +62,18 @@ def inputs(case: Case) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.
     elif case.mask == "additive":
         mask = torch.randn(case.batch, case.tokens, case.keys, generator=g)
     return q, k, v, mask
+
+
+# Whole UNets in the SD2.1 layout (linear projections, 64-channel heads) and the SDXL layout (adm
+# vector, deeper transformers), from tests/models_tiny.py, one call on a 24x24 latent at batch 2.
+UNET_STYLES = ("sd21", "sdxl")
+UNET_SEED = 3
+
+
+def unet_inputs(config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """x, timesteps, context and (for an adm UNet) y for a UNet of `config`."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, config.in_channels, 24, 24, generator=g)
+    context = torch.randn(2, 77, config.context_dim, generator=g)
+    y = torch.randn(2, config.adm_in_channels, generator=g) if config.adm_in_channels else None
+    return x, torch.tensor([700.0, 700.0]), context, y

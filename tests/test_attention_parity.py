@@ -1,7 +1,8 @@
 """Attention on the CPU computes ComfyUI's numbers bit for bit (torch.equal against outputs
 recorded from ComfyUI's own functions by tests/data/attention/make_attention_reference.py), through
 the paths our models take: the UNet's default attention in fp32, the text encoder's basic
-attention with its causal mask, the VAE's attention; and the row blocks change no value."""
+attention with its causal mask, the VAE's attention; the row blocks change no value; and whole
+SD2.1- and SDXL-layout UNets give ComfyUI's UNetModel's output in fp32."""
 from __future__ import annotations
 
 import pytest
@@ -81,3 +82,15 @@ def test_compat_device_choice_is_comfyuis():
         is attention.attention_basic
     assert compat_attention.optimized_attention_for_device("cpu", mask=True) is attention.attention_sub_quad
     assert compat_attention.get_attention_function("sub_quad") is attention.attention_sub_quad
+
+
+@pytest.mark.parametrize("style", attention_cases.UNET_STYLES)
+def test_fp32_unet_is_comfyuis_bit_for_bit(style):
+    from tests.models_tiny import tiny_unet, tiny_unet_config
+
+    unet = tiny_unet(style, seed=attention_cases.UNET_SEED)
+    x, t, context, y = attention_cases.unet_inputs(tiny_unet_config(style))
+    with torch.no_grad():
+        got = unet(x, t, context, y=y)
+    expected = REFERENCE[f"unet_{style}"]
+    assert torch.equal(got, expected), f"max difference {(got - expected).abs().max():.3g}"
