@@ -56,13 +56,19 @@ def attention_pytorch(q, k, v, heads, mask=None, attn_precision=None, skip_resha
 # copies). tests/test_attention_parity.py holds them to ComfyUI's recorded outputs with torch.equal.
 
 
+def comfy_cpu_numerics(t: torch.Tensor) -> bool:
+    """Whether attention on `t` computes ComfyUI's CPU functions operation for operation: fp32 on
+    the CPU, where our numbers are ComfyUI's bit for bit."""
+    return t.device.type == "cpu" and t.dtype == torch.float32
+
+
 def _heads_first(t: torch.Tensor, heads: int, batch: int, keys_transposed: bool = False) -> torch.Tensor:
     """[B, N, heads * d] -> a contiguous [batch * heads, N', d] ([batch * heads, d, N'] for
     transposed keys), laid out by q's batch as in _split_heads."""
-    d = t.shape[-1] // heads
-    t = t.reshape(batch, -1, heads, d)
-    t = t.permute(0, 2, 3, 1) if keys_transposed else t.permute(0, 2, 1, 3)
-    return t.reshape(batch * heads, d, -1) if keys_transposed else t.reshape(batch * heads, -1, d)
+    t = _split_heads(t, heads, batch)
+    if keys_transposed:
+        t = t.transpose(-1, -2)
+    return t.reshape(batch * heads, *t.shape[-2:])
 
 
 def _mask_per_head(mask: torch.Tensor, batch: int, heads: int, dtype: torch.dtype) -> torch.Tensor:
@@ -77,8 +83,7 @@ def _mask_per_head(mask: torch.Tensor, batch: int, heads: int, dtype: torch.dtyp
 
 def _split_output(out: torch.Tensor, heads: int, skip_output_reshape: bool) -> torch.Tensor:
     """[batch * heads, N, d] -> [batch, N, heads * d] (or [batch, heads, N, d])."""
-    out = out.unflatten(0, (-1, heads))
-    return out if skip_output_reshape else out.transpose(1, 2).flatten(start_dim=2)
+    return _merge_heads(out.unflatten(0, (-1, heads)), skip_output_reshape)
 
 
 # Scores computed per call in attention_sub_quad and vae_attention: blocks of query rows of about
@@ -159,8 +164,7 @@ def attention_default(q, k, v, heads, mask=None, attn_precision=None, skip_resha
     """ComfyUI's attention for the tensors' device: on the CPU in fp32 its sub-quadratic attention
     (its numbers, bit for bit); elsewhere SDPA, as ComfyUI uses on NVIDIA GPUs, and on the CPU in
     bf16 (not ComfyUI's default there, and faster)."""
-    exact = q.device.type == "cpu" and q.dtype == torch.float32
-    fn = attention_sub_quad if exact else attention_pytorch
+    fn = attention_sub_quad if comfy_cpu_numerics(q) else attention_pytorch
     return fn(q, k, v, heads, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
               skip_output_reshape=skip_output_reshape)
 
@@ -170,7 +174,7 @@ def vae_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     ComfyUI's VAE computes it there (its sliced attention: bmm(q, k) * scale, softmax, bmm(v, p^T)
     into [B, C, HW], in blocks of query columns, which change no value); elsewhere SDPA."""
     b, c, h, w = q.shape
-    if not (q.device.type == "cpu" and q.dtype == torch.float32):
+    if not comfy_cpu_numerics(q):
         def tokens(t):   # [B, C, H, W] -> [B, 1, H*W, C]
             return t.reshape(b, 1, c, h * w).transpose(-1, -2)
         out = F.scaled_dot_product_attention(tokens(q), tokens(k), tokens(v))
@@ -377,9 +381,9 @@ class SpatialTransformer(nn.Module):
         if self.use_linear:
             tokens = self.proj_out(tokens)
         x = tokens.transpose(1, 2).reshape(b, -1, h, w)
-        nhwc = x.device.type == "cpu" and x.dtype != torch.float32 and residual.is_contiguous(
-            memory_format=torch.channels_last)
-        if not nhwc:   # ComfyUI's NCHW copy; the reduced-precision CPU path keeps the free NHWC view
+        free_nhwc_view = (x.device.type == "cpu" and not comfy_cpu_numerics(x)
+                          and residual.is_contiguous(memory_format=torch.channels_last))
+        if not free_nhwc_view:   # ComfyUI's NCHW copy; the reduced-precision CPU path keeps the view
             x = x.contiguous()
         if not self.use_linear:
             x = self.proj_out(x)

@@ -207,6 +207,14 @@ def conv_weights_channels_last(module: nn.Module) -> None:
                                        requires_grad=weight.requires_grad)
 
 
+def in_weights_layout(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """4-d activations NHWC where `weight` (a 3x3 conv's, so its layout is unambiguous) was made
+    NHWC by conv_weights_channels_last; otherwise as they are."""
+    if x.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 def release_freed_memory(device: torch.device | str) -> None:
     """After a model call: hand memory its activations held back to the system. CUDA: torch's
     cached blocks; CPU: glibc's freed heap pages, which would otherwise stay in RSS and add to the

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .attention import SpatialTransformer
-from .device import conv_weights_channels_last, meta_skeleton
+from .device import conv_weights_channels_last, in_weights_layout, meta_skeleton
 from .patcher_extension import WrappersMP, wrapped
 from .unet_blocks import Downsample, ResBlock, TimestepSequential, Upsample, timestep_embedding
 
@@ -455,11 +455,11 @@ class UNetModel(nn.Module):
         context, emb = embed_inputs(self, self.config, timesteps, context, y, x.shape[0], x.device, "UNet", options)
 
         feed = _ControlFeed(control)
-        if x.device.type == "cpu" and self.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last):
+        if x.device.type == "cpu":
             # Activations in the weights' layout. NHWC (to_channels_last, for a reduced precision):
             # oneDNN convolutions and GroupNorm run fastest on it, and the spatial transformer's
             # [B, C, H, W] <-> [B, H*W, C] reshapes become free views instead of copies.
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = in_weights_layout(x, self.input_blocks[0][0].weight)
         skips, h = [], x
         for i, stage in enumerate(self.input_blocks):
             options["block"] = ("input", i)

@@ -18,7 +18,7 @@ from torch import nn
 
 from . import vae_bands
 from .attention import vae_attention
-from .device import conv_weights_channels_last, trim_heap
+from .device import conv_weights_channels_last, in_weights_layout, trim_heap
 
 
 @dataclass(frozen=True)
@@ -294,9 +294,7 @@ class AutoencoderKL(nn.Module):
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         """Activations in the weights' layout (NHWC after to_channels_last)."""
-        if self.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
+        return in_weights_layout(x, self.decoder.conv_in.weight)
 
     def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
         moments = self.encoder(self._layout(x))
