@@ -3,6 +3,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from app.args import parse_args
 from app.runtime import create_runtime
@@ -16,6 +17,17 @@ os.environ[CPU_BF16_ENV] = "0"
 # Tests list the model files they put in place; the shipped built-in model is listed only in the
 # tests about it (the `builtin_models` fixture).
 os.environ[BUILTIN_MODELS_ENV] = "0"
+# One torch thread per test worker and per server or command it starts. The suite runs two workers
+# on two cores: with a pool of two threads each, every parallel region of a small network waits for
+# a core the other process holds (a 300-step prompt on the tiny checkpoint took 4.5 s alone and 93 s
+# beside two busy processes; 10 s on one thread). Tests whose references were recorded with more
+# threads ask for them (`recorded_threads`).
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
+# ComfyUI's default pool on the 2-core machine where the references under tests/data/attention,
+# comfy_nodes and loaders were recorded. oneDNN sizes its convolution blocks by the thread count,
+# so the last bits of a result depend on it.
+RECORDED_THREADS = 2
 
 
 @pytest.fixture
@@ -90,12 +102,10 @@ def hostile_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def single_thread():
-    """One torch thread for a module of tiny networks: on a busy 2-core machine torch's pool spends
-    most of a tiny call waiting for the second core."""
-    import torch
-
+def recorded_threads():
+    """The torch pool ComfyUI had when a module's references were recorded (RECORDED_THREADS), for
+    tests that compare bit for bit."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(RECORDED_THREADS)
     yield
     torch.set_num_threads(threads)

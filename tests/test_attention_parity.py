@@ -14,6 +14,8 @@ from diffusion.clip_text import ClipAttention, ClipTextConfig
 from tests import attention_cases
 from tests.paths import REPO
 
+pytestmark = pytest.mark.usefixtures("recorded_threads")  # compares bit for bit with ComfyUI's recorded numbers
+
 REFERENCE = load_file(str(REPO / "tests" / "data" / "attention" / "comfyui_attention.safetensors"))
 CASES = {c.name: c for c in attention_cases.CASES}
 

@@ -19,6 +19,8 @@ from tests.models_tiny import randomize_
 from tests.node_helpers import builtin_registry, call_in_context
 from tests.paths import REPO, read_reference
 
+pytestmark = pytest.mark.usefixtures("recorded_threads")  # compares bit for bit with ComfyUI's recorded numbers
+
 REFERENCE = REPO / "tests" / "data" / "comfy_nodes" / "reference.safetensors"
 ATOL = 0.0
 SHARPEN_ATOL = 1e-5

@@ -17,7 +17,7 @@ from examples import render_results, scaling
 from tests import test_examples
 from tests.paths import REPO
 
-pytestmark = pytest.mark.usefixtures("builtin_models", "single_thread")
+pytestmark = pytest.mark.usefixtures("builtin_models")
 EXAMPLES = REPO / "examples"
 
 

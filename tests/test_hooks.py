@@ -56,7 +56,7 @@ def base(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def env(single_thread, base):
+def env(base):
     return checkpoint_session(base, cases.CKPT_A)
 
 

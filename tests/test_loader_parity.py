@@ -19,6 +19,8 @@ from safetensors.torch import load_file
 
 from tests import loader_cases as cases
 
+pytestmark = pytest.mark.usefixtures("recorded_threads")  # compares bit for bit with ComfyUI's recorded numbers
+
 REFERENCE = load_file(str(Path(__file__).parent / "data" / "loaders" / "comfyui_reference.safetensors"))
 
 

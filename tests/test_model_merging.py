@@ -22,7 +22,6 @@ from tests.node_helpers import builtin_registry, call_in_context
 UNET = "diffusion_model."
 
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ def tiny_model(seed: int) -> ModelPatcher:
 
 
 @pytest.fixture(scope="module")
-def setup(single_thread, tmp_path_factory):
+def setup(tmp_path_factory):
     models = {name: tiny_model(seed) for name, seed in cases.WEIGHT_SEEDS.items()}
     for name, model in models.items():
         assert _fingerprint(model.model.state_dict().values()) == pytest.approx(META["weights"][name], rel=1e-9), \

@@ -17,7 +17,6 @@ from tests import model_patch_cases as cases
 from tests.models_tiny import randomize_
 from tests.node_helpers import builtin_registry, call_in_context
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.editor_helpers import VIEWPORT, launch, needs_browser, sync_playwright
+from tests.editor_helpers import VIEWPORT, PlaywrightTimeout, launch, needs_browser, sync_playwright
 from tests.node_helpers import builtin_registry
 from tests.official_frontend import (NEWEST, PINNED, SEED, PageLog, frontend_root, load_workflow, open_from_sidebar,
                                      open_frontend, press_run_and_watch, save_to_server, set_widget,
@@ -79,7 +79,10 @@ def test_official_frontend_runs_saves_and_reopens(version, tmp_path, tiny_checkp
         open_frontend(page, server.url + "/", settle_ms=500)
         load_workflow(page, txt2img_workflow())
         set_widget(page, 4, "ckpt_name", CHECKPOINT)
-        seen = press_run_and_watch(page)
+        try:
+            seen = press_run_and_watch(page)
+        except PlaywrightTimeout:
+            pytest.fail(f"Save Image got no image; the server's log ends:\n{server.log()[-4000:]}")
         assert any(running == "3" and progress and progress["node"] == "3" and 0 < progress["value"] <= progress["max"]
                    for running, progress in seen), f"no progress shown on the KSampler while it ran: {seen}"
         outputs = page.evaluate("app.nodeOutputs['9'].images")

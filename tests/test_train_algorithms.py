@@ -11,7 +11,6 @@ from diffusion.patches import calculate_weight
 from diffusion.training.lora_train import LoraSettings, LoraTrainer, factorization
 from tests.test_train_lora import base, data, denoised, encode, models, pull_towards  # noqa: F401 (fixtures)
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 ALGORITHMS = ["LoHa", "LoKr", "OFT"]
 # the factor each algorithm starts at zero, so training starts from the base model

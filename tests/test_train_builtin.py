@@ -27,7 +27,7 @@ from tests.editor_helpers import VIEWPORT, EditorPage, browser, needs_browser, s
 REPO = Path(__file__).resolve().parent.parent
 MODEL = BUILTIN_MODELS_DIR / "latentgraph-shapes-64.safetensors"
 EXAMPLE = REPO / "examples" / "shapes_txt2img.json"
-pytestmark = pytest.mark.usefixtures("builtin_models", "single_thread")  # listed, as on a user's machine
+pytestmark = pytest.mark.usefixtures("builtin_models")  # listed, as on a user's machine
 
 @pytest.fixture(scope="module")
 def builtin_editor_server(tmp_path_factory):

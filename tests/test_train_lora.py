@@ -23,7 +23,6 @@ from diffusion.vae import AutoencoderKL
 from tests.models_tiny import randomize_
 from tests.node_helpers import checkpoint_session
 
-pytestmark = pytest.mark.usefixtures("single_thread")  # tiny networks: one torch thread
 
 TINY = Recipe(unet_channels=32, unet_mult=(1, 2), unet_res_blocks=1, text_width=32, text_layers=1,
               vae_mult=(1, 1, 1, 1))

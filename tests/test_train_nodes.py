@@ -12,7 +12,6 @@ from tests.conftest import make_runtime
 from tests.node_helpers import call_in_context
 from tests.test_train_lora import write_tiny_sd1
 
-pytestmark = pytest.mark.usefixtures("single_thread")  # tiny networks: one torch thread
 
 COLOURS = [(220, 40, 40), (40, 80, 220), (40, 170, 60)]
 

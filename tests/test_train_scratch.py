@@ -19,7 +19,6 @@ from diffusion.vae import AutoencoderKL
 from tests.models_tiny import randomize_
 from tests.test_train_lora import TINY
 
-pytestmark = pytest.mark.usefixtures("single_thread")  # tiny networks: one torch thread
 
 
 def test_the_trained_text_path_is_the_one_the_loader_runs(tmp_path):
