@@ -273,9 +273,7 @@ class ModelManagement:
     def get_free_memory(self, dev=None, torch_free_too=False):
         """Bytes free on `dev` for models: the device's free memory, capped by the budget flag."""
         dev = torch.device(dev) if dev is not None else self.get_torch_device()
-        free = self._free_fn(dev)
-        if self.options.budget is not None and dev == self.get_torch_device():
-            free = min(free, max(0, self.options.budget - self.loaded_bytes(dev)))
+        free = max(0, self._room(dev)) if dev == self.get_torch_device() else self._free_fn(dev)
         if torch_free_too:
             torch_free = 0
             if dev.type == "cuda":
@@ -417,17 +415,25 @@ class ModelManagement:
 
     def _free_within_budget(self, needed: int, device: torch.device, keep) -> None:
         """On the CPU, drop least recently used networks (not in `keep`) until `needed` more bytes
-        fit the budget (or, without smart memory, drop them all)."""
+        fit the budget (0: until what is held fits it), or, without smart memory, drop them all."""
         if device.type != "cpu" or self.get_torch_device().type != "cpu":
             return
         keep_ids = {id(n) for n in keep}
         for net in self.resident_networks():
             if id(net) in keep_ids:
                 continue
-            if self.options.smart_memory and self.get_free_memory(device) >= needed:
+            if self.options.smart_memory and self._room(device) >= needed:
                 break
             self._drop(net)
         gc.collect()
+
+    def _room(self, device: torch.device) -> int:
+        """What more `device` takes: its free memory, or, under a budget, what is left of it (negative
+        when the weights held exceed it)."""
+        free = self._free_fn(device)
+        if self.options.budget is None:
+            return free
+        return min(free, self.options.budget - self.loaded_bytes(device))
 
     def free_memory(self, memory_required, device, keep_loaded=()) -> list:
         """Unload models from `device` (least recently used and most offloadable first) until
@@ -509,8 +515,8 @@ class ModelManagement:
                     self.free_memory(total * 1.1 + extra_mem, device, keep_loaded=to_load)
                     if self.get_free_memory(device) < minimum_memory_required:
                         self.free_memory(minimum_memory_required, device, keep_loaded=to_load)
-                elif not self.options.smart_memory:
-                    self._free_within_budget(total, device, networks)
+                else:   # every network asked for is in memory by now (rebuilt above)
+                    self._free_within_budget(0, device, networks)
             for lm in to_load:
                 device = lm.model.load_device
                 state = VRAMState.DISABLED if device.type == "cpu" else self.vram_state

@@ -363,3 +363,27 @@ def test_real_cuda_load_and_offload_round_trip():
     assert next(model.parameters()).is_cuda
     service.unload_all_models()
     assert not next(model.parameters()).is_cuda
+
+
+def test_cpu_budget_holds_when_a_resident_network_is_asked_for():
+    # One checkpoint's three networks were read together (one load, nothing to release then) and
+    # exceed the budget: asking for one releases the least recently used of the others.
+    size = sum(t.numel() * 4 for t in numbered(0).state_dict().values())
+    service = cpu_service(budget=int(size * 2.5))
+    unet, text, vae = numbered(5), numbered(6), numbered(7)
+    for seed, net in ((5, unet), (6, text), (7, vae)):
+        service.register(net, rebuild=lambda seed=seed: numbered(seed))
+    service.load_models_gpu([ModelPatcher(text, "cpu", "cpu")])     # 3 held, 2.5 allowed: the oldest goes
+    assert service.is_dropped(unet) and not service.is_dropped(vae) and service.loaded_bytes("cpu") <= 2.5 * size
+    service.load_models_gpu([ModelPatcher(unet, "cpu", "cpu")])     # rebuilt; the VAE, now oldest, goes
+    assert service.is_dropped(vae) and not service.is_dropped(text) and service.loaded_bytes("cpu") <= 2.5 * size
+    assert all(torch.equal(a, b) for a, b in zip(unet.state_dict().values(), numbered(5).state_dict().values()))
+
+
+def test_without_a_budget_the_cpu_keeps_every_network():
+    service = cpu_service()
+    nets = [numbered(seed) for seed in (5, 6, 7)]
+    for seed, net in zip((5, 6, 7), nets):
+        service.register(net, rebuild=lambda seed=seed: numbered(seed))
+    service.load_models_gpu([ModelPatcher(nets[0], "cpu", "cpu")])
+    assert not any(service.is_dropped(n) for n in nets) and service.drops == 0
