@@ -11,20 +11,16 @@ checkpoint: pick it and run), save the workflow to the server, then open it from
 sidebar in a fresh browser context. It prints what failed (tests/official_frontend.py: PageLog);
 --record writes the distinct failures and console errors per version (the test's expectations).
 ComfyUI cannot load the tiny test checkpoint, so its rounds do not run the workflow. ComfyUI is
-run from --comfyui with --comfyui-python (default: the checkout at /work/ref, see HELPERS.md);
-both servers get the same --front-end-root.
+run from --comfyui with --comfyui-python (default: the checkout at /work/ref, where
+../shared/tools/comfyui-reference puts it); both servers get the same --front-end-root.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import re
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -33,43 +29,8 @@ from tests.editor_helpers import VIEWPORT, launch, sync_playwright  # noqa: E402
 from tests.official_frontend import (NEWEST, PINNED, PageLog, frontend_root, load_workflow, open_frontend,  # noqa: E402
                                      open_from_sidebar, press_run_and_watch, save_to_server, set_widget,
                                      txt2img_workflow)
+from bench.comfyui_server import ComfyUIServer  # noqa: E402
 from tests.server_helpers import LiveServer  # noqa: E402
-
-
-class ComfyUIServer:
-    def __init__(self, base: Path, root: Path, comfyui: Path, python: str):
-        self.base, self.root, self.comfyui, self.python = base, root, comfyui, python
-        self.proc = None
-        self.url = ""
-
-    def start(self, timeout: float = 180) -> ComfyUIServer:
-        (self.base / "custom_nodes").mkdir(parents=True, exist_ok=True)
-        with socket.socket() as s:  # ComfyUI cannot report a port it picked itself
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        log = open(self.base / "comfyui.log", "wb")
-        self.proc = subprocess.Popen([self.python, str(self.comfyui / "main.py"), "--cpu", "--listen", "127.0.0.1",
-                                      "--port", str(port), "--base-directory", str(self.base),
-                                      "--front-end-root", str(self.root)], stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=str(self.comfyui))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if re.search(rb"To see the GUI go to", (self.base / "comfyui.log").read_bytes()):
-                self.url = f"http://127.0.0.1:{port}"
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError((self.base / "comfyui.log").read_text(errors="replace")[-3000:])
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError("ComfyUI did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 CHECKPOINT = "tiny_sd15.safetensors"
@@ -80,7 +41,7 @@ def one_round(server_kind: str, version: str, args, playwright) -> list[PageLog]
     with tempfile.TemporaryDirectory(prefix="frontend-check-") as tmp:
         base = Path(tmp)
         if server_kind == "comfyui":
-            server = ComfyUIServer(base, root, Path(args.comfyui), args.comfyui_python).start()
+            server = ComfyUIServer(base, Path(args.comfyui), args.comfyui_python, "--front-end-root", str(root)).start()
         else:
             from tests.models_tiny import write_tiny_full_checkpoint
 

@@ -1,5 +1,6 @@
-"""Real-size SD1.5 files with random weights, for the benchmarks (no weights can be downloaded).
+"""Real-size SD files with random weights, for the benchmarks (no weights can be downloaded).
 
+    write_checkpoint(path, family, dtype) -> path   SD1.5, SD2.1 or SDXL base in the released layout
     write_sd15_checkpoint(path, dtype=torch.float32) -> path   the v1-5-pruned-emaonly layout:
         1131 tensors, 1.07e9 parameters (4.27 GB in fp32, like the released file), every key and
         shape of the real file; UNet, VAE and CLIP-L built by our own classes and filled by
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.models_tiny import randomize_
 from tests.paths import SPEC_KEYS
 
-FORMAT = "latentgraph-bench-sd15-v1"
+FORMAT = "latentgraph-bench-v2"
 
 
 def _up_to_date(path: Path, **params) -> bool:
@@ -46,29 +47,42 @@ def _save(path: Path, sd: dict[str, torch.Tensor], **params) -> Path:
     return path
 
 
-def write_sd15_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32, seed: int = 0) -> Path:
-    from diffusion.text_encoders import SD1TextEncoder
+# family: (UNet config, text encoder class), the released architectures
+FAMILIES = {"sd15": ("sd15", "SD1TextEncoder"), "sd21": ("sd21", "SD2TextEncoder"),
+            "sdxl": ("sdxl_base", "SDXLTextEncoder")}
+
+
+def write_checkpoint(path: str | Path, family: str = "sd15", dtype: torch.dtype = torch.float32,
+                     seed: int = 0) -> Path:
+    """A whole checkpoint of `family` (FAMILIES) in its released file's layout: every key and shape
+    of shared/spec/keys' v1-5, 768-v-ema (SD2.1) or sd_xl_base_1.0 listing."""
+    from diffusion import text_encoders
     from diffusion.unet import UNET_PREFIX, UNetConfig, UNetModel
     from diffusion.vae import AutoencoderKL, VAEConfig
 
     path = Path(path)
-    params = {"kind": "checkpoint", "dtype": str(dtype), "seed": seed}
+    params = {"kind": "checkpoint", "family": family, "dtype": str(dtype), "seed": seed}
     if _up_to_date(path, **params):
         return path
+    unet_config, text_class = FAMILIES[family]
     sd: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         # one component at a time, each cast to the file's dtype before the next is built
-        unet = randomize_(UNetModel(UNetConfig.sd15()), seed)
+        unet = randomize_(UNetModel(getattr(UNetConfig, unet_config)()), seed)
         sd.update({UNET_PREFIX + k: v.to(dtype) for k, v in unet.state_dict().items()})
         del unet
         vae = randomize_(AutoencoderKL(VAEConfig.sd()), seed + 1)
         sd.update({"first_stage_model." + k: v.to(dtype) for k, v in vae.state_dict().items()})
         del vae
-        text = randomize_(SD1TextEncoder(), seed + 2)
+        text = randomize_(getattr(text_encoders, text_class)(), seed + 2)
         sd.update({k: v if not v.is_floating_point() else v.to(dtype)
                    for k, v in text.state_dict_original().items()})
         del text
     return _save(path, sd, **params)
+
+
+def write_sd15_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32, seed: int = 0) -> Path:
+    return write_checkpoint(path, "sd15", dtype, seed)
 
 
 def write_sd15_lora(path: str | Path, rank: int = 32, seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
