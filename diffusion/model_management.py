@@ -419,13 +419,15 @@ class ModelManagement:
         if device.type != "cpu" or self.get_torch_device().type != "cpu":
             return
         keep_ids = {id(n) for n in keep}
+        dropped = False
         for net in self.resident_networks():
             if id(net) in keep_ids:
                 continue
             if self.options.smart_memory and self._room(device) >= needed:
                 break
-            self._drop(net)
-        gc.collect()
+            dropped = self._drop(net) or dropped
+        if dropped:   # a full collection costs tens of ms in a large process: only when it frees weights
+            gc.collect()
 
     def _room(self, device: torch.device) -> int:
         """What more `device` takes: its free memory, or, under a budget, what is left of it (negative
