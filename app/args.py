@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unload every other model whenever one is loaded, instead of keeping what fits")
     p.add_argument("--model-memory-budget", type=float, default=None, metavar="MB",
                    help="most memory loaded model weights may use on the compute device (the CPU: RAM); the "
-                        "least recently used model beyond it is offloaded or released (default: what is free)")
+                        "least recently used model beyond it is offloaded (GPU) or, on the CPU, the smallest that "
+                        "makes room is released (default: what is free)")
     ray = p.add_argument_group("cluster", "run prompts on a Ray cluster's worker actors (needs Ray: "
                                           "pip install 'latentgraph[ray]'); see docs/cluster.md")
     ray.add_argument("--ray", nargs="?", const=LOCAL_RAY, default=None, metavar="ADDRESS",

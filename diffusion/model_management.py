@@ -9,9 +9,10 @@ module globals, which the compat module of that name forwards to this object):
   the networks come to the compute device with the patcher's weight patches applied (once per
   patch set, see ModelPatcher.partially_load), and room is made first.
 * Room: loaded weights on the compute device stay within a budget (what the device has free,
-  less `--reserve-vram`, or `--model-memory-budget` when given). The least recently used network
-  beyond it is offloaded to the CPU, or, where the compute device is the CPU, dropped: its
-  tensors are released and rebuilt from the file on next use. `--disable-smart-memory` frees
+  less `--reserve-vram`, or `--model-memory-budget` when given). Beyond it, the least recently
+  used network is offloaded to the CPU, or, where the compute device is the CPU, dropped: its
+  tensors are released and rebuilt from the file on next use (the smallest network that makes
+  the room goes first there, since each costs a read of its size). `--disable-smart-memory` frees
   every other network whenever one is loaded. `--lowvram` / `--novram` keep only part of (or
   none of) a UNet on the GPU and cast the rest per call; `--highvram` never offloads.
 * `unload_all_models()` takes every network off the compute device; `drop_all()` (POST /free)
@@ -414,18 +415,28 @@ class ModelManagement:
         return True
 
     def _free_within_budget(self, needed: int, device: torch.device, keep) -> None:
-        """On the CPU, drop least recently used networks (not in `keep`) until `needed` more bytes
-        fit the budget (0: until what is held fits it), or, without smart memory, drop them all."""
+        """On the CPU, release networks not in `keep` until `needed` more bytes fit the budget (0:
+        until what is held fits it), or, without smart memory, release them all.
+
+        A released network costs a read of its file when it is used again, so the one released is
+        the smallest that makes the room alone (the least recently used of equals); only when none
+        is large enough do the least recently used go in turn. Plain LRU would release the UNet
+        while the prompt is encoded, since text encoder, UNet and VAE take turns."""
         if device.type != "cpu" or self.get_torch_device().type != "cpu":
             return
         keep_ids = {id(n) for n in keep}
         dropped = False
-        for net in self.resident_networks():
-            if id(net) in keep_ids:
-                continue
-            if self.options.smart_memory and self._room(device) >= needed:
+        while True:
+            shortfall = needed - self._room(device)
+            if self.options.smart_memory and shortfall <= 0:
                 break
-            dropped = self._drop(net) or dropped
+            candidates = [(self._resident(n).size, n) for n in self.resident_networks()
+                          if id(n) not in keep_ids and self._resident(n).rebuild is not None]
+            if not candidates:
+                break
+            enough = [c for c in candidates if c[0] >= shortfall]
+            victim = min(enough, key=lambda c: c[0])[1] if enough and self.options.smart_memory else candidates[0][1]
+            dropped = self._drop(victim) or dropped
         if dropped:   # a full collection costs tens of ms in a large process: only when it frees weights
             gc.collect()
 

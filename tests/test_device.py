@@ -387,3 +387,27 @@ def test_without_a_budget_the_cpu_keeps_every_network():
         service.register(net, rebuild=lambda seed=seed: numbered(seed))
     service.load_models_gpu([ModelPatcher(nets[0], "cpu", "cpu")])
     assert not any(service.is_dropped(n) for n in nets) and service.drops == 0
+
+
+def sized(width: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Linear(width, width, bias=False).requires_grad_(False)
+
+
+def test_cpu_budget_releases_the_smallest_network_that_makes_the_room():
+    # text encoder, UNet and VAE take turns; plain LRU would release the UNet (the oldest) while
+    # the prompt is encoded and read all of it back for sampling
+    unet, text, vae = sized(64, 1), sized(16, 2), sized(32, 3)
+    size = {n: n.weight.numel() * 4 for n in (unet, text, vae)}
+    service = cpu_service(budget=size[unet] + size[vae] + size[text] // 2)
+    for seed, net in ((1, unet), (2, text), (3, vae)):
+        service.register(net, rebuild=lambda seed=seed, w=net.weight.shape[0]: sized(w, seed))
+    patcher = {n: ModelPatcher(n, "cpu", "cpu") for n in (unet, text, vae)}
+    service.load_models_gpu([patcher[text]])
+    assert [service.is_dropped(n) for n in (unet, text, vae)] == [False, False, True]
+    service.load_models_gpu([patcher[unet]])    # UNet and text encoder fit: nothing to do
+    assert (service.drops, service.rebuilds) == (1, 0)
+    service.load_models_gpu([patcher[vae]])     # the VAE back; the text encoder alone makes room
+    assert [service.is_dropped(n) for n in (unet, text, vae)] == [False, True, False]
+    assert (service.drops, service.rebuilds) == (2, 1)
+    assert torch.equal(vae.weight, sized(32, 3).weight)

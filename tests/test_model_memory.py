@@ -108,7 +108,7 @@ def test_two_checkpoints_under_a_small_budget_release_the_first_and_rebuild_it(b
                 assert "UNet of a.safetensors" in report["resident"] and report["released"] == []
                 await submit(session, server, txt2img("b.safetensors", "b1"))
                 report = (await submit(session, server, report_prompt()))["1"]
-                # a's least recently used model (its text encoder, ~150 MB) made room for b
+                # a's text encoder (~150 MB), the one model of a that makes the room alone, made room for b
                 assert "text encoder of a.safetensors" in report["released"]
                 assert {"UNet of b.safetensors", "text encoder of b.safetensors"} <= set(report["resident"])
                 assert report["resident_bytes"][0] <= 300 * MB
