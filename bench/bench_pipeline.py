@@ -54,7 +54,8 @@ COMFYUI_WALL_S = 87.7
 TARGETS = {"default": (0.5, 3.0), "fp32": (0.75, 4.8), "fp32-budget": (0.75, 4.8)}
 
 
-def workflow(steps: int, size: int, seed: int = 1, lora: float | None = None, prefix: str = "bench") -> dict:
+def workflow(steps: int, size: int, seed: int = 1, lora: float | None = None, prefix: str = "bench",
+             checkpoint: str = CHECKPOINT) -> dict:
     """ComfyUI's default graph; with `lora`, a LoraLoader at that strength between loader and users."""
     model, clip = ["4", 0], ["4", 1]
     prompt = {
@@ -62,7 +63,7 @@ def workflow(steps: int, size: int, seed: int = 1, lora: float | None = None, pr
                                                    "scheduler": "normal", "denoise": 1.0, "model": model,
                                                    "positive": ["6", 0], "negative": ["7", 0],
                                                    "latent_image": ["5", 0]}},
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
         "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
         "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a bottle of wine on a table, photograph",
                                                          "clip": clip}},
@@ -185,10 +186,18 @@ def load_child(config: str, base: Path, out: Path) -> None:
                                "unet": str(policy.unet_dtype), "alive": loaded.model is not None}))
 
 
+def machine_env() -> dict[str, str]:
+    """This environment without LATENTGRAPH_CPU_BF16: a child process takes the machine's own
+    precision probe."""
+    from diffusion.device import CPU_BF16_ENV
+
+    return {k: v for k, v in os.environ.items() if k != CPU_BF16_ENV}
+
+
 def run_config(config: str, base: Path, steps: int, size: int, lora_run: bool = False,
                load_only: bool = False) -> dict:
     out = report_path(base, config, lora_run)
-    env = {k: v for k, v in os.environ.items() if k != "LATENTGRAPH_CPU_BF16"}  # the machine's own probe
+    env = machine_env()
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, __file__, "--child", config, "--base", str(base), "--steps", str(steps),
                              "--size", str(size), *(["--lora"] if lora_run else []),

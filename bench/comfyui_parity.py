@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import bench_pipeline  # noqa: E402
 from bench.comfyui_server import ComfyUIServer  # noqa: E402
 from bench.real_size_models import FAMILIES, write_checkpoint  # noqa: E402
 
@@ -36,21 +37,10 @@ SIZES = {"sd15": 512, "sd21": 768, "sdxl": 1024}   # each family's native resolu
 
 
 def workflow(checkpoint: str, size: int, steps: int, prefix: str) -> dict:
-    """ComfyUI's default graph at `size` and `steps`, saving the latent too."""
-    return {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse on a cliff at dusk, oil painting",
-                                                         "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry, text", "clip": ["4", 1]}},
-        "3": {"class_type": "KSampler", "inputs": {"seed": 7, "steps": steps, "cfg": 7.0, "sampler_name": "euler",
-                                                   "scheduler": "normal", "denoise": 1.0, "model": ["4", 0],
-                                                   "positive": ["6", 0], "negative": ["7", 0],
-                                                   "latent_image": ["5", 0]}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": prefix, "images": ["8", 0]}},
-        "10": {"class_type": "SaveLatent", "inputs": {"filename_prefix": f"latents/{prefix}", "samples": ["3", 0]}},
-    }
+    """bench_pipeline's default graph for `checkpoint`, saving the latent too."""
+    prompt = bench_pipeline.workflow(steps, size, seed=7, prefix=prefix, checkpoint=checkpoint)
+    prompt["10"] = {"class_type": "SaveLatent", "inputs": {"filename_prefix": f"latents/{prefix}", "samples": ["3", 0]}}
+    return prompt
 
 
 def base_with(base: Path, checkpoint: Path) -> Path:
@@ -73,10 +63,9 @@ def run_comfyui(base: Path, prompt: dict, args) -> float:
 def run_ours(base: Path, prompt: dict) -> float:
     path = base / "workflow.json"
     path.write_text(json.dumps(prompt))
-    env = {k: v for k, v in os.environ.items() if k != "LATENTGRAPH_CPU_BF16"}
     started = time.perf_counter()
     done = subprocess.run([sys.executable, str(ROOT / "main.py"), "--base-directory", str(base), "--force-fp32",
-                           "run", str(path)], cwd=str(ROOT), env=env, capture_output=True, text=True)
+                           "run", str(path)], cwd=str(ROOT), env=bench_pipeline.machine_env(), capture_output=True, text=True)
     took = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"ours failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
@@ -126,7 +115,7 @@ def main() -> int:
             our_s = run_ours(ours, prompt)
             same, detail = compare(theirs, ours, prefix)
         differ += not same
-        print(f"{family} {size}x{size}, {args.steps} euler steps, CFG 7: {'SAME' if same else 'DIFFERENT'}: {detail}; "
+        print(f"{family} {size}x{size}, {args.steps} euler steps, CFG {prompt['3']['inputs']['cfg']:g}: {'SAME' if same else 'DIFFERENT'}: {detail}; "
               f"ComfyUI's prompt {their_s:.1f} s, ours (whole `main.py run`, start-up included) {our_s:.1f} s",
               flush=True)
     return 1 if differ else 0

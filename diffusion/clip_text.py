@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import attention_basic
+from .attention import attention_basic, comfy_cpu_numerics
 
 COMPUTE_DTYPE = torch.float32
 
@@ -73,7 +73,7 @@ class ClipAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if x.device.type == "cpu":
+        if comfy_cpu_numerics(x):
             # ComfyUI's text encoders compute attention on the CPU with its basic attention and an
             # additive causal mask of -max above the diagonal: the same numbers, bit for bit.
             t = x.shape[1]

@@ -430,8 +430,8 @@ class ModelManagement:
             shortfall = needed - self._room(device)
             if self.options.smart_memory and shortfall <= 0:
                 break
-            candidates = [(self._resident(n).size, n) for n in self.resident_networks()
-                          if id(n) not in keep_ids and self._resident(n).rebuild is not None]
+            candidates = [(r.size, n) for n in self.resident_networks()
+                          if id(n) not in keep_ids and (r := self._resident(n)).rebuild is not None]
             if not candidates:
                 break
             enough = [c for c in candidates if c[0] >= shortfall]
